@@ -1,0 +1,296 @@
+//! The `ckpt bench` workload: fill engine-allocated regions with a smooth f64 field plus
+//! noise, write a full version, then versions with a random fraction of pages rewritten,
+//! restore the newest and the first version and compare them with what was written, and time
+//! a raw write plus fsync of the same bytes for reference.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::{Checkpointer, Config, Tracking};
+
+/// Chain name used by the benchmark.
+pub const BENCH_CHAIN: &str = "bench";
+
+/// Parameters of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchParams {
+    /// Store directory (must not already hold the `bench` chain).
+    pub dir: PathBuf,
+    /// State size in MiB.
+    pub state_mib: usize,
+    /// Fraction of pages rewritten between versions, 0.0..=1.0.
+    pub dirty: f64,
+    /// Number of versions, at least 2.
+    pub versions: u64,
+    /// Tracking mode.
+    pub tracking: Tracking,
+    /// Page size in bytes.
+    pub page_size: u32,
+    /// zstd level (0: none).
+    pub compression_level: i32,
+    /// Maximum chain depth.
+    pub max_chain_depth: u32,
+    /// Seed of the random page choice and noise.
+    pub seed: u64,
+}
+
+impl Default for BenchParams {
+    fn default() -> Self {
+        BenchParams {
+            dir: PathBuf::from("bench-store"),
+            state_mib: 256,
+            dirty: 0.01,
+            versions: 6,
+            tracking: Tracking::Auto,
+            page_size: 4096,
+            compression_level: 1,
+            max_chain_depth: 16,
+            seed: 1,
+        }
+    }
+}
+
+/// Measured results. Times are seconds, sizes bytes.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Registered state.
+    pub state_bytes: u64,
+    /// Versions written.
+    pub versions: u64,
+    /// Fraction of pages rewritten per version.
+    pub dirty_fraction: f64,
+    /// Pages rewritten per version.
+    pub dirty_pages: u64,
+    /// Tracking mode actually used.
+    pub tracking: String,
+    /// Page size.
+    pub page_size: u32,
+    /// Time to write version 1 (full).
+    pub full_secs: f64,
+    /// Size of version 1.
+    pub full_bytes: u64,
+    /// Median time of versions 2..V.
+    pub delta_secs: f64,
+    /// Median file size of versions 2..V.
+    pub delta_bytes: u64,
+    /// Median time spent finding dirty pages in versions 2..V.
+    pub delta_scan_secs: f64,
+    /// Raw write plus fsync of the same state.
+    pub baseline_write_secs: f64,
+    /// Restore of the newest version.
+    pub restore_newest_secs: f64,
+    /// Restore of the first version.
+    pub restore_first_secs: f64,
+    /// Depth of the newest version.
+    pub newest_depth: u32,
+    /// Files the newest version's pages were read from.
+    pub newest_files_read: usize,
+    /// Both restores matched the expected state.
+    pub verified: bool,
+}
+
+/// SplitMix64: small, fast, good enough to pick pages and make noise.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// Fills `out` with a smooth field plus noise; `base` is the global index of `out[0]`.
+pub fn fill_field(out: &mut [f64], base: u64, seed: u64) {
+    out.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
+        let start = base + (c * 4096) as u64;
+        let mut rng = Rng::new(seed ^ start.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        for (k, x) in chunk.iter_mut().enumerate() {
+            let i = (start + k as u64) as f64;
+            *x = (i * 1.0e-4).sin() * 100.0 + (i * 3.7e-6).cos() * 50.0 + rng.next_f64() * 1.0e-3;
+        }
+    });
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Picks `k` distinct values in 0..n.
+fn pick(rng: &mut Rng, n: u64, k: u64) -> Vec<u64> {
+    let mut all: Vec<u64> = (0..n).collect();
+    let k = k.min(n) as usize;
+    for i in 0..k {
+        let j = i + rng.below((n as usize - i) as u64) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(k);
+    all.sort_unstable();
+    all
+}
+
+/// Runs the benchmark. `progress(done, total)` is called after each version.
+pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchReport> {
+    if p.versions < 2 {
+        return Err(Error::Config("bench needs at least 2 versions".into()));
+    }
+    if !(0.0..=1.0).contains(&p.dirty) {
+        return Err(Error::Config(format!("dirty fraction {} is not in 0..=1", p.dirty)));
+    }
+    if p.state_mib == 0 {
+        return Err(Error::Config("state size must be at least 1 MiB".into()));
+    }
+    std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, "create directory", e))?;
+    let store = crate::Store::new(&p.dir, BENCH_CHAIN)?;
+    if store.latest()?.is_some() {
+        return Err(Error::Config(format!(
+            "{} already holds a '{BENCH_CHAIN}' chain; give bench an empty directory",
+            p.dir.display()
+        )));
+    }
+    let config = Config {
+        page_size: p.page_size,
+        compression_level: p.compression_level,
+        max_chain_depth: p.max_chain_depth,
+        tracking: p.tracking,
+    };
+    let state_bytes = (p.state_mib as u64) << 20;
+    let nregions: u64 = if p.state_mib >= 4 { 4 } else { 1 };
+    let region_elems = (state_bytes / nregions / 8) as usize;
+    let ps = p.page_size as u64;
+    let pages_per_region = (region_elems as u64 * 8).div_ceil(ps);
+    let total_pages = pages_per_region * nregions;
+    let dirty_pages = (p.dirty * total_pages as f64).round() as u64;
+
+    let mut ck = Checkpointer::open(&p.dir, BENCH_CHAIN, config.clone())?;
+    let mut handles = Vec::new();
+    for r in 0..nregions {
+        let h = ck.alloc_region::<f64>(r + 1, region_elems)?;
+        fill_field(ck.region_mut(&h)?, r * region_elems as u64, p.seed);
+        handles.push(h);
+    }
+    let snapshot = |ck: &Checkpointer| -> Result<Vec<Vec<u8>>> {
+        handles
+            .iter()
+            .map(|h| Ok(bytemuck::cast_slice::<f64, u8>(ck.region(h)?).to_vec()))
+            .collect()
+    };
+    let first_state = snapshot(&ck)?;
+
+    let t = Instant::now();
+    let first = ck.checkpoint()?;
+    let full_secs = t.elapsed().as_secs_f64();
+    progress(1, p.versions);
+
+    // Reference: the same bytes written raw and fsynced, right after the full version.
+    let raw_path = p.dir.join(".bench-baseline.tmp");
+    let t = Instant::now();
+    {
+        let mut f = crate::store::create_new_file(&raw_path)?;
+        for r in &first_state {
+            f.write_all(r).map_err(|e| Error::io(&raw_path, "write", e))?;
+        }
+        f.sync_all().map_err(|e| Error::io(&raw_path, "fsync", e))?;
+    }
+    let baseline_write_secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&raw_path).map_err(|e| Error::io(&raw_path, "remove", e))?;
+
+    let mut rng = Rng::new(p.seed.wrapping_mul(7919) ^ 0x5eed);
+    let mut delta_secs = Vec::new();
+    let mut delta_scan = Vec::new();
+    let mut delta_bytes = Vec::new();
+    let mut last = first.clone();
+    for v in 2..=p.versions {
+        for gp in pick(&mut rng, total_pages, dirty_pages) {
+            let (r, page) = (gp / pages_per_region, gp % pages_per_region);
+            let data = ck.region_mut(&handles[r as usize])?;
+            let per_page = (ps / 8) as usize;
+            let start = page as usize * per_page;
+            let end = (start + per_page).min(data.len());
+            let bump = rng.next_f64() * 0.01 + 1.0e-6;
+            for x in &mut data[start..end] {
+                *x += bump;
+            }
+        }
+        let t = Instant::now();
+        last = ck.checkpoint()?;
+        delta_secs.push(t.elapsed().as_secs_f64());
+        delta_scan.push(last.scan_secs);
+        delta_bytes.push(last.file_bytes as f64);
+        progress(v, p.versions);
+    }
+    let last_state = snapshot(&ck)?;
+    let tracking = last.tracking.as_str().to_string();
+    drop(ck);
+
+    let mut check = Checkpointer::open(&p.dir, BENCH_CHAIN, config)?;
+    let mut check_handles = Vec::new();
+    for r in 0..nregions {
+        check_handles.push(check.alloc_region::<f64>(r + 1, region_elems)?);
+    }
+    let matches = |ck: &Checkpointer, want: &[Vec<u8>]| -> Result<bool> {
+        for (h, w) in check_handles.iter().zip(want) {
+            if bytemuck::cast_slice::<f64, u8>(ck.region(h)?) != w.as_slice() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let t = Instant::now();
+    let newest = check.restore(Some(last.version))?;
+    let restore_newest_secs = t.elapsed().as_secs_f64();
+    let ok_newest = matches(&check, &last_state)?;
+    let t = Instant::now();
+    check.restore(Some(first.version))?;
+    let restore_first_secs = t.elapsed().as_secs_f64();
+    let ok_first = matches(&check, &first_state)?;
+
+    Ok(BenchReport {
+        state_bytes,
+        versions: p.versions,
+        dirty_fraction: p.dirty,
+        dirty_pages,
+        tracking,
+        page_size: p.page_size,
+        full_secs,
+        full_bytes: first.file_bytes,
+        delta_secs: median(&mut delta_secs),
+        delta_bytes: median(&mut delta_bytes) as u64,
+        delta_scan_secs: median(&mut delta_scan),
+        baseline_write_secs,
+        restore_newest_secs,
+        restore_first_secs,
+        newest_depth: last.depth,
+        newest_files_read: newest.files_read,
+        verified: ok_newest && ok_first,
+    })
+}

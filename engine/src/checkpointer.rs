@@ -1,0 +1,511 @@
+//! The application-facing engine: register regions, checkpoint, restore.
+
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::chain::{build_index, Parent, RegionPlan};
+use crate::error::{Error, Result};
+use crate::format::{self, FileEntry, Header, Identity, TrackingKind, FLAG_FULL};
+use crate::hash::{self, RegionHashes};
+use crate::read::Version;
+use crate::region::{self, Memory, Region, RegionHandle};
+use crate::store::{self, Store, WriterLock};
+use crate::write::{PageIn, VersionWriter};
+
+/// How the engine finds the pages that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tracking {
+    /// userfaultfd write-protection where the kernel supports it, hashing otherwise.
+    #[default]
+    Auto,
+    /// Hash every page at every checkpoint.
+    Hash,
+    /// userfaultfd write-protection; fails where unavailable.
+    Uffd,
+}
+
+impl std::str::FromStr for Tracking {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Tracking::Auto),
+            "hash" => Ok(Tracking::Hash),
+            "uffd" => Ok(Tracking::Uffd),
+            _ => Err(Error::Config(format!(
+                "unknown tracking mode {s:?} (expected auto, hash or uffd)"
+            ))),
+        }
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Page size in bytes: a power of two from 4 KiB to 1 MiB. Default 4 KiB.
+    pub page_size: u32,
+    /// zstd level for stored pages; 0 stores pages uncompressed. Default 1.
+    pub compression_level: i32,
+    /// A checkpoint that would make the chain deeper than this is written as a full version.
+    /// Default 16.
+    pub max_chain_depth: u32,
+    /// Dirty-page tracking mode. Default [`Tracking::Auto`].
+    pub tracking: Tracking,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            page_size: 4096,
+            compression_level: 1,
+            max_chain_depth: 16,
+            tracking: Tracking::Auto,
+        }
+    }
+}
+
+impl Config {
+    fn check(&self) -> Result<()> {
+        format::check_page_size(self.page_size).map_err(Error::Config)?;
+        if !(-7..=22).contains(&self.compression_level) {
+            return Err(Error::Config(format!(
+                "compression level {} is outside -7..=22",
+                self.compression_level
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one checkpoint did.
+#[derive(Debug, Clone)]
+pub struct CheckpointStats {
+    /// The version number written.
+    pub version: u64,
+    /// The version it is a delta against (`None` for a full version).
+    pub parent: Option<u64>,
+    /// The committed file.
+    pub path: PathBuf,
+    /// Size of the committed file.
+    pub file_bytes: u64,
+    /// Pages in all regions.
+    pub pages_total: u64,
+    /// Pages stored in the new file.
+    pub pages_stored: u64,
+    /// Bytes hashed to find the dirty pages.
+    pub hashed_bytes: u64,
+    /// Depth of the new version (0: full).
+    pub depth: u32,
+    /// The tracking mode used.
+    pub tracking: TrackingKind,
+    /// Seconds spent finding dirty pages.
+    pub scan_secs: f64,
+    /// Seconds spent writing and committing.
+    pub write_secs: f64,
+}
+
+/// What one restore did.
+#[derive(Debug, Clone)]
+pub struct RestoreStats {
+    /// The version restored.
+    pub version: u64,
+    /// Number of distinct files pages were read from.
+    pub files_read: usize,
+    /// Bytes restored.
+    pub bytes: u64,
+}
+
+/// An application's checkpoint engine for one chain (`<dir>/<name>.ckpt.<N>`).
+///
+/// ```no_run
+/// use ckpt_engine::{Checkpointer, Config};
+/// let mut ck = Checkpointer::open("/scratch/job", "sim", Config::default())?;
+/// let grid = ck.alloc_region::<f64>(1, 1 << 20)?;
+/// if ck.latest_version()?.is_some() {
+///     ck.restore(None)?; // continue from the newest version
+/// }
+/// for step in 0..100 {
+///     ck.region_mut(&grid)?.iter_mut().for_each(|x| *x += 1.0);
+///     if step % 10 == 9 {
+///         ck.checkpoint()?;
+///     }
+/// }
+/// # Ok::<(), ckpt_engine::Error>(())
+/// ```
+pub struct Checkpointer {
+    store: Store,
+    config: Config,
+    regions: Vec<Region>,
+    hashes: Vec<RegionHashes>,
+    parent: Option<Parent>,
+    last_written: u64,
+    _lock: WriterLock,
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .field("regions", &self.regions.len())
+            .finish()
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl Checkpointer {
+    /// Opens chain `name` in `dir` for writing, creating the directory if needed, and takes
+    /// the chain's writer lock. Existing versions are left alone: the first checkpoint after
+    /// `open` is a full version unless [`restore`](Self::restore) is called first.
+    pub fn open(dir: impl AsRef<Path>, name: &str, config: Config) -> Result<Checkpointer> {
+        config.check()?;
+        if config.tracking == Tracking::Uffd {
+            return Err(Error::Unsupported(
+                "userfaultfd dirty tracking is not available yet in this build; use --tracking hash or auto"
+                    .into(),
+            ));
+        }
+        let store = Store::new(dir.as_ref(), name)?;
+        store.create_dir()?;
+        let lock = store.lock_writer()?;
+        Ok(Checkpointer {
+            store,
+            config,
+            regions: Vec::new(),
+            hashes: Vec::new(),
+            parent: None,
+            last_written: 0,
+            _lock: lock,
+        })
+    }
+
+    /// The store this engine writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration in force (the page size follows a restored checkpoint's).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The newest committed version in the store, if any.
+    pub fn latest_version(&self) -> Result<Option<u64>> {
+        self.store.latest()
+    }
+
+    fn check_new_id(&self, id: u64, len: usize) -> Result<()> {
+        if self.regions.iter().any(|r| r.id == id) {
+            return Err(Error::Region {
+                id,
+                why: "already registered".into(),
+            });
+        }
+        if len == 0 {
+            return Err(Error::Region {
+                id,
+                why: "empty regions cannot be registered".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn push_region(&mut self, id: u64, mem: Memory) {
+        let len = mem.bytes().len();
+        self.regions.push(Region { id, mem });
+        self.hashes
+            .push(RegionHashes::unknown(len, self.config.page_size as usize));
+        // A new region has no parent data: the next checkpoint is a full version.
+        self.parent = None;
+    }
+
+    /// Allocates a zeroed, page-aligned region of `len` elements of `T` under `id`.
+    pub fn alloc_region<T: bytemuck::Pod>(&mut self, id: u64, len: usize) -> Result<RegionHandle<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "size overflows".into(),
+            })?;
+        self.check_new_id(id, bytes)?;
+        let mem = Memory::alloc(id, bytes)?;
+        self.push_region(id, mem);
+        Ok(RegionHandle::new(id, len))
+    }
+
+    /// Registers caller memory as region `id`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes until this engine is dropped,
+    /// and nothing else may access that memory while a method of this engine runs (a
+    /// checkpoint reads it, a restore overwrites it).
+    pub unsafe fn register_raw(&mut self, id: u64, ptr: *mut u8, len: usize) -> Result<()> {
+        self.check_new_id(id, len)?;
+        let ptr = NonNull::new(ptr).ok_or_else(|| Error::Region {
+            id,
+            why: "null pointer".into(),
+        })?;
+        self.push_region(id, Memory::Raw { ptr, len });
+        Ok(())
+    }
+
+    /// Borrows an engine-allocated region.
+    pub fn region<T: bytemuck::Pod>(&self, h: &RegionHandle<T>) -> Result<&[T]> {
+        let i = region::find_typed(&self.regions, h)?;
+        Ok(bytemuck::cast_slice(self.regions[i].mem.bytes()))
+    }
+
+    /// Borrows an engine-allocated region mutably.
+    pub fn region_mut<T: bytemuck::Pod>(&mut self, h: &RegionHandle<T>) -> Result<&mut [T]> {
+        let i = region::find_typed(&self.regions, h)?;
+        Ok(bytemuck::cast_slice_mut(self.regions[i].mem.bytes_mut()))
+    }
+
+    /// Borrows several distinct engine-allocated regions mutably at once.
+    pub fn regions_mut<T: bytemuck::Pod, const N: usize>(
+        &mut self,
+        handles: [RegionHandle<T>; N],
+    ) -> Result<[&mut [T]; N]> {
+        region::many_mut(&mut self.regions, handles)
+    }
+
+    /// The bytes of region `id` (engine-allocated or raw).
+    pub fn region_bytes(&self, id: u64) -> Result<&[u8]> {
+        self.regions
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.mem.bytes())
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "not registered".into(),
+            })
+    }
+
+    /// The ids and byte lengths of the registered regions, in registration order.
+    pub fn regions(&self) -> Vec<(u64, usize)> {
+        self.regions.iter().map(|r| (r.id, r.len())).collect()
+    }
+
+    /// Writes the next version: `<name>.ckpt.<N>` with N one more than any version in the
+    /// store. It is a delta against the last version this engine wrote or restored, unless the
+    /// chain would get deeper than `max_chain_depth`, in which case it is a full version.
+    pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
+        if self.regions.is_empty() {
+            return Err(Error::Config("no regions registered".into()));
+        }
+        let ps = self.config.page_size as usize;
+        let t0 = Instant::now();
+        let scans: Vec<hash::Scan> = self
+            .regions
+            .iter()
+            .zip(&self.hashes)
+            .map(|(r, h)| hash::scan_all(r.mem.bytes(), ps, h))
+            .collect();
+        let scan_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+
+        let latest = self.store.latest()?.unwrap_or(0);
+        let version = latest.max(self.last_written) + 1;
+        let parent = self
+            .parent
+            .as_ref()
+            .filter(|p| p.depth < self.config.max_chain_depth);
+        let depth = parent.map_or(0, |p| p.depth + 1);
+
+        // Pages to store: the dirty ones, or all of them for a full version.
+        let mut stored: Vec<Vec<u64>> = Vec::with_capacity(self.regions.len());
+        let mut pages_in = Vec::new();
+        let mut pages_total = 0u64;
+        for ((r, scan), known) in self.regions.iter().zip(&scans).zip(&self.hashes) {
+            let bytes = r.mem.bytes();
+            let npages = bytes.len().div_ceil(ps) as u64;
+            pages_total += npages;
+            let page = |p: u64| &bytes[p as usize * ps..((p as usize + 1) * ps).min(bytes.len())];
+            if parent.is_some() {
+                stored.push(scan.dirty.iter().map(|d| d.page).collect());
+                pages_in.extend(scan.dirty.iter().map(|d| PageIn {
+                    bytes: page(d.page),
+                    hash: d.hash,
+                }));
+            } else {
+                stored.push((0..npages).collect());
+                let mut di = scan.dirty.iter().peekable();
+                for p in 0..npages {
+                    let hash = match di.peek() {
+                        Some(d) if d.page == p => {
+                            let h = d.hash;
+                            di.next();
+                            h
+                        }
+                        _ => known.pages[p as usize],
+                    };
+                    pages_in.push(PageIn {
+                        bytes: page(p),
+                        hash,
+                    });
+                }
+            }
+        }
+
+        let file_id = format::new_file_id()?;
+        let file_name = store::version_file_name(self.store.name(), version);
+        let header = Header {
+            file_id,
+            version,
+            parent: parent.map(|p| p.parent),
+            page_size: self.config.page_size,
+            depth,
+            flags: if parent.is_none() { FLAG_FULL } else { 0 },
+            tracking: TrackingKind::Hash,
+            compression_level: self.config.compression_level,
+            created_unix_nanos: now_nanos(),
+            name: self.store.name().to_string(),
+        };
+        let tmp = self.store.temp_path(version)?;
+        let dst = self.store.path_of(version);
+        let mut writer = VersionWriter::create(tmp.clone(), dst.clone(), header)?;
+        if crate::fault::fail("write-pages") {
+            return Err(Error::io(
+                &tmp,
+                "write pages",
+                std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
+            ));
+        }
+        let records = writer.write_pages(&pages_in, self.config.compression_level)?;
+        let pages_stored = records.len() as u64;
+        drop(pages_in);
+        let plans: Vec<RegionPlan<'_>> = self
+            .regions
+            .iter()
+            .zip(&stored)
+            .map(|(r, s)| RegionPlan {
+                id: r.id,
+                byte_len: r.len() as u64,
+                stored: s,
+            })
+            .collect();
+        let self_entry = FileEntry {
+            identity: Identity {
+                file_id,
+                index_checksum: [0; 32],
+            },
+            version,
+            name: file_name,
+        };
+        let index = build_index(self_entry, parent, &plans, records, self.config.page_size);
+        let identity = writer.commit(&index)?;
+        let write_secs = t1.elapsed().as_secs_f64();
+
+        // Committed: the new version is the parent of the next one.
+        for (h, s) in self.hashes.iter_mut().zip(&scans) {
+            h.apply(s);
+        }
+        let parent_version = parent.map(|p| p.parent.version);
+        self.parent = Some(Parent::from_index(&index, version, identity, depth));
+        self.last_written = version;
+        let file_bytes = std::fs::metadata(&dst)
+            .map_err(|e| Error::io(&dst, "stat", e))?
+            .len();
+        Ok(CheckpointStats {
+            version,
+            parent: parent_version,
+            path: dst,
+            file_bytes,
+            pages_total,
+            pages_stored,
+            hashed_bytes: scans.iter().map(|s| s.hashed_bytes).sum(),
+            depth,
+            tracking: TrackingKind::Hash,
+            scan_secs,
+            write_secs,
+        })
+    }
+
+    /// Restores version `version` (the newest if `None`) into the registered regions. Every
+    /// region of the checkpoint must be registered with the same size, and every registered
+    /// region must be in the checkpoint. The next checkpoint is a delta against the restored
+    /// version and gets a new number; versions above it are left alone.
+    ///
+    /// On error the contents of the regions are unspecified and the engine forgets its
+    /// parent, so the next checkpoint is a full version.
+    pub fn restore(&mut self, version: Option<u64>) -> Result<RestoreStats> {
+        let version = match version {
+            Some(v) => v,
+            None => self.store.latest()?.ok_or_else(|| Error::NotFound {
+                dir: self.store.dir().to_path_buf(),
+                what: format!("no versions of chain {:?} to restore", self.store.name()),
+            })?,
+        };
+        let path = self.store.path_of(version);
+        if !path.exists() {
+            return Err(Error::NotFound {
+                dir: self.store.dir().to_path_buf(),
+                what: format!("no version {version} of chain {:?}", self.store.name()),
+            });
+        }
+        let v = Version::open(&path)?;
+        let ps = v.page_size();
+        // Match regions by id, both ways.
+        let mut order = Vec::with_capacity(self.regions.len());
+        for r in &self.regions {
+            let i = v.regions().iter().position(|e| e.id == r.id).ok_or_else(|| {
+                Error::RegionMismatch {
+                    path: path.clone(),
+                    why: format!("region {} is registered but not in the checkpoint", r.id),
+                }
+            })?;
+            if v.regions()[i].byte_len != r.len() as u64 {
+                return Err(Error::RegionMismatch {
+                    path: path.clone(),
+                    why: format!(
+                        "region {} is {} bytes in the checkpoint but {} bytes registered",
+                        r.id,
+                        v.regions()[i].byte_len,
+                        r.len()
+                    ),
+                });
+            }
+            order.push(i);
+        }
+        if let Some(e) = v
+            .regions()
+            .iter()
+            .find(|e| !self.regions.iter().any(|r| r.id == e.id))
+        {
+            return Err(Error::RegionMismatch {
+                path: path.clone(),
+                why: format!("region {} is in the checkpoint but not registered", e.id),
+            });
+        }
+        self.parent = None;
+        self.config.page_size = ps as u32;
+        let mut bytes = 0u64;
+        let mut new_hashes = Vec::with_capacity(self.regions.len());
+        for (r, &i) in self.regions.iter_mut().zip(&order) {
+            let out = r.mem.bytes_mut();
+            bytes += out.len() as u64;
+            let pages = v.restore_region(i, out)?;
+            let mut h = RegionHashes::unknown(out.len(), ps);
+            h.pages = pages;
+            h.pages_known = true;
+            new_hashes.push(h);
+        }
+        self.hashes = new_hashes;
+        // The parent picture must list extents in engine region order.
+        let file = v.file();
+        let mut parent = Parent::from_index(&file.index, version, file.identity(), file.header.depth);
+        parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
+        self.parent = Some(parent);
+        Ok(RestoreStats {
+            version,
+            files_read: v.files().len(),
+            bytes,
+        })
+    }
+}

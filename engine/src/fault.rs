@@ -1,0 +1,28 @@
+//! Fault injection for crash and failure tests, driven by environment variables read once.
+//!
+//! - `CKPT_FAULT_KILL=<point>`: the process sends itself SIGKILL when it reaches `<point>`.
+//! - `CKPT_FAULT_FAIL=<point>`: [`fail`] returns true at `<point>`, and the caller turns that
+//!   into an I/O error, as if the disk had failed.
+//!
+//! With neither variable set, each call is one load of a cached `Option`.
+
+use std::sync::OnceLock;
+
+fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static str> {
+    cell.get_or_init(|| std::env::var(name).ok()).as_deref()
+}
+
+static KILL: OnceLock<Option<String>> = OnceLock::new();
+static FAIL: OnceLock<Option<String>> = OnceLock::new();
+
+/// Kills the process with SIGKILL if `CKPT_FAULT_KILL` names this point.
+pub fn point(name: &str) {
+    if var("CKPT_FAULT_KILL", &KILL) == Some(name) {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// True if `CKPT_FAULT_FAIL` names this point.
+pub fn fail(name: &str) -> bool {
+    var("CKPT_FAULT_FAIL", &FAIL) == Some(name)
+}

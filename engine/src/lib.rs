@@ -1,0 +1,68 @@
+//! # ckpt-engine
+//!
+//! Incremental delta checkpoints for HPC applications. An application registers memory
+//! regions with a [`Checkpointer`]; each [`Checkpointer::checkpoint`] hashes the regions page
+//! by page (blake3, in parallel), writes only the pages that changed (zstd-compressed) into a
+//! new immutable file `<name>.ckpt.<N>`, and references older files for everything else.
+//! [`Checkpointer::restore`] rebuilds any committed version; every page is resolved in one
+//! hop, so restore cost does not grow with the chain's depth.
+//!
+//! The on-disk format is specified in `docs/FORMAT.md`.
+//!
+//! Modules, in the direction data flows:
+//! - [`region`]: memory the application registers;
+//! - `hash`: which pages changed;
+//! - `write`: the new file, committed atomically;
+//! - [`store`]: naming, listing and locking in a directory;
+//! - [`read`]: opening, checking and resolving versions;
+//! - [`catalog`]: listing, verifying and exporting for tools;
+//! - [`format`]: the byte layout shared by all of them.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod catalog;
+mod chain;
+mod checkpointer;
+mod error;
+pub mod fault;
+pub mod format;
+mod hash;
+pub mod read;
+pub mod region;
+pub mod store;
+mod write;
+
+pub use checkpointer::{CheckpointStats, Checkpointer, Config, RestoreStats, Tracking};
+pub use error::{Error, Result};
+pub use hash::{page_hash, GROUP_BYTES};
+pub use region::RegionHandle;
+pub use store::Store;
+
+/// Hashing entry points exposed for benchmarks.
+pub mod hashing {
+    pub use crate::hash::GROUP_BYTES;
+
+    /// Hashes `data` the way a checkpoint does when nothing is known yet (every group and every
+    /// page), returning the number of dirty pages found. For benchmarks.
+    pub fn hash_fresh(data: &[u8], page_size: usize) -> usize {
+        let known = crate::hash::RegionHashes::unknown(data.len(), page_size);
+        crate::hash::scan_all(data, page_size, &known).dirty.len()
+    }
+
+    /// A remembered state for `data`, to benchmark re-scans of unchanged or lightly changed
+    /// memory with [`rescan`].
+    pub struct Known(crate::hash::RegionHashes);
+
+    /// Scans `data` once and remembers it.
+    pub fn remember(data: &[u8], page_size: usize) -> Known {
+        let mut known = crate::hash::RegionHashes::unknown(data.len(), page_size);
+        let s = crate::hash::scan_all(data, page_size, &known);
+        known.apply(&s);
+        Known(known)
+    }
+
+    /// Re-scans `data` against a remembered state; returns the number of dirty pages.
+    pub fn rescan(data: &[u8], page_size: usize, known: &Known) -> usize {
+        crate::hash::scan_all(data, page_size, &known.0).dirty.len()
+    }
+}

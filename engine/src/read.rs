@@ -1,0 +1,328 @@
+//! Reading version files: opening and checking them, resolving every page in one hop, and
+//! restoring or verifying pages against their stored hashes.
+//!
+//! Files are mapped with memmap2. Committed files are immutable by protocol (nothing in ckpt
+//! ever writes to a committed file; the compactor replaces files only by renaming new ones
+//! over them, which leaves existing mappings of the old inode intact).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    hex, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry, FOOTER_LEN, HEADER_LEN,
+};
+use crate::hash::page_hash;
+
+/// One opened, checked version file: header, footer and index verified against their
+/// checksums, the index checked for internal consistency. Page data is checked when read.
+pub struct VersionFile {
+    path: PathBuf,
+    map: Mmap,
+    /// The decoded header.
+    pub header: Header,
+    /// The decoded footer.
+    pub footer: Footer,
+    /// The decoded index.
+    pub index: Index,
+}
+
+impl std::fmt::Debug for VersionFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VersionFile")
+            .field("path", &self.path)
+            .field("version", &self.header.version)
+            .finish()
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+impl VersionFile {
+    /// Opens and checks a version file.
+    pub fn open(path: &Path) -> Result<VersionFile> {
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        if len < (HEADER_LEN + FOOTER_LEN) as u64 {
+            return Err(Error::corrupt(
+                path,
+                "file",
+                format!("{len} bytes, too short to be a version file (truncated?)"),
+            ));
+        }
+        // SAFETY: committed version files are never written after their commit rename (see the
+        // module documentation and docs/FORMAT.md), so the mapped bytes do not change under us.
+        // Every length read from the file is checked against `map.len()` before use.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
+        let header = Header::decode(path, &map)?;
+        let footer = Footer::decode(path, &map)?;
+        if footer.file_id != header.file_id {
+            return Err(Error::corrupt(
+                path,
+                "footer",
+                "file id differs from the header's",
+            ));
+        }
+        let ib = &map[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
+        if blake3::hash(ib).as_bytes() != &footer.index_checksum {
+            return Err(Error::corrupt(path, "index", "checksum mismatch"));
+        }
+        let index = Index::decode(path, ib, &header, &footer)?;
+        Ok(VersionFile {
+            path: path.to_path_buf(),
+            map,
+            header,
+            footer,
+            index,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Total size in bytes.
+    pub fn size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// The identity other files record when they reference this one.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            file_id: self.header.file_id,
+            index_checksum: self.footer.index_checksum,
+        }
+    }
+
+    /// Stored (on-disk) bytes of the data section.
+    pub fn data_bytes(&self) -> u64 {
+        self.footer.data_len
+    }
+
+    /// Decodes record `rec` into `out` (which must be exactly the page length) and checks it
+    /// against the record's hash. `what` names the page for error messages.
+    pub fn read_record(&self, rec: &Record, out: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+        let bad = |d: String| Error::corrupt(&self.path, what(), d);
+        if rec.raw_len as usize != out.len() {
+            return Err(bad(format!(
+                "record holds {} bytes, the page has {}",
+                rec.raw_len,
+                out.len()
+            )));
+        }
+        let src = &self.map[rec.offset as usize..(rec.offset + rec.stored_len as u64) as usize];
+        match rec.codec {
+            Codec::Raw => out.copy_from_slice(src),
+            Codec::Zstd => {
+                let n = DECOMPRESSOR
+                    .with(|d| -> std::io::Result<usize> {
+                        let mut d = d.borrow_mut();
+                        if d.is_none() {
+                            *d = Some(zstd::bulk::Decompressor::new()?);
+                        }
+                        match d.as_mut() {
+                            // Bounded: zstd never writes past `out`, which is one page.
+                            Some(d) => d.decompress_to_buffer(src, &mut *out),
+                            None => Err(std::io::Error::other("no decompressor")),
+                        }
+                    })
+                    .map_err(|e| bad(format!("cannot decompress: {e}")))?;
+                if n != out.len() {
+                    return Err(bad(format!("decompressed to {n} bytes, expected {}", out.len())));
+                }
+            }
+        }
+        if page_hash(out) != rec.hash {
+            return Err(bad("contents do not match the stored blake3 hash".into()));
+        }
+        Ok(())
+    }
+
+    /// Decodes and checks every page stored in this file (used by `verify`).
+    pub fn verify_records(&self) -> Result<()> {
+        let ps = self.header.page_size as usize;
+        self.index
+            .records
+            .par_iter()
+            .enumerate()
+            .try_for_each_init(
+                || vec![0u8; ps],
+                |buf, (i, rec)| {
+                    let n = rec.raw_len as usize;
+                    self.read_record(rec, &mut buf[..n], &|| format!("record {i}"))
+                },
+            )
+    }
+}
+
+/// A version with every file it references opened and identity-checked: everything needed to
+/// resolve any page in one hop.
+#[derive(Debug)]
+pub struct Version {
+    /// `files[i]` is file-table entry `i` of the version; `files[0]` is the version itself.
+    files: Vec<Arc<VersionFile>>,
+}
+
+impl Version {
+    /// Opens the version file at `path` and every file its index references (by plain name,
+    /// in the same directory), checking that each referenced file has the identity recorded.
+    pub fn open(path: &Path) -> Result<Version> {
+        let main = Arc::new(VersionFile::open(path)?);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut files = vec![main.clone()];
+        for entry in main.index.files.iter().skip(1) {
+            let rpath = dir.join(&entry.name);
+            if !rpath.exists() {
+                return Err(Error::MissingReference {
+                    path: path.to_path_buf(),
+                    missing: rpath,
+                });
+            }
+            let f = VersionFile::open(&rpath)?;
+            if f.identity() != entry.identity {
+                return Err(Error::ReplacedReference {
+                    path: path.to_path_buf(),
+                    referenced: rpath,
+                    expected: format!(
+                        "{} (index {})",
+                        hex(&entry.identity.file_id),
+                        &hex(&entry.identity.index_checksum)[..16]
+                    ),
+                    found: format!(
+                        "{} (index {})",
+                        hex(&f.header.file_id),
+                        &hex(&f.footer.index_checksum)[..16]
+                    ),
+                });
+            }
+            if f.header.page_size != main.header.page_size {
+                return Err(Error::corrupt(
+                    path,
+                    "file table",
+                    format!("references {} with another page size", rpath.display()),
+                ));
+            }
+            files.push(Arc::new(f));
+        }
+        Ok(Version { files })
+    }
+
+    /// The version's own file.
+    pub fn file(&self) -> &VersionFile {
+        &self.files[0]
+    }
+
+    /// All opened files, in file-table order.
+    pub fn files(&self) -> &[Arc<VersionFile>] {
+        &self.files
+    }
+
+    /// The version's regions.
+    pub fn regions(&self) -> &[RegionEntry] {
+        &self.files[0].index.regions
+    }
+
+    /// Page size.
+    pub fn page_size(&self) -> usize {
+        self.files[0].header.page_size as usize
+    }
+
+    /// Resolves a page of a region to (file index, record). `starts` are the extents' first
+    /// pages.
+    fn resolve(&self, region: &RegionEntry, starts: &[u64], page: u64) -> Result<(usize, &Record)> {
+        let main = &self.files[0];
+        let k = starts.partition_point(|&s| s <= page) - 1;
+        let ext = &main.index.extents[region.first_extent as usize + k];
+        let rec_idx = ext.first_record + (page - starts[k]);
+        let file = &self.files[ext.file as usize];
+        let rec = file.index.records.get(rec_idx as usize).ok_or_else(|| {
+            Error::corrupt(
+                main.path(),
+                format!("page {page} of region {}", region.id),
+                format!(
+                    "refers to record {rec_idx} of {}, which has only {}",
+                    file.path().display(),
+                    file.index.records.len()
+                ),
+            )
+        })?;
+        Ok((ext.file as usize, rec))
+    }
+
+    fn starts(&self, region: &RegionEntry) -> Vec<u64> {
+        let main = &self.files[0];
+        let exts = &main.index.extents
+            [region.first_extent as usize..(region.first_extent + region.extent_count) as usize];
+        let mut starts = Vec::with_capacity(exts.len());
+        let mut p = 0u64;
+        for e in exts {
+            starts.push(p);
+            p += e.page_count as u64;
+        }
+        starts
+    }
+
+    /// Restores region number `i` (in region-table order) into `out`, which must have the
+    /// region's length, checking every page against its hash. Returns each page's hash.
+    pub fn restore_region(&self, i: usize, out: &mut [u8]) -> Result<Vec<Hash>> {
+        let region = self.regions()[i];
+        if out.len() as u64 != region.byte_len {
+            return Err(Error::RegionMismatch {
+                path: self.files[0].path().to_path_buf(),
+                why: format!(
+                    "region {} is {} bytes in the checkpoint, {} in memory",
+                    region.id,
+                    region.byte_len,
+                    out.len()
+                ),
+            });
+        }
+        let ps = self.page_size();
+        let starts = self.starts(&region);
+        let mut hashes = vec![[0u8; 32]; region.page_count(ps as u32) as usize];
+        out.par_chunks_mut(ps)
+            .zip(hashes.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(p, (page, h))| {
+                let (f, rec) = self.resolve(&region, &starts, p as u64)?;
+                self.files[f].read_record(rec, page, &|| {
+                    format!("page {p} of region {}", region.id)
+                })?;
+                *h = rec.hash;
+                Ok(())
+            })?;
+        Ok(hashes)
+    }
+
+    /// Checks every page reference of the version without decoding data: each resolves to an
+    /// existing record of the right length.
+    pub fn verify_references(&self) -> Result<()> {
+        let ps = self.page_size() as u64;
+        for region in self.regions() {
+            let starts = self.starts(region);
+            for p in 0..region.page_count(ps as u32) {
+                let (_, rec) = self.resolve(region, &starts, p)?;
+                let want = (region.byte_len - p * ps).min(ps);
+                if rec.raw_len as u64 != want {
+                    return Err(Error::corrupt(
+                        self.files[0].path(),
+                        format!("page {p} of region {}", region.id),
+                        format!("refers to a record of {} bytes, expected {want}", rec.raw_len),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

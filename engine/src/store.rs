@@ -1,0 +1,295 @@
+//! A store is a directory holding chains of version files. This module owns naming,
+//! listing, locking and the atomic commit (temporary file, fsync, rename, directory fsync).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, RenameFlags};
+
+use crate::error::{Error, Result};
+use crate::format::MAX_NAME_LEN;
+
+/// Checks a chain name: non-empty, at most 64 bytes, no `/`, no `..`, no NUL, not starting
+/// with `.` (names starting with `.` are reserved for temporary and lock files).
+pub fn check_chain_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        Some("empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("longer than 64 bytes")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.contains("..") {
+        Some("contains '..'")
+    } else if name.contains('\0') {
+        Some("contains NUL")
+    } else if name.starts_with('.') {
+        Some("starts with '.'")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::InvalidName {
+            name: name.to_string(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a file name found inside a version file's file table: a plain name in the same
+/// directory.
+pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.contains('/') || name.contains("..") || name.contains('\0') {
+        return Err(format!("unacceptable file name {name:?}"));
+    }
+    Ok(())
+}
+
+/// The file name of version `version` of chain `name`: `<name>.ckpt.<version>`.
+pub fn version_file_name(name: &str, version: u64) -> String {
+    format!("{name}.ckpt.{version}")
+}
+
+/// Parses `<name>.ckpt.<N>` into `(name, N)`. Returns `None` for any other file name,
+/// including temporary files (which start with `.`).
+pub fn parse_version_file_name(file: &str) -> Option<(&str, u64)> {
+    if file.starts_with('.') {
+        return None;
+    }
+    let pos = file.rfind(".ckpt.")?;
+    let (name, rest) = (&file[..pos], &file[pos + 6..]);
+    if name.is_empty() || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if rest.starts_with('0') {
+        return None;
+    }
+    let v: u64 = rest.parse().ok()?;
+    Some((name, v))
+}
+
+/// One chain in one directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    name: String,
+}
+
+/// Holds the writer lock of a chain for as long as it lives.
+#[derive(Debug)]
+pub struct WriterLock {
+    _lock: Flock<File>,
+}
+
+impl Store {
+    /// Names a chain in a directory. Checks the name; does not touch the disk.
+    pub fn new(dir: impl Into<PathBuf>, name: &str) -> Result<Store> {
+        check_chain_name(name)?;
+        Ok(Store {
+            dir: dir.into(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Opens the only chain in `dir`, or the one named `name`. Fails if `name` is `None`
+    /// and the directory holds no chain or several.
+    pub fn discover(dir: impl Into<PathBuf>, name: Option<&str>) -> Result<Store> {
+        let dir = dir.into();
+        if let Some(n) = name {
+            return Store::new(dir, n);
+        }
+        let chains = chains_in(&dir)?;
+        match chains.as_slice() {
+            [one] => Store::new(dir, one),
+            [] => Err(Error::NotFound {
+                dir,
+                what: "no checkpoint files (<name>.ckpt.<N>) found".into(),
+            }),
+            many => Err(Error::NotFound {
+                dir,
+                what: format!(
+                    "holds several chains ({}); choose one with --name",
+                    many.join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The chain name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Path of version `version`'s file.
+    pub fn path_of(&self, version: u64) -> PathBuf {
+        self.dir.join(version_file_name(&self.name, version))
+    }
+
+    /// Committed version numbers of this chain, ascending.
+    pub fn versions(&self) -> Result<Vec<u64>> {
+        let mut v: Vec<u64> = list_dir(&self.dir)?
+            .iter()
+            .filter_map(|f| parse_version_file_name(f))
+            .filter(|(n, _)| *n == self.name)
+            .map(|(_, v)| v)
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// The newest committed version, if any.
+    pub fn latest(&self) -> Result<Option<u64>> {
+        Ok(self.versions()?.last().copied())
+    }
+
+    /// Leftover temporary files of this chain (from crashed checkpoints or compactions).
+    pub fn temp_files(&self) -> Result<Vec<PathBuf>> {
+        let prefix = format!(".{}.ckpt.", self.name);
+        Ok(list_dir(&self.dir)?
+            .into_iter()
+            .filter(|f| f.starts_with(&prefix) && f.contains(".tmp."))
+            .map(|f| self.dir.join(f))
+            .collect())
+    }
+
+    /// Creates the directory if needed.
+    pub fn create_dir(&self) -> Result<()> {
+        fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, "create directory", e))
+    }
+
+    /// Takes the chain's writer lock without waiting. Only one process may write a chain.
+    pub fn lock_writer(&self) -> Result<WriterLock> {
+        let path = self.dir.join(format!(".{}.writer.lock", self.name));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(&path, "open lock file", e))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(WriterLock { _lock: lock }),
+            Err((_, Errno::EWOULDBLOCK)) => Err(Error::Locked {
+                path,
+                name: self.name.clone(),
+            }),
+            Err((_, e)) => Err(Error::io(&path, "lock", e.into())),
+        }
+    }
+
+    /// A fresh temporary path for writing version `version`. Temporary names start with `.`
+    /// so that no listing ever mistakes them for a committed version.
+    pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
+        let mut r = [0u8; 6];
+        getrandom::fill(&mut r).map_err(|e| {
+            Error::io(
+                &self.dir,
+                "draw a temporary name",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        Ok(self.dir.join(format!(
+            ".{}.tmp.{}.{}",
+            version_file_name(&self.name, version),
+            std::process::id(),
+            crate::format::hex(&r)
+        )))
+    }
+}
+
+/// Names of the chains present in `dir`, sorted.
+pub fn chains_in(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = list_dir(dir)?
+        .iter()
+        .filter_map(|f| parse_version_file_name(f))
+        .map(|(n, _)| n.to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let rd = fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))?;
+    let mut out = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| Error::io(dir, "read directory", e))?;
+        if let Some(s) = ent.file_name().to_str() {
+            out.push(s.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Creates a new file for writing, mode 0600, failing if it exists.
+pub(crate) fn create_new_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, "create", e))
+}
+
+/// fsyncs a directory, making renames and unlinks in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
+    d.sync_all().map_err(|e| Error::io(dir, "fsync directory", e))
+}
+
+/// Renames a fully written and fsynced `tmp` to `dst` without ever replacing an existing
+/// `dst`, then fsyncs the directory. This is the commit point of a version.
+pub(crate) fn commit_rename(tmp: &Path, dst: &Path) -> Result<()> {
+    let cwd = nix::fcntl::AT_FDCWD;
+    match nix::fcntl::renameat2(cwd, tmp, cwd, dst, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            return Err(Error::io(
+                dst,
+                "commit (another file of that name already exists; a committed file is never replaced)",
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ))
+        }
+        Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
+            // File systems without RENAME_NOREPLACE: link(2) also refuses to replace.
+            fs::hard_link(tmp, dst).map_err(|e| Error::io(dst, "commit (link)", e))?;
+            fs::remove_file(tmp).map_err(|e| Error::io(tmp, "remove temporary", e))?;
+        }
+        Err(e) => return Err(Error::io(dst, "commit (rename)", e.into())),
+    }
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    sync_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_version_file_name("a.ckpt.12"), Some(("a", 12)));
+        assert_eq!(parse_version_file_name("a.b.ckpt.3"), Some(("a.b", 3)));
+        assert_eq!(parse_version_file_name(".a.ckpt.3.tmp.1.ab"), None);
+        assert_eq!(parse_version_file_name("a.ckpt.03"), None);
+        assert_eq!(parse_version_file_name("a.ckpt.0"), None);
+        assert_eq!(parse_version_file_name("a.ckpt."), None);
+        assert_eq!(parse_version_file_name("a.ckpt.1x"), None);
+        assert!(check_chain_name("../x").is_err());
+        assert!(check_chain_name("a/b").is_err());
+        assert!(check_chain_name("a..b").is_err());
+        assert!(check_chain_name(".hidden").is_err());
+        assert!(check_chain_name("heat-rank0").is_ok());
+    }
+}

@@ -1,0 +1,196 @@
+//! Writing one version file: pages compressed in parallel, written by a dedicated thread that
+//! pushes data to disk while the next batch compresses, then the index and footer, fsync, and
+//! the atomic commit.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
+use crate::store;
+
+/// Uncompressed bytes per compression batch.
+const BATCH_BYTES: usize = 8 << 20;
+/// The writer thread calls fdatasync after this many bytes, so that the disk works while the
+/// next batches compress instead of all at the final fsync.
+const SYNC_EVERY: u64 = 32 << 20;
+
+/// One page to store.
+pub(crate) struct PageIn<'a> {
+    /// The page bytes (the last page of a region may be short).
+    pub(crate) bytes: &'a [u8],
+    /// blake3 of `bytes`.
+    pub(crate) hash: Hash,
+}
+
+/// A version file being written under a temporary name. Dropping it without `commit`
+/// removes the temporary file.
+pub(crate) struct VersionWriter {
+    file: Option<File>,
+    tmp: PathBuf,
+    dst: PathBuf,
+    header: Header,
+    offset: u64,
+    stored_raw: u64,
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+fn compress(level: i32, page: &[u8]) -> Result<(Codec, Vec<u8>), std::io::Error> {
+    if level == 0 {
+        return Ok((Codec::Raw, page.to_vec()));
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let (_, comp) = c.as_mut().ok_or_else(|| std::io::Error::other("no compressor"))?;
+        let out = comp.compress(page)?;
+        if out.len() >= page.len() {
+            Ok((Codec::Raw, page.to_vec()))
+        } else {
+            Ok((Codec::Zstd, out))
+        }
+    })
+}
+
+impl VersionWriter {
+    /// Creates the temporary file (mode 0600) and writes the header.
+    pub(crate) fn create(tmp: PathBuf, dst: PathBuf, header: Header) -> Result<VersionWriter> {
+        let mut file = store::create_new_file(&tmp)?;
+        file.write_all(&header.encode())
+            .map_err(|e| Error::io(&tmp, "write header", e))?;
+        Ok(VersionWriter {
+            file: Some(file),
+            tmp,
+            dst,
+            header,
+            offset: HEADER_LEN as u64,
+            stored_raw: 0,
+        })
+    }
+
+    /// The temporary path.
+    #[allow(dead_code)]
+    pub(crate) fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Compresses and appends pages; returns their records, in the same order.
+    pub(crate) fn write_pages(&mut self, pages: &[PageIn<'_>], level: i32) -> Result<Vec<Record>> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::io(&self.tmp, "write", std::io::Error::other("closed")))?;
+        let tmp = &self.tmp;
+        let mut records = Vec::with_capacity(pages.len());
+        let page_len = pages.first().map_or(4096, |p| p.bytes.len().max(1));
+        let per_batch = (BATCH_BYTES / page_len).max(1);
+        let mut offset = self.offset;
+        let mut stored_raw = 0u64;
+        std::thread::scope(|s| -> Result<()> {
+            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
+            let writer = s.spawn(move || -> Result<()> {
+                let mut since_sync = 0u64;
+                for buf in rx {
+                    file.write_all(&buf)
+                        .map_err(|e| Error::io(tmp, "write pages", e))?;
+                    since_sync += buf.len() as u64;
+                    if since_sync >= SYNC_EVERY {
+                        file.sync_data().map_err(|e| Error::io(tmp, "fdatasync", e))?;
+                        since_sync = 0;
+                    }
+                }
+                Ok(())
+            });
+            let produce = (|| -> Result<()> {
+                for batch in pages.chunks(per_batch) {
+                    let out: Vec<(Codec, Vec<u8>)> = batch
+                        .par_iter()
+                        .map(|p| compress(level, p.bytes))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| Error::io(tmp, "compress", e))?;
+                    let total: usize = out.iter().map(|(_, b)| b.len()).sum();
+                    let mut buf = Vec::with_capacity(total);
+                    for (p, (codec, bytes)) in batch.iter().zip(out) {
+                        records.push(Record {
+                            hash: p.hash,
+                            offset,
+                            stored_len: bytes.len() as u32,
+                            raw_len: p.bytes.len() as u32,
+                            codec,
+                        });
+                        offset += bytes.len() as u64;
+                        stored_raw += p.bytes.len() as u64;
+                        buf.extend_from_slice(&bytes);
+                    }
+                    if tx.send(buf).is_err() {
+                        // The writer stopped early; its error is reported below.
+                        break;
+                    }
+                }
+                Ok(())
+            })();
+            drop(tx);
+            let written = writer
+                .join()
+                .map_err(|_| Error::io(tmp, "write pages", std::io::Error::other("writer thread panicked")))?;
+            written?;
+            produce
+        })?;
+        self.offset = offset;
+        self.stored_raw += stored_raw;
+        Ok(records)
+    }
+
+    /// Writes the index and footer, fsyncs, and renames the file to its final name without
+    /// replacing anything, then fsyncs the directory. Returns the new file's identity.
+    pub(crate) fn commit(mut self, index: &Index) -> Result<Identity> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::io(&self.tmp, "commit", std::io::Error::other("closed")))?;
+        let bytes = index.encode();
+        let index_checksum = *blake3::hash(&bytes).as_bytes();
+        let footer = Footer {
+            data_offset: HEADER_LEN as u64,
+            data_len: self.offset - HEADER_LEN as u64,
+            index_offset: self.offset,
+            index_len: bytes.len() as u64,
+            file_id: self.header.file_id,
+            index_checksum,
+            stored_raw_bytes: self.stored_raw,
+        };
+        file.write_all(&bytes)
+            .map_err(|e| Error::io(&self.tmp, "write index", e))?;
+        file.write_all(&footer.encode())
+            .map_err(|e| Error::io(&self.tmp, "write footer", e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(&self.tmp, "fsync", e))?;
+        drop(file);
+        crate::fault::point("before-rename");
+        store::commit_rename(&self.tmp, &self.dst)?;
+        // Committed: nothing to clean up any more.
+        self.tmp = PathBuf::new();
+        Ok(Identity {
+            file_id: self.header.file_id,
+            index_checksum,
+        })
+    }
+}
+
+impl Drop for VersionWriter {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
