@@ -100,6 +100,9 @@ enum Cmd {
         /// zstd level (0: no compression).
         #[arg(long, default_value_t = 1)]
         level: i32,
+        /// Compress a batch only if a sample shrinks by at least this fraction.
+        #[arg(long, default_value_t = 0.125)]
+        min_saving: f64,
         /// Maximum chain depth before a full version is written.
         #[arg(long, default_value_t = 16)]
         max_depth: u32,
@@ -308,7 +311,7 @@ fn restore(dir: PathBuf, name: Option<String>, version: Option<u64>, out: PathBu
 #[allow(clippy::too_many_arguments)]
 fn run_bench(
     dir: PathBuf, state_mib: usize, dirty: f64, versions: u64, tracking: &str, page_size: u32,
-    level: i32, max_depth: u32, seed: u64, json_mode: bool,
+    level: i32, min_saving: f64, max_depth: u32, seed: u64, json_mode: bool,
 ) -> Result<bool> {
     let tracking: Tracking = tracking.parse()?;
     let params = BenchParams {
@@ -319,6 +322,7 @@ fn run_bench(
         tracking,
         page_size,
         compression_level: level,
+        min_compression_saving: min_saving,
         max_chain_depth: max_depth,
         seed,
     };
@@ -334,6 +338,7 @@ fn run_bench(
         "page_size": r.page_size,
         "full_secs": r.full_secs,
         "full_bytes": r.full_bytes,
+        "full_scan_secs": r.full_scan_secs,
         "delta_secs": r.delta_secs,
         "delta_scan_secs": r.delta_scan_secs,
         "delta_bytes": r.delta_bytes,
@@ -364,8 +369,8 @@ fn main() -> ExitCode {
         Cmd::Inspect { file, json } => inspect(file, json),
         Cmd::Verify { dir, name, version, json } => verify(dir, name, version, json),
         Cmd::Restore { dir, name, version, out, json } => restore(dir, name, version, out, json),
-        Cmd::Bench { dir, state_mib, dirty, versions, tracking, page_size, level, max_depth, seed, json } => {
-            run_bench(dir, state_mib, dirty, versions, &tracking, page_size, level, max_depth, seed, json)
+        Cmd::Bench { dir, state_mib, dirty, versions, tracking, page_size, level, min_saving, max_depth, seed, json } => {
+            run_bench(dir, state_mib, dirty, versions, &tracking, page_size, level, min_saving, max_depth, seed, json)
         }
     };
     match res {

@@ -13,6 +13,9 @@ use crate::region::{self, Memory, Region, RegionHandle};
 use crate::store::{self, Store, WriterLock};
 use crate::write::{PageIn, VersionWriter};
 
+/// Bytes of a region scanned before their dirty pages are handed to the writer.
+const SPAN_BYTES: usize = 8 << 20;
+
 /// How the engine finds the pages that changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tracking {
@@ -46,6 +49,11 @@ pub struct Config {
     pub page_size: u32,
     /// zstd level for stored pages; 0 stores pages uncompressed. Default 1.
     pub compression_level: i32,
+    /// A batch of pages is compressed only if a sample of it shrinks by at least this
+    /// fraction; otherwise it is stored raw, saving the CPU time of compressing data that
+    /// barely compresses (dense floating-point fields often save under 10 %). 0.0 compresses
+    /// whenever it saves anything. Default 0.125.
+    pub min_compression_saving: f64,
     /// A checkpoint that would make the chain deeper than this is written as a full version.
     /// Default 16.
     pub max_chain_depth: u32,
@@ -58,6 +66,7 @@ impl Default for Config {
         Config {
             page_size: 4096,
             compression_level: 1,
+            min_compression_saving: 0.125,
             max_chain_depth: 16,
             tracking: Tracking::Auto,
         }
@@ -67,6 +76,12 @@ impl Default for Config {
 impl Config {
     fn check(&self) -> Result<()> {
         format::check_page_size(self.page_size).map_err(Error::Config)?;
+        if !(0.0..1.0).contains(&self.min_compression_saving) {
+            return Err(Error::Config(format!(
+                "minimum compression saving {} is outside 0..1",
+                self.min_compression_saving
+            )));
+        }
         if !(-7..=22).contains(&self.compression_level) {
             return Err(Error::Config(format!(
                 "compression level {} is outside -7..=22",
@@ -100,7 +115,7 @@ pub struct CheckpointStats {
     pub tracking: TrackingKind,
     /// Seconds spent finding dirty pages.
     pub scan_secs: f64,
-    /// Seconds spent writing and committing.
+    /// Seconds spent compressing, writing and committing (the rest of the checkpoint).
     pub write_secs: f64,
 }
 
@@ -301,15 +316,6 @@ impl Checkpointer {
         }
         let ps = self.config.page_size as usize;
         let t0 = Instant::now();
-        let scans: Vec<hash::Scan> = self
-            .regions
-            .iter()
-            .zip(&self.hashes)
-            .map(|(r, h)| hash::scan_all(r.mem.bytes(), ps, h))
-            .collect();
-        let scan_secs = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-
         let latest = self.store.latest()?.unwrap_or(0);
         let version = latest.max(self.last_written) + 1;
         let parent = self
@@ -317,42 +323,6 @@ impl Checkpointer {
             .as_ref()
             .filter(|p| p.depth < self.config.max_chain_depth);
         let depth = parent.map_or(0, |p| p.depth + 1);
-
-        // Pages to store: the dirty ones, or all of them for a full version.
-        let mut stored: Vec<Vec<u64>> = Vec::with_capacity(self.regions.len());
-        let mut pages_in = Vec::new();
-        let mut pages_total = 0u64;
-        for ((r, scan), known) in self.regions.iter().zip(&scans).zip(&self.hashes) {
-            let bytes = r.mem.bytes();
-            let npages = bytes.len().div_ceil(ps) as u64;
-            pages_total += npages;
-            let page = |p: u64| &bytes[p as usize * ps..((p as usize + 1) * ps).min(bytes.len())];
-            if parent.is_some() {
-                stored.push(scan.dirty.iter().map(|d| d.page).collect());
-                pages_in.extend(scan.dirty.iter().map(|d| PageIn {
-                    bytes: page(d.page),
-                    hash: d.hash,
-                }));
-            } else {
-                stored.push((0..npages).collect());
-                let mut di = scan.dirty.iter().peekable();
-                for p in 0..npages {
-                    let hash = match di.peek() {
-                        Some(d) if d.page == p => {
-                            let h = d.hash;
-                            di.next();
-                            h
-                        }
-                        _ => known.pages[p as usize],
-                    };
-                    pages_in.push(PageIn {
-                        bytes: page(p),
-                        hash,
-                    });
-                }
-            }
-        }
-
         let file_id = format::new_file_id()?;
         let file_name = store::version_file_name(self.store.name(), version);
         let header = Header {
@@ -370,16 +340,80 @@ impl Checkpointer {
         let tmp = self.store.temp_path(version)?;
         let dst = self.store.path_of(version);
         let mut writer = VersionWriter::create(tmp.clone(), dst.clone(), header)?;
-        if crate::fault::fail("write-pages") {
-            return Err(Error::io(
-                &tmp,
-                "write pages",
-                std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
-            ));
-        }
-        let records = writer.write_pages(&pages_in, self.config.compression_level)?;
+
+        // Scan a span of groups, hand its pages to the writer, move on: hashing the next span
+        // overlaps with writing the previous one.
+        let full = parent.is_none();
+        let mut scans: Vec<hash::Scan> = Vec::with_capacity(self.regions.len());
+        let mut stored: Vec<Vec<u64>> = Vec::with_capacity(self.regions.len());
+        let mut scan_secs = 0.0;
+        let mut pages_total = 0u64;
+        let span_groups = (SPAN_BYTES / (hash::pages_per_group(ps) * ps)).max(1);
+        let regions = &self.regions;
+        let known_all = &self.hashes;
+        let min_saving = self.config.min_compression_saving;
+        let records = writer.write_stream(self.config.compression_level, min_saving, |emit| {
+            for (r, known) in regions.iter().zip(known_all) {
+                let bytes = r.mem.bytes();
+                let npages = bytes.len().div_ceil(ps) as u64;
+                pages_total += npages;
+                let page = |p: u64| &bytes[p as usize * ps..((p as usize + 1) * ps).min(bytes.len())];
+                let ppg = hash::pages_per_group(ps) as u64;
+                let mut region_scan = hash::Scan::default();
+                let mut region_stored = Vec::new();
+                let ngroups = known.groups.len();
+                let mut g = 0;
+                while g < ngroups {
+                    let end = (g + span_groups).min(ngroups);
+                    let ts = Instant::now();
+                    let scan = hash::scan_groups(bytes, ps, known, g..end);
+                    scan_secs += ts.elapsed().as_secs_f64();
+                    let pages: Vec<PageIn<'_>> = if full {
+                        let mut di = scan.dirty.iter().peekable();
+                        let first = g as u64 * ppg;
+                        let last = (end as u64 * ppg).min(npages);
+                        (first..last)
+                            .map(|p| {
+                                let hash = match di.peek() {
+                                    Some(d) if d.page == p => {
+                                        let h = d.hash;
+                                        di.next();
+                                        h
+                                    }
+                                    _ => known.pages[p as usize],
+                                };
+                                region_stored.push(p);
+                                PageIn { bytes: page(p), hash }
+                            })
+                            .collect()
+                    } else {
+                        scan.dirty
+                            .iter()
+                            .map(|d| {
+                                region_stored.push(d.page);
+                                PageIn { bytes: page(d.page), hash: d.hash }
+                            })
+                            .collect()
+                    };
+                    if crate::fault::fail("write-pages") {
+                        return Err(Error::io(
+                            "checkpoint",
+                            "write pages",
+                            std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
+                        ));
+                    }
+                    if !pages.is_empty() {
+                        emit(&pages)?;
+                    }
+                    region_scan.extend(scan);
+                    g = end;
+                }
+                scans.push(region_scan);
+                stored.push(region_stored);
+            }
+            Ok(())
+        })?;
         let pages_stored = records.len() as u64;
-        drop(pages_in);
         let plans: Vec<RegionPlan<'_>> = self
             .regions
             .iter()
@@ -400,7 +434,7 @@ impl Checkpointer {
         };
         let index = build_index(self_entry, parent, &plans, records, self.config.page_size);
         let identity = writer.commit(&index)?;
-        let write_secs = t1.elapsed().as_secs_f64();
+        let write_secs = t0.elapsed().as_secs_f64() - scan_secs;
 
         // Committed: the new version is the parent of the next one.
         for (h, s) in self.hashes.iter_mut().zip(&scans) {

@@ -79,13 +79,26 @@ impl RegionHashes {
 /// Scans a region against what is known of its parent. Every page is either proven equal to
 /// the parent (group hash or page hash match) or reported dirty with its new hash.
 pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
+    let ngroups = known.groups.len();
+    scan_groups(data, page_size, known, 0..ngroups)
+}
+
+/// Scans the groups `groups` of a region (the whole region's bytes are `data`).
+pub(crate) fn scan_groups(
+    data: &[u8],
+    page_size: usize,
+    known: &RegionHashes,
+    groups: std::ops::Range<usize>,
+) -> Scan {
     let ppg = pages_per_group(page_size);
     let group_bytes = ppg * page_size;
-    let ngroups = data.len().div_ceil(group_bytes);
-    let per_group: Vec<(usize, Hash, Vec<DirtyPage>, u64)> = data
+    let lo = groups.start * group_bytes;
+    let hi = (groups.end * group_bytes).min(data.len());
+    let per_group: Vec<(usize, Hash, Vec<DirtyPage>, u64)> = data[lo..hi]
         .par_chunks(group_bytes)
         .enumerate()
-        .map(|(g, chunk)| {
+        .map(|(k, chunk)| {
+            let g = groups.start + k;
             let gh = page_hash(chunk);
             let mut hashed = chunk.len() as u64;
             let mut dirty = Vec::new();
@@ -113,8 +126,16 @@ pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> S
         scan.dirty.extend(dirty);
         scan.hashed_bytes += hashed;
     }
-    debug_assert_eq!(ngroups, known.groups.len());
     scan
+}
+
+impl Scan {
+    /// Appends the scan of later groups.
+    pub(crate) fn extend(&mut self, other: Scan) {
+        self.dirty.extend(other.dirty);
+        self.groups.extend(other.groups);
+        self.hashed_bytes += other.hashed_bytes;
+    }
 }
 
 /// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker.

@@ -30,6 +30,7 @@ mod hash;
 pub mod read;
 pub mod region;
 pub mod store;
+mod sys;
 mod write;
 
 pub use checkpointer::{CheckpointStats, Checkpointer, Config, RestoreStats, Tracking};

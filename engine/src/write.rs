@@ -14,11 +14,9 @@ use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
 use crate::store;
 
-/// Uncompressed bytes per compression batch.
-const BATCH_BYTES: usize = 8 << 20;
-/// The writer thread calls fdatasync after this many bytes, so that the disk works while the
-/// next batches compress instead of all at the final fsync.
-const SYNC_EVERY: u64 = 32 << 20;
+/// The writer thread asks the kernel to start writeback after this many bytes, so that the
+/// disk works while the next batches compress instead of all at the final fsync.
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// One page to store.
 pub(crate) struct PageIn<'a> {
@@ -62,6 +60,52 @@ fn compress(level: i32, page: &[u8]) -> Result<(Codec, Vec<u8>), std::io::Error>
     })
 }
 
+/// Every `SAMPLE_STRIDE`-th page of a batch is compressed first, to decide whether the rest
+/// is worth compressing.
+const SAMPLE_STRIDE: usize = 8;
+
+/// Compresses a batch. A sample of the pages is compressed first; if it saves less than
+/// `min_saving` of its size, the other pages are stored raw (zstd's CPU cost would buy too
+/// little). Pages never grow: a page that does not shrink is stored raw.
+fn compress_batch(
+    level: i32,
+    min_saving: f64,
+    pages: &[PageIn<'_>],
+) -> std::io::Result<Vec<(Codec, Vec<u8>)>> {
+    if level == 0 {
+        return Ok(pages.iter().map(|p| (Codec::Raw, p.bytes.to_vec())).collect());
+    }
+    let sampled: Vec<(Codec, Vec<u8>)> = pages
+        .par_iter()
+        .step_by(SAMPLE_STRIDE)
+        .map(|p| compress(level, p.bytes))
+        .collect::<Result<_, _>>()?;
+    let raw: usize = pages.iter().step_by(SAMPLE_STRIDE).map(|p| p.bytes.len()).sum();
+    let packed: usize = sampled.iter().map(|(_, b)| b.len()).sum();
+    let worth = (packed as f64) <= (raw as f64) * (1.0 - min_saving);
+    let mut sampled = sampled.into_iter();
+    let rest: Vec<Option<(Codec, Vec<u8>)>> = pages
+        .par_iter()
+        .enumerate()
+        .map(|(i, p)| -> std::io::Result<Option<(Codec, Vec<u8>)>> {
+            if i % SAMPLE_STRIDE == 0 {
+                Ok(None)
+            } else if worth {
+                compress(level, p.bytes).map(Some)
+            } else {
+                Ok(Some((Codec::Raw, p.bytes.to_vec())))
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(rest
+        .into_iter()
+        .map(|r| match r {
+            Some(x) => x,
+            None => sampled.next().unwrap_or((Codec::Raw, Vec::new())),
+        })
+        .collect())
+}
+
 impl VersionWriter {
     /// Creates the temporary file (mode 0600) and writes the header.
     pub(crate) fn create(tmp: PathBuf, dst: PathBuf, header: Header) -> Result<VersionWriter> {
@@ -84,67 +128,76 @@ impl VersionWriter {
         &self.tmp
     }
 
-    /// Compresses and appends pages; returns their records, in the same order.
-    pub(crate) fn write_pages(&mut self, pages: &[PageIn<'_>], level: i32) -> Result<Vec<Record>> {
+    /// Streams pages into the data section. `produce` is called once and hands batches of
+    /// pages to the `emit` callback it receives; each batch is compressed in parallel and passed
+    /// to a writer thread, so that producing (hashing) and compressing the next batch overlap
+    /// with writing the previous one to disk. Returns the records of all pages, in the order
+    /// they were emitted.
+    pub(crate) fn write_stream<F>(
+        &mut self,
+        level: i32,
+        min_saving: f64,
+        produce: F,
+    ) -> Result<Vec<Record>>
+    where
+        F: FnOnce(&mut dyn FnMut(&[PageIn<'_>]) -> Result<()>) -> Result<()>,
+    {
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| Error::io(&self.tmp, "write", std::io::Error::other("closed")))?;
         let tmp = &self.tmp;
-        let mut records = Vec::with_capacity(pages.len());
-        let page_len = pages.first().map_or(4096, |p| p.bytes.len().max(1));
-        let per_batch = (BATCH_BYTES / page_len).max(1);
+        let mut records = Vec::new();
         let mut offset = self.offset;
         let mut stored_raw = 0u64;
+        let start = self.offset;
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
             let writer = s.spawn(move || -> Result<()> {
-                let mut since_sync = 0u64;
+                let (mut pos, mut flushed) = (start, start);
                 for buf in rx {
                     file.write_all(&buf)
                         .map_err(|e| Error::io(tmp, "write pages", e))?;
-                    since_sync += buf.len() as u64;
-                    if since_sync >= SYNC_EVERY {
-                        file.sync_data().map_err(|e| Error::io(tmp, "fdatasync", e))?;
-                        since_sync = 0;
+                    pos += buf.len() as u64;
+                    if pos - flushed >= WRITEBACK_EVERY {
+                        // Best effort: a failure here only loses the overlap, and the final
+                        // fsync reports real I/O errors.
+                        let _ = crate::sys::start_writeback(file, flushed, pos - flushed);
+                        flushed = pos;
                     }
                 }
                 Ok(())
             });
-            let produce = (|| -> Result<()> {
-                for batch in pages.chunks(per_batch) {
-                    let out: Vec<(Codec, Vec<u8>)> = batch
-                        .par_iter()
-                        .map(|p| compress(level, p.bytes))
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| Error::io(tmp, "compress", e))?;
-                    let total: usize = out.iter().map(|(_, b)| b.len()).sum();
-                    let mut buf = Vec::with_capacity(total);
-                    for (p, (codec, bytes)) in batch.iter().zip(out) {
-                        records.push(Record {
-                            hash: p.hash,
-                            offset,
-                            stored_len: bytes.len() as u32,
-                            raw_len: p.bytes.len() as u32,
-                            codec,
-                        });
-                        offset += bytes.len() as u64;
-                        stored_raw += p.bytes.len() as u64;
-                        buf.extend_from_slice(&bytes);
-                    }
-                    if tx.send(buf).is_err() {
-                        // The writer stopped early; its error is reported below.
-                        break;
-                    }
+            let mut emit = |pages: &[PageIn<'_>]| -> Result<()> {
+                let out = compress_batch(level, min_saving, pages)
+                    .map_err(|e| Error::io(tmp, "compress", e))?;
+                let total: usize = out.iter().map(|(_, b)| b.len()).sum();
+                let mut buf = Vec::with_capacity(total);
+                for (p, (codec, bytes)) in pages.iter().zip(out) {
+                    records.push(Record {
+                        hash: p.hash,
+                        offset,
+                        stored_len: bytes.len() as u32,
+                        raw_len: p.bytes.len() as u32,
+                        codec,
+                    });
+                    offset += bytes.len() as u64;
+                    stored_raw += p.bytes.len() as u64;
+                    buf.extend_from_slice(&bytes);
                 }
-                Ok(())
-            })();
+                tx.send(buf).map_err(|_| {
+                    Error::io(tmp, "write pages", std::io::Error::other("writer thread stopped"))
+                })
+            };
+            let produced = produce(&mut emit);
+            drop(emit);
             drop(tx);
-            let written = writer
-                .join()
-                .map_err(|_| Error::io(tmp, "write pages", std::io::Error::other("writer thread panicked")))?;
+            let written = writer.join().map_err(|_| {
+                Error::io(tmp, "write pages", std::io::Error::other("writer thread panicked"))
+            })?;
+            // The writer's own error explains a failed send better than the send does.
             written?;
-            produce
+            produced
         })?;
         self.offset = offset;
         self.stored_raw += stored_raw;
