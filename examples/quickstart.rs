@@ -5,7 +5,9 @@
 use ckpt_engine::{Checkpointer, Config};
 
 fn main() -> Result<(), ckpt_engine::Error> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "quickstart-store".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "quickstart-store".into());
     {
         let mut ck = Checkpointer::open(&dir, "sim", Config::default())?;
         let grid = ck.alloc_region::<f64>(1, 1 << 20)?; // 8 MiB

@@ -19,7 +19,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "ckpt", version, about = "Incremental delta checkpoints: inspect, verify, restore, bench")]
+#[command(
+    name = "ckpt",
+    version,
+    about = "Incremental delta checkpoints: inspect, verify, restore, bench"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -160,10 +164,16 @@ fn ls(dir: PathBuf, name: Option<String>, json_mode: bool) -> Result<bool> {
     let doc = json!({"name": store.name(), "versions": versions});
     print(json_mode, &doc, || {
         println!("chain {} in {}", store.name(), dir.display());
-        println!("{:>8} {:>8} {:>6} {:>14}  file", "version", "parent", "depth", "bytes");
+        println!(
+            "{:>8} {:>8} {:>6} {:>14}  file",
+            "version", "parent", "depth", "bytes"
+        );
         for v in &list {
             let parent = v.parent.map_or("-".to_string(), |p| p.to_string());
-            println!("{:>8} {:>8} {:>6} {:>14}  {}", v.version, parent, v.depth, v.bytes, v.file);
+            println!(
+                "{:>8} {:>8} {:>6} {:>14}  {}",
+                v.version, parent, v.depth, v.bytes, v.file
+            );
         }
     });
     Ok(true)
@@ -173,7 +183,12 @@ fn inspect(file: PathBuf, json_mode: bool) -> Result<bool> {
     let f = VersionFile::open(&file)?;
     let h = &f.header;
     let ps = h.page_size as u64;
-    let pages_total: u64 = f.index.regions.iter().map(|r| r.page_count(h.page_size)).sum();
+    let pages_total: u64 = f
+        .index
+        .regions
+        .iter()
+        .map(|r| r.page_count(h.page_size))
+        .sum();
     let pages_stored = f.index.records.len() as u64;
     let ratio = if f.footer.data_len > 0 {
         f.footer.stored_raw_bytes as f64 / f.footer.data_len as f64
@@ -221,22 +236,50 @@ fn inspect(file: PathBuf, json_mode: bool) -> Result<bool> {
         "references": refs,
     });
     print(json_mode, &doc, || {
-        println!("{}: version {} of chain {:?}", file.display(), h.version, h.name);
+        println!(
+            "{}: version {} of chain {:?}",
+            file.display(),
+            h.version,
+            h.name
+        );
         println!("  file id      {}", hex(&h.file_id));
         match &h.parent {
-            Some(p) => println!("  parent       version {} (file id {})", p.version, hex(&p.identity.file_id)),
+            Some(p) => println!(
+                "  parent       version {} (file id {})",
+                p.version,
+                hex(&p.identity.file_id)
+            ),
             None => println!("  parent       none"),
         }
-        println!("  kind         {} (depth {})", if h.flags & FLAG_FULL != 0 { "full" } else { "delta" }, h.depth);
+        println!(
+            "  kind         {} (depth {})",
+            if h.flags & FLAG_FULL != 0 {
+                "full"
+            } else {
+                "delta"
+            },
+            h.depth
+        );
         println!("  page size    {ps}");
         println!("  tracking     {}", h.tracking.as_str());
-        println!("  pages        {pages_total} total, {pages_stored} stored here, {} referenced",
-                 pages_total - pages_stored.min(pages_total));
-        println!("  bytes        {} file, {} data, {} index; compression ratio {ratio:.3}",
-                 f.size(), f.footer.data_len, f.footer.index_len);
+        println!(
+            "  pages        {pages_total} total, {pages_stored} stored here, {} referenced",
+            pages_total - pages_stored.min(pages_total)
+        );
+        println!(
+            "  bytes        {} file, {} data, {} index; compression ratio {ratio:.3}",
+            f.size(),
+            f.footer.data_len,
+            f.footer.index_len
+        );
         for r in &f.index.regions {
-            println!("  region {:>6}  {} bytes, {} pages, {} extents", r.id, r.byte_len,
-                     r.page_count(h.page_size), r.extent_count);
+            println!(
+                "  region {:>6}  {} bytes, {} pages, {} extents",
+                r.id,
+                r.byte_len,
+                r.page_count(h.page_size),
+                r.extent_count
+            );
         }
         for e in f.index.files.iter().skip(1) {
             println!("  references   {} (version {})", e.name, e.version);
@@ -245,7 +288,12 @@ fn inspect(file: PathBuf, json_mode: bool) -> Result<bool> {
     Ok(true)
 }
 
-fn verify(dir: PathBuf, name: Option<String>, version: Option<u64>, json_mode: bool) -> Result<bool> {
+fn verify(
+    dir: PathBuf,
+    name: Option<String>,
+    version: Option<u64>,
+    json_mode: bool,
+) -> Result<bool> {
     let store = Store::discover(&dir, name.as_deref())?;
     let versions = match version {
         Some(v) => vec![v],
@@ -262,7 +310,10 @@ fn verify(dir: PathBuf, name: Option<String>, version: Option<u64>, json_mode: b
         let r = if path.exists() {
             catalog::verify_version(&path)
         } else {
-            Err(ckpt_engine::Error::NotFound { dir: dir.clone(), what: format!("no version {v}") })
+            Err(ckpt_engine::Error::NotFound {
+                dir: dir.clone(),
+                what: format!("no version {v}"),
+            })
         };
         all_ok &= r.is_ok();
         results.push((v, path, r));
@@ -290,7 +341,13 @@ fn verify(dir: PathBuf, name: Option<String>, version: Option<u64>, json_mode: b
     Ok(all_ok)
 }
 
-fn restore(dir: PathBuf, name: Option<String>, version: Option<u64>, out: PathBuf, json_mode: bool) -> Result<bool> {
+fn restore(
+    dir: PathBuf,
+    name: Option<String>,
+    version: Option<u64>,
+    out: PathBuf,
+    json_mode: bool,
+) -> Result<bool> {
     let store = Store::discover(&dir, name.as_deref())?;
     let pb = bar(1, "restore");
     let t = Instant::now();
@@ -310,8 +367,17 @@ fn restore(dir: PathBuf, name: Option<String>, version: Option<u64>, out: PathBu
 
 #[allow(clippy::too_many_arguments)]
 fn run_bench(
-    dir: PathBuf, state_mib: usize, dirty: f64, versions: u64, tracking: &str, page_size: u32,
-    level: i32, min_saving: f64, max_depth: u32, seed: u64, json_mode: bool,
+    dir: PathBuf,
+    state_mib: usize,
+    dirty: f64,
+    versions: u64,
+    tracking: &str,
+    page_size: u32,
+    level: i32,
+    min_saving: f64,
+    max_depth: u32,
+    seed: u64,
+    json_mode: bool,
 ) -> Result<bool> {
     let tracking: Tracking = tracking.parse()?;
     let params = BenchParams {
@@ -367,11 +433,35 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Ls { dir, name, json } => ls(dir, name, json),
         Cmd::Inspect { file, json } => inspect(file, json),
-        Cmd::Verify { dir, name, version, json } => verify(dir, name, version, json),
-        Cmd::Restore { dir, name, version, out, json } => restore(dir, name, version, out, json),
-        Cmd::Bench { dir, state_mib, dirty, versions, tracking, page_size, level, min_saving, max_depth, seed, json } => {
-            run_bench(dir, state_mib, dirty, versions, &tracking, page_size, level, min_saving, max_depth, seed, json)
-        }
+        Cmd::Verify {
+            dir,
+            name,
+            version,
+            json,
+        } => verify(dir, name, version, json),
+        Cmd::Restore {
+            dir,
+            name,
+            version,
+            out,
+            json,
+        } => restore(dir, name, version, out, json),
+        Cmd::Bench {
+            dir,
+            state_mib,
+            dirty,
+            versions,
+            tracking,
+            page_size,
+            level,
+            min_saving,
+            max_depth,
+            seed,
+            json,
+        } => run_bench(
+            dir, state_mib, dirty, versions, &tracking, page_size, level, min_saving, max_depth,
+            seed, json,
+        ),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

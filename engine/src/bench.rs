@@ -170,7 +170,8 @@ fn baseline(dir: &std::path::Path, state: &[Vec<u8>]) -> Result<f64> {
     {
         let mut f = crate::store::create_new_file(&raw_path)?;
         for r in state {
-            f.write_all(r).map_err(|e| Error::io(&raw_path, "write", e))?;
+            f.write_all(r)
+                .map_err(|e| Error::io(&raw_path, "write", e))?;
         }
         f.sync_all().map_err(|e| Error::io(&raw_path, "fsync", e))?;
     }
@@ -185,7 +186,10 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         return Err(Error::Config("bench needs at least 2 versions".into()));
     }
     if !(0.0..=1.0).contains(&p.dirty) {
-        return Err(Error::Config(format!("dirty fraction {} is not in 0..=1", p.dirty)));
+        return Err(Error::Config(format!(
+            "dirty fraction {} is not in 0..=1",
+            p.dirty
+        )));
     }
     if p.state_mib == 0 {
         return Err(Error::Config("state size must be at least 1 MiB".into()));
@@ -238,126 +242,6 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
 
     let baseline_after = baseline(&p.dir, &first_state)?;
     let baseline_write_secs = (baseline_before + baseline_after) / 2.0;
-
-    let mut rng = Rng::new(seed ^ start.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        for (k, x) in chunk.iter_mut().enumerate() {
-            let i = (start + k as u64) as f64;
-            *x = (i * 1.0e-4).sin() * 100.0 + (i * 3.7e-6).cos() * 50.0 + rng.next_f64() * 1.0e-3;
-        }
-    });
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Picks `k` distinct values in 0..n.
-fn pick(rng: &mut Rng, n: u64, k: u64) -> Vec<u64> {
-    let mut all: Vec<u64> = (0..n).collect();
-    let k = k.min(n) as usize;
-    for i in 0..k {
-        let j = i + rng.below((n as usize - i) as u64) as usize;
-        all.swap(i, j);
-    }
-    all.truncate(k);
-    all.sort_unstable();
-    all
-}
-
-/// Times writing `state` to a new file in `dir` plus fsync, then removes the file.
-fn baseline(dir: &std::path::Path, state: &[Vec<u8>]) -> Result<f64> {
-    let raw_path = dir.join(".bench-baseline.tmp");
-    let t = Instant::now();
-    {
-        let mut f = crate::store::create_new_file(&raw_path)?;
-        for r in state {
-            f.write_all(r).map_err(|e| Error::io(&raw_path, "write", e))?;
-        }
-        f.sync_all().map_err(|e| Error::io(&raw_path, "fsync", e))?;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    std::fs::remove_file(&raw_path).map_err(|e| Error::io(&raw_path, "remove", e))?;
-    Ok(secs)
-}
-
-/// Runs the benchmark. `progress(done, total)` is called after each version.
-pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchReport> {
-    if p.versions < 2 {
-        return Err(Error::Config("bench needs at least 2 versions".into()));
-    }
-    if !(0.0..=1.0).contains(&p.dirty) {
-        return Err(Error::Config(format!("dirty fraction {} is not in 0..=1", p.dirty)));
-    }
-    if p.state_mib == 0 {
-        return Err(Error::Config("state size must be at least 1 MiB".into()));
-    }
-    std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, "create directory", e))?;
-    let store = crate::Store::new(&p.dir, BENCH_CHAIN)?;
-    if store.latest()?.is_some() {
-        return Err(Error::Config(format!(
-            "{} already holds a '{BENCH_CHAIN}' chain; give bench an empty directory",
-            p.dir.display()
-        )));
-    }
-    let config = Config {
-        page_size: p.page_size,
-        compression_level: p.compression_level,
-        min_compression_saving: p.min_compression_saving,
-        max_chain_depth: p.max_chain_depth,
-        tracking: p.tracking,
-    };
-    let state_bytes = (p.state_mib as u64) << 20;
-    let nregions: u64 = if p.state_mib >= 4 { 4 } else { 1 };
-    let region_elems = (state_bytes / nregions / 8) as usize;
-    let ps = p.page_size as u64;
-    let pages_per_region = (region_elems as u64 * 8).div_ceil(ps);
-    let total_pages = pages_per_region * nregions;
-    let dirty_pages = (p.dirty * total_pages as f64).round() as u64;
-
-    let mut ck = Checkpointer::open(&p.dir, BENCH_CHAIN, config.clone())?;
-    let mut handles = Vec::new();
-    for r in 0..nregions {
-        let h = ck.alloc_region::<f64>(r + 1, region_elems)?;
-        fill_field(ck.region_mut(&h)?, r * region_elems as u64, p.seed);
-        handles.push(h);
-    }
-    let snapshot = |ck: &Checkpointer| -> Result<Vec<Vec<u8>>> {
-        handles
-            .iter()
-            .map(|h| Ok(bytemuck::cast_slice::<f64, u8>(ck.region(h)?).to_vec()))
-            .collect()
-    };
-    let first_state = snapshot(&ck)?;
-
-    // Reference: the same bytes written raw and fsynced, once before and once after the full
-    // version (the disk is shared and noisy; the mean of the two is reported).
-    let baseline_before = baseline(&p.dir, &first_state)?;
-    let t = Instant::now();
-    let first = ck.checkpoint()?;
-    let full_secs = t.elapsed().as_secs_f64();
-    progress(1, p.versions);
-
-    // Reference: the same bytes written raw and fsynced, right after the full version.
-    let raw_path = p.dir.join(".bench-baseline.tmp");
-    let t = Instant::now();
-    {
-        let mut f = crate::store::create_new_file(&raw_path)?;
-        for r in &first_state {
-            f.write_all(r).map_err(|e| Error::io(&raw_path, "write", e))?;
-        }
-        f.sync_all().map_err(|e| Error::io(&raw_path, "fsync", e))?;
-    }
-    let baseline_write_secs = t.elapsed().as_secs_f64();
-    std::fs::remove_file(&raw_path).map_err(|e| Error::io(&raw_path, "remove", e))?;
 
     let mut rng = Rng::new(p.seed.wrapping_mul(7919) ^ 0x5eed);
     let mut delta_secs = Vec::new();

@@ -90,7 +90,8 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
             .mode(0o600)
             .open(&p)
             .map_err(|e| Error::io(&p, "create", e))?;
-        f.set_len(r.byte_len).map_err(|e| Error::io(&p, "set length", e))?;
+        f.set_len(r.byte_len)
+            .map_err(|e| Error::io(&p, "set length", e))?;
         // SAFETY: the file was just created (truncated) by us with mode 0600 and nobody else
         // is expected to resize it while we fill it.
         let mut map = unsafe { MmapMut::map_mut(&f) }.map_err(|e| Error::io(&p, "mmap", e))?;

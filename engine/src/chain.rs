@@ -19,7 +19,12 @@ pub(crate) struct Parent {
 
 impl Parent {
     /// Builds the parent picture from a committed index.
-    pub(crate) fn from_index(index: &Index, version: u64, identity: Identity, depth: u32) -> Parent {
+    pub(crate) fn from_index(
+        index: &Index,
+        version: u64,
+        identity: Identity,
+        depth: u32,
+    ) -> Parent {
         let mut files = index.files.clone();
         files[0].identity = identity;
         let extents = index

@@ -241,7 +241,11 @@ impl Checkpointer {
     }
 
     /// Allocates a zeroed, page-aligned region of `len` elements of `T` under `id`.
-    pub fn alloc_region<T: bytemuck::Pod>(&mut self, id: u64, len: usize) -> Result<RegionHandle<T>> {
+    pub fn alloc_region<T: bytemuck::Pod>(
+        &mut self,
+        id: u64,
+        len: usize,
+    ) -> Result<RegionHandle<T>> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| Error::Region {
@@ -357,7 +361,8 @@ impl Checkpointer {
                 let bytes = r.mem.bytes();
                 let npages = bytes.len().div_ceil(ps) as u64;
                 pages_total += npages;
-                let page = |p: u64| &bytes[p as usize * ps..((p as usize + 1) * ps).min(bytes.len())];
+                let page =
+                    |p: u64| &bytes[p as usize * ps..((p as usize + 1) * ps).min(bytes.len())];
                 let ppg = hash::pages_per_group(ps) as u64;
                 let mut region_scan = hash::Scan::default();
                 let mut region_stored = Vec::new();
@@ -383,7 +388,10 @@ impl Checkpointer {
                                     _ => known.pages[p as usize],
                                 };
                                 region_stored.push(p);
-                                PageIn { bytes: page(p), hash }
+                                PageIn {
+                                    bytes: page(p),
+                                    hash,
+                                }
                             })
                             .collect()
                     } else {
@@ -391,7 +399,10 @@ impl Checkpointer {
                             .iter()
                             .map(|d| {
                                 region_stored.push(d.page);
-                                PageIn { bytes: page(d.page), hash: d.hash }
+                                PageIn {
+                                    bytes: page(d.page),
+                                    hash: d.hash,
+                                }
                             })
                             .collect()
                     };
@@ -488,12 +499,14 @@ impl Checkpointer {
         // Match regions by id, both ways.
         let mut order = Vec::with_capacity(self.regions.len());
         for r in &self.regions {
-            let i = v.regions().iter().position(|e| e.id == r.id).ok_or_else(|| {
-                Error::RegionMismatch {
+            let i = v
+                .regions()
+                .iter()
+                .position(|e| e.id == r.id)
+                .ok_or_else(|| Error::RegionMismatch {
                     path: path.clone(),
                     why: format!("region {} is registered but not in the checkpoint", r.id),
-                }
-            })?;
+                })?;
             if v.regions()[i].byte_len != r.len() as u64 {
                 return Err(Error::RegionMismatch {
                     path: path.clone(),
@@ -533,7 +546,8 @@ impl Checkpointer {
         self.hashes = new_hashes;
         // The parent picture must list extents in engine region order.
         let file = v.file();
-        let mut parent = Parent::from_index(&file.index, version, file.identity(), file.header.depth);
+        let mut parent =
+            Parent::from_index(&file.index, version, file.identity(), file.header.depth);
         parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
         self.parent = Some(parent);
         Ok(RestoreStats {

@@ -493,7 +493,10 @@ impl Index {
     pub fn decode(path: &Path, b: &[u8], header: &Header, footer: &Footer) -> Result<Index> {
         let bad = |d: String| Error::corrupt(path, "index", d);
         if b.len() < INDEX_FIXED_LEN {
-            return Err(bad(format!("{} bytes, shorter than its fixed part", b.len())));
+            return Err(bad(format!(
+                "{} bytes, shorter than its fixed part",
+                b.len()
+            )));
         }
         if b[0..8] != INDEX_MAGIC {
             return Err(bad("bad magic".into()));
@@ -534,8 +537,7 @@ impl Index {
             let s = names_start + name_off as usize;
             let name = std::str::from_utf8(&b[s..s + name_len as usize])
                 .map_err(|_| bad(format!("file entry {i}: name is not UTF-8")))?;
-            crate::store::check_file_name(name)
-                .map_err(|e| bad(format!("file entry {i}: {e}")))?;
+            crate::store::check_file_name(name).map_err(|e| bad(format!("file entry {i}: {e}")))?;
             files.push(FileEntry {
                 identity: Identity {
                     file_id: get_arr(b, off),
@@ -584,15 +586,21 @@ impl Index {
                 codec,
             };
             let in_data = r.offset >= footer.data_offset
-                && r.offset.checked_add(r.stored_len as u64).is_some_and(|e| e <= data_end);
+                && r.offset
+                    .checked_add(r.stored_len as u64)
+                    .is_some_and(|e| e <= data_end);
             if !in_data {
-                return Err(bad(format!("record {i}: bytes lie outside the data section")));
+                return Err(bad(format!(
+                    "record {i}: bytes lie outside the data section"
+                )));
             }
             if r.raw_len == 0 || r.raw_len > header.page_size {
                 return Err(bad(format!("record {i}: page length {}", r.raw_len)));
             }
             if codec == Codec::Raw && r.stored_len != r.raw_len {
-                return Err(bad(format!("record {i}: raw page stored with a different length")));
+                return Err(bad(format!(
+                    "record {i}: raw page stored with a different length"
+                )));
             }
             records.push(r);
             off += RECORD_LEN;
@@ -639,7 +647,10 @@ impl Index {
                 }
                 let rec_end = e.first_record.checked_add(e.page_count as u64);
                 if e.file == 0 && rec_end.is_none_or(|x| x > self.records.len() as u64) {
-                    return Err(bad(format!("region {}: extent names missing records", r.id)));
+                    return Err(bad(format!(
+                        "region {}: extent names missing records",
+                        r.id
+                    )));
                 }
                 if rec_end.is_none() {
                     return Err(bad(format!("region {}: record index overflow", r.id)));

@@ -154,7 +154,8 @@ pub(crate) fn scan_candidates(
             let start = p as usize * page_size;
             let end = (start + page_size).min(data.len());
             let h = page_hash(&data[start..end]);
-            (!known.pages_known || known.pages[p as usize] != h).then_some(DirtyPage { page: p, hash: h })
+            (!known.pages_known || known.pages[p as usize] != h)
+                .then_some(DirtyPage { page: p, hash: h })
         })
         .collect();
     let ppg = pages_per_group(page_size);

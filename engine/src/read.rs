@@ -73,7 +73,8 @@ impl VersionFile {
                 "file id differs from the header's",
             ));
         }
-        let ib = &map[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
+        let ib =
+            &map[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
         if blake3::hash(ib).as_bytes() != &footer.index_checksum {
             return Err(Error::corrupt(path, "index", "checksum mismatch"));
         }
@@ -112,7 +113,12 @@ impl VersionFile {
 
     /// Decodes record `rec` into `out` (which must be exactly the page length) and checks it
     /// against the record's hash. `what` names the page for error messages.
-    pub fn read_record(&self, rec: &Record, out: &mut [u8], what: &dyn Fn() -> String) -> Result<()> {
+    pub fn read_record(
+        &self,
+        rec: &Record,
+        out: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         let bad = |d: String| Error::corrupt(&self.path, what(), d);
         if rec.raw_len as usize != out.len() {
             return Err(bad(format!(
@@ -139,7 +145,10 @@ impl VersionFile {
                     })
                     .map_err(|e| bad(format!("cannot decompress: {e}")))?;
                 if n != out.len() {
-                    return Err(bad(format!("decompressed to {n} bytes, expected {}", out.len())));
+                    return Err(bad(format!(
+                        "decompressed to {n} bytes, expected {}",
+                        out.len()
+                    )));
                 }
             }
         }
@@ -152,17 +161,13 @@ impl VersionFile {
     /// Decodes and checks every page stored in this file (used by `verify`).
     pub fn verify_records(&self) -> Result<()> {
         let ps = self.header.page_size as usize;
-        self.index
-            .records
-            .par_iter()
-            .enumerate()
-            .try_for_each_init(
-                || vec![0u8; ps],
-                |buf, (i, rec)| {
-                    let n = rec.raw_len as usize;
-                    self.read_record(rec, &mut buf[..n], &|| format!("record {i}"))
-                },
-            )
+        self.index.records.par_iter().enumerate().try_for_each_init(
+            || vec![0u8; ps],
+            |buf, (i, rec)| {
+                let n = rec.raw_len as usize;
+                self.read_record(rec, &mut buf[..n], &|| format!("record {i}"))
+            },
+        )
     }
 }
 
@@ -296,9 +301,8 @@ impl Version {
             .enumerate()
             .try_for_each(|(p, (page, h))| {
                 let (f, rec) = self.resolve(&region, &starts, p as u64)?;
-                self.files[f].read_record(rec, page, &|| {
-                    format!("page {p} of region {}", region.id)
-                })?;
+                self.files[f]
+                    .read_record(rec, page, &|| format!("page {p} of region {}", region.id))?;
                 *h = rec.hash;
                 Ok(())
             })?;
@@ -318,7 +322,10 @@ impl Version {
                     return Err(Error::corrupt(
                         self.files[0].path(),
                         format!("page {p} of region {}", region.id),
-                        format!("refers to a record of {} bytes, expected {want}", rec.raw_len),
+                        format!(
+                            "refers to a record of {} bytes, expected {want}",
+                            rec.raw_len
+                        ),
                     ));
                 }
             }

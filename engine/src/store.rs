@@ -242,7 +242,8 @@ pub(crate) fn create_new_file(path: &Path) -> Result<File> {
 /// fsyncs a directory, making renames and unlinks in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
-    d.sync_all().map_err(|e| Error::io(dir, "fsync directory", e))
+    d.sync_all()
+        .map_err(|e| Error::io(dir, "fsync directory", e))
 }
 
 /// Renames a fully written and fsynced `tmp` to `dst` without ever replacing an existing
@@ -251,13 +252,11 @@ pub(crate) fn commit_rename(tmp: &Path, dst: &Path) -> Result<()> {
     let cwd = nix::fcntl::AT_FDCWD;
     match nix::fcntl::renameat2(cwd, tmp, cwd, dst, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {}
-        Err(Errno::EEXIST) => {
-            return Err(Error::io(
-                dst,
-                "commit (another file of that name already exists; a committed file is never replaced)",
-                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            ))
-        }
+        Err(Errno::EEXIST) => return Err(Error::io(
+            dst,
+            "commit (another file of that name already exists; a committed file is never replaced)",
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        )),
         Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
             // File systems without RENAME_NOREPLACE: link(2) also refuses to replace.
             fs::hard_link(tmp, dst).map_err(|e| Error::io(dst, "commit (link)", e))?;

@@ -50,7 +50,9 @@ fn compress(level: i32, page: &[u8]) -> Result<(Codec, Vec<u8>), std::io::Error>
         if c.as_ref().map(|(l, _)| *l) != Some(level) {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
-        let (_, comp) = c.as_mut().ok_or_else(|| std::io::Error::other("no compressor"))?;
+        let (_, comp) = c
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no compressor"))?;
         let out = comp.compress(page)?;
         if out.len() >= page.len() {
             Ok((Codec::Raw, page.to_vec()))
@@ -73,14 +75,21 @@ fn compress_batch(
     pages: &[PageIn<'_>],
 ) -> std::io::Result<Vec<(Codec, Vec<u8>)>> {
     if level == 0 {
-        return Ok(pages.iter().map(|p| (Codec::Raw, p.bytes.to_vec())).collect());
+        return Ok(pages
+            .iter()
+            .map(|p| (Codec::Raw, p.bytes.to_vec()))
+            .collect());
     }
     let sampled: Vec<(Codec, Vec<u8>)> = pages
         .par_iter()
         .step_by(SAMPLE_STRIDE)
         .map(|p| compress(level, p.bytes))
         .collect::<Result<_, _>>()?;
-    let raw: usize = pages.iter().step_by(SAMPLE_STRIDE).map(|p| p.bytes.len()).sum();
+    let raw: usize = pages
+        .iter()
+        .step_by(SAMPLE_STRIDE)
+        .map(|p| p.bytes.len())
+        .sum();
     let packed: usize = sampled.iter().map(|(_, b)| b.len()).sum();
     let worth = (packed as f64) <= (raw as f64) * (1.0 - min_saving);
     let mut sampled = sampled.into_iter();
@@ -186,14 +195,22 @@ impl VersionWriter {
                     buf.extend_from_slice(&bytes);
                 }
                 tx.send(buf).map_err(|_| {
-                    Error::io(tmp, "write pages", std::io::Error::other("writer thread stopped"))
+                    Error::io(
+                        tmp,
+                        "write pages",
+                        std::io::Error::other("writer thread stopped"),
+                    )
                 })
             };
             let produced = produce(&mut emit);
             drop(emit);
             drop(tx);
             let written = writer.join().map_err(|_| {
-                Error::io(tmp, "write pages", std::io::Error::other("writer thread panicked"))
+                Error::io(
+                    tmp,
+                    "write pages",
+                    std::io::Error::other("writer thread panicked"),
+                )
             })?;
             // The writer's own error explains a failed send better than the send does.
             written?;
