@@ -7,7 +7,7 @@
 //! - the header (256 bytes) says who the file is and who its parent is;
 //! - the data section holds the pages this file stores, each compressed on its own;
 //! - the index maps every page of every region, in one hop, to the file and record holding it;
-//! - the footer (128 bytes, at the very end) locates the sections and checksums the index.
+//! - the footer (160 bytes, at the very end) locates the sections and checksums the index.
 
 use std::path::Path;
 
@@ -24,7 +24,7 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Size of the header in bytes.
 pub const HEADER_LEN: usize = 256;
 /// Size of the footer in bytes.
-pub const FOOTER_LEN: usize = 128;
+pub const FOOTER_LEN: usize = 160;
 /// Longest chain name, in bytes (it is stored in the header).
 pub const MAX_NAME_LEN: usize = 64;
 /// Size of the fixed part of the index.
@@ -281,7 +281,7 @@ impl Header {
     }
 }
 
-/// The 128-byte footer at the end of the file.
+/// The 160-byte footer at the end of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footer {
     /// Offset of the data section (always `HEADER_LEN`).
@@ -298,6 +298,8 @@ pub struct Footer {
     pub index_checksum: Hash,
     /// Sum of the uncompressed lengths of the pages stored in this file.
     pub stored_raw_bytes: u64,
+    /// blake3 of the data section as stored (checked by `verify`; restore checks pages).
+    pub data_checksum: Hash,
 }
 
 impl Footer {
@@ -312,8 +314,9 @@ impl Footer {
         b[40..56].copy_from_slice(&self.file_id);
         b[56..88].copy_from_slice(&self.index_checksum);
         put_u64(&mut b, 88, self.stored_raw_bytes);
-        let sum = blake3::hash(&b[..96]);
-        b[96..128].copy_from_slice(sum.as_bytes());
+        b[96..128].copy_from_slice(&self.data_checksum);
+        let sum = blake3::hash(&b[..128]);
+        b[128..160].copy_from_slice(sum.as_bytes());
         b
     }
 
@@ -331,7 +334,7 @@ impl Footer {
         if b[0..8] != FOOTER_MAGIC {
             return Err(bad("bad magic (truncated or incomplete file?)".into()));
         }
-        if blake3::hash(&b[..96]).as_bytes() != &b[96..128] {
+        if blake3::hash(&b[..128]).as_bytes() != &b[128..160] {
             return Err(bad("checksum mismatch".into()));
         }
         let f = Footer {
@@ -342,6 +345,7 @@ impl Footer {
             file_id: get_arr(b, 40),
             index_checksum: get_arr(b, 56),
             stored_raw_bytes: get_u64(b, 88),
+            data_checksum: get_arr(b, 96),
         };
         let data_end = f.data_offset.checked_add(f.data_len);
         let index_end = f.index_offset.checked_add(f.index_len);
@@ -717,6 +721,7 @@ mod tests {
             file_id: [7; 16],
             index_checksum: [0; 32],
             stored_raw_bytes: 0,
+            data_checksum: [3; 32],
         };
         let mut file = vec![0u8; HEADER_LEN + 15];
         file.extend_from_slice(&f.encode());

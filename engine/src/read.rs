@@ -158,9 +158,18 @@ impl VersionFile {
         Ok(())
     }
 
-    /// Decodes and checks every page stored in this file (used by `verify`).
+    /// Checks the data section's checksum, then decodes and checks every page stored in this
+    /// file (used by `verify`).
     pub fn verify_records(&self) -> Result<()> {
         let ps = self.header.page_size as usize;
+        let data = &self.map[self.footer.data_offset as usize..self.footer.index_offset as usize];
+        if blake3::hash(data).as_bytes() != &self.footer.data_checksum {
+            return Err(Error::corrupt(
+                &self.path,
+                "data section",
+                "checksum mismatch",
+            ));
+        }
         self.index.records.par_iter().enumerate().try_for_each_init(
             || vec![0u8; ps],
             |buf, (i, rec)| {

@@ -105,6 +105,12 @@ impl<T> RegionHandle<T> {
         }
     }
 
+    /// A handle for region `id` of `len` elements, for tests and tools that did not allocate
+    /// the region themselves. Using it checks that such a region exists with that size.
+    pub fn from_id(id: u64, len: usize) -> Self {
+        Self::new(id, len)
+    }
+
     /// The region id.
     pub fn id(&self) -> u64 {
         self.id

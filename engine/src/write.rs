@@ -35,6 +35,7 @@ pub(crate) struct VersionWriter {
     header: Header,
     offset: u64,
     stored_raw: u64,
+    data_hash: blake3::Hasher,
 }
 
 thread_local! {
@@ -128,6 +129,7 @@ impl VersionWriter {
             header,
             offset: HEADER_LEN as u64,
             stored_raw: 0,
+            data_hash: blake3::Hasher::new(),
         })
     }
 
@@ -160,6 +162,7 @@ impl VersionWriter {
         let mut offset = self.offset;
         let mut stored_raw = 0u64;
         let start = self.offset;
+        let data_hash = &mut self.data_hash;
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
             let writer = s.spawn(move || -> Result<()> {
@@ -167,6 +170,7 @@ impl VersionWriter {
                 for buf in rx {
                     file.write_all(&buf)
                         .map_err(|e| Error::io(tmp, "write pages", e))?;
+                    data_hash.update(&buf);
                     pos += buf.len() as u64;
                     if pos - flushed >= WRITEBACK_EVERY {
                         // Best effort: a failure here only loses the overlap, and the final
@@ -238,6 +242,7 @@ impl VersionWriter {
             file_id: self.header.file_id,
             index_checksum,
             stored_raw_bytes: self.stored_raw,
+            data_checksum: *self.data_hash.finalize().as_bytes(),
         };
         file.write_all(&bytes)
             .map_err(|e| Error::io(&self.tmp, "write index", e))?;

@@ -1,1 +1,76 @@
-fn main() {}
+//! Helper program for integration tests: a process that restores, mutates and checkpoints,
+//! printing one line per event so that a parent test can follow (and kill) it.
+//!
+//! ```text
+//! ckpt-testapp DIR NAME MIB SEED STEPS [restore=V|restore=latest] [writes=N] [ready]
+//! ```
+//! Prints `restored V HASH`, then for each step `committed V HASH`. With `ready`, prints
+//! `ready` before each checkpoint and flushes, so that a parent can time a kill.
+
+use std::io::Write;
+
+use ckpt_engine::Checkpointer;
+use ckpt_tests::{config, mutate, register, state_hash};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("testapp: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 6 {
+        return Err(
+            "usage: ckpt-testapp DIR NAME MIB SEED STEPS [restore=V] [writes=N] [ready]".into(),
+        );
+    }
+    let (dir, name) = (&args[1], &args[2]);
+    let mib: usize = args[3].parse()?;
+    let seed: u64 = args[4].parse()?;
+    let steps: u64 = args[5].parse()?;
+    let mut restore = None;
+    let mut writes = 20usize;
+    let mut ready = false;
+    for a in &args[6..] {
+        if let Some(v) = a.strip_prefix("restore=") {
+            restore = Some(v.to_string());
+        } else if let Some(v) = a.strip_prefix("writes=") {
+            writes = v.parse()?;
+        } else if a == "ready" {
+            ready = true;
+        }
+    }
+    let mut ck = Checkpointer::open(dir, name, config(4096, 16))?;
+    register(&mut ck, mib)?;
+    let out = std::io::stdout();
+    if let Some(r) = restore {
+        let v = if r == "latest" {
+            ck.latest_version()?
+        } else {
+            Some(r.parse()?)
+        };
+        if let Some(v) = v {
+            ck.restore(Some(v))?;
+            writeln!(out.lock(), "restored {v} {}", state_hash(&ck))?;
+        }
+    }
+    for step in 0..steps {
+        mutate(&mut ck, mib, seed, step, writes);
+        if ready {
+            writeln!(out.lock(), "ready")?;
+            out.lock().flush()?;
+        }
+        let s = ck.checkpoint()?;
+        writeln!(
+            out.lock(),
+            "committed {} {} {}",
+            s.version,
+            state_hash(&ck),
+            s.pages_stored
+        )?;
+        out.lock().flush()?;
+    }
+    Ok(())
+}
