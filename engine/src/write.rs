@@ -207,7 +207,6 @@ impl VersionWriter {
                 })
             };
             let produced = produce(&mut emit);
-            drop(emit);
             drop(tx);
             let written = writer.join().map_err(|_| {
                 Error::io(

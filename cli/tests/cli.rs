@@ -1,0 +1,219 @@
+//! The `ckpt` binary, end to end: JSON output of every command, exit codes, error messages.
+
+use std::path::Path;
+use std::process::Command;
+
+use ckpt_engine::{Checkpointer, Config};
+use serde_json::Value;
+
+fn ckpt(args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(args)
+        .output()
+        .expect("run ckpt");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Three versions of chain "sim": v1 full, v2 and v3 deltas. Returns v3's region contents.
+fn make_store(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let mut ck = Checkpointer::open(dir, "sim", Config::default()).unwrap();
+    let a = ck.alloc_region::<u8>(1, 100_000).unwrap();
+    let b = ck.alloc_region::<u8>(9, 4096 * 3).unwrap();
+    ck.region_mut(&a)
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = (i % 251) as u8);
+    ck.checkpoint().unwrap();
+    ck.region_mut(&a).unwrap()[50_000] = 7;
+    ck.checkpoint().unwrap();
+    ck.region_mut(&b).unwrap()[1] = 9;
+    ck.checkpoint().unwrap();
+    vec![
+        (1, ck.region_bytes(1).unwrap().to_vec()),
+        (9, ck.region_bytes(9).unwrap().to_vec()),
+    ]
+}
+
+#[test]
+fn ls_inspect_verify_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let state = make_store(dir.path());
+
+    let (code, j, _) = ckpt(&["ls", d, "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(j["name"], "sim");
+    let vs = j["versions"].as_array().unwrap();
+    assert_eq!(vs.len(), 3);
+    assert_eq!(vs[0]["version"], 1);
+    assert_eq!(vs[0]["parent"], Value::Null);
+    assert_eq!(vs[0]["depth"], 0);
+    assert_eq!(vs[2]["parent"], 2);
+    assert_eq!(vs[2]["depth"], 2);
+    assert_eq!(vs[2]["file"], "sim.ckpt.3");
+    assert!(vs[2]["bytes"].as_u64().unwrap() < vs[0]["bytes"].as_u64().unwrap());
+
+    let v3 = dir.path().join("sim.ckpt.3");
+    let (code, j, _) = ckpt(&["inspect", v3.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(j["version"], 3);
+    assert_eq!(j["parent"]["version"], 2);
+    assert_eq!(j["pages_stored"], 1);
+    assert_eq!(j["pages_total"], 25 + 3);
+    assert_eq!(j["pages_referenced"], 27);
+    assert_eq!(j["tracking"], "hash");
+    assert_eq!(j["regions"].as_array().unwrap().len(), 2);
+
+    let (code, j, _) = ckpt(&["verify", d, "--json"]);
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["ok"], true);
+
+    let out = dir.path().join("out");
+    let (code, j, _) = ckpt(&["restore", d, "--out", out.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["version"], 3);
+    for (id, bytes) in &state {
+        assert_eq!(
+            &std::fs::read(out.join(format!("region-{id}.bin"))).unwrap(),
+            bytes
+        );
+    }
+    let (code, _, _) = ckpt(&[
+        "restore",
+        d,
+        "--version",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read(out.join("region-1.bin")).unwrap()[50_000],
+        (50_000 % 251) as u8
+    );
+
+    // Damage v2: verify fails, names the file, and reports v3 (which references it) too.
+    let v2 = dir.path().join("sim.ckpt.2");
+    let mut bytes = std::fs::read(&v2).unwrap();
+    let n = bytes.len();
+    bytes[n - 40] ^= 0xff;
+    std::fs::write(&v2, bytes).unwrap();
+    let (code, j, _) = ckpt(&["verify", d, "--json"]);
+    assert_eq!(code, 1);
+    assert_eq!(j["ok"], false);
+    let files = j["files"].as_array().unwrap();
+    assert_eq!(files[0]["ok"], true);
+    assert_eq!(files[1]["ok"], false);
+    assert!(files[1]["error"].as_str().unwrap().contains("sim.ckpt.2"));
+    assert!(files[2]["bad_file"]
+        .as_str()
+        .unwrap()
+        .ends_with("sim.ckpt.2"));
+    let (code, _, stderr) = ckpt(&["restore", d, "--out", out.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("sim.ckpt.2") && stderr.contains("corrupt footer"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn errors_are_json_and_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let (code, j, _) = ckpt(&["ls", missing.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(j["error"].as_str().unwrap().contains("nope"), "{j}");
+    let garbage = dir.path().join("x.ckpt.1");
+    std::fs::write(&garbage, b"not a checkpoint").unwrap();
+    let (code, j, _) = ckpt(&["inspect", garbage.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(j["error"].as_str().unwrap().contains("x.ckpt.1"), "{j}");
+    // Two chains in one directory: --name is required.
+    make_store(dir.path());
+    let mut other = Checkpointer::open(dir.path(), "other", Config::default()).unwrap();
+    other.alloc_region::<u8>(1, 10).unwrap();
+    other.checkpoint().unwrap();
+    std::fs::remove_file(&garbage).unwrap();
+    let (code, j, _) = ckpt(&["ls", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(j["error"].as_str().unwrap().contains("--name"), "{j}");
+    let (code, j, _) = ckpt(&[
+        "ls",
+        dir.path().to_str().unwrap(),
+        "--name",
+        "other",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(j["versions"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bench_reports_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("b");
+    let (code, j, stderr) = ckpt(&[
+        "bench",
+        "--dir",
+        d.to_str().unwrap(),
+        "--state-mib",
+        "8",
+        "--dirty",
+        "0.05",
+        "--versions",
+        "4",
+        "--tracking",
+        "hash",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    for k in [
+        "state_bytes",
+        "versions",
+        "dirty_fraction",
+        "tracking",
+        "full_secs",
+        "delta_secs",
+        "delta_bytes",
+        "baseline_write_secs",
+        "restore_newest_secs",
+        "restore_first_secs",
+    ] {
+        assert!(!j[k].is_null(), "missing {k}: {j}");
+    }
+    assert_eq!(j["verified"], true);
+    assert_eq!(j["tracking"], "hash");
+    assert_eq!(j["state_bytes"], 8 << 20);
+    // A 5 % delta stores about 5 % of the state, not all of it.
+    let delta = j["delta_bytes"].as_f64().unwrap();
+    assert!(
+        delta < 0.1 * (8 << 20) as f64 && delta > 0.03 * (8 << 20) as f64,
+        "{j}"
+    );
+    // The files are left in --dir.
+    let (code, j, _) = ckpt(&["ls", d.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(j["versions"].as_array().unwrap().len(), 4);
+    // A second run into the same directory refuses instead of mixing chains.
+    let (code, j, _) = ckpt(&[
+        "bench",
+        "--dir",
+        d.to_str().unwrap(),
+        "--state-mib",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        j["error"].as_str().unwrap().contains("empty directory"),
+        "{j}"
+    );
+}
