@@ -11,6 +11,7 @@ use crate::hash::{self, RegionHashes};
 use crate::read::Version;
 use crate::region::{self, Memory, Region, RegionHandle};
 use crate::store::{self, Store, WriterLock};
+use crate::track::UffdTracker;
 use crate::write::{PageIn, VersionWriter};
 
 /// Bytes of a region scanned before their dirty pages are handed to the writer.
@@ -59,6 +60,10 @@ pub struct Config {
     pub max_chain_depth: u32,
     /// Dirty-page tracking mode. Default [`Tracking::Auto`].
     pub tracking: Tracking,
+    /// In uffd mode, every `audit_every`-th checkpoint hashes every page and counts pages
+    /// that changed without being reported (see [`CheckpointStats::audit_misses`]).
+    /// 0 (the default) never audits.
+    pub audit_every: u32,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             min_compression_saving: 0.125,
             max_chain_depth: 16,
             tracking: Tracking::Auto,
+            audit_every: 0,
         }
     }
 }
@@ -111,8 +117,11 @@ pub struct CheckpointStats {
     pub hashed_bytes: u64,
     /// Depth of the new version (0: full).
     pub depth: u32,
-    /// The tracking mode used.
+    /// How dirty pages were found for this version.
     pub tracking: TrackingKind,
+    /// For an audit checkpoint (uffd mode, every `audit_every`-th): pages that changed
+    /// without being reported by the tracker. They were stored anyway.
+    pub audit_misses: Option<u64>,
     /// Seconds spent finding dirty pages.
     pub scan_secs: f64,
     /// Seconds spent compressing, writing and committing (the rest of the checkpoint).
@@ -154,6 +163,9 @@ pub struct Checkpointer {
     hashes: Vec<RegionHashes>,
     parent: Option<Parent>,
     last_written: u64,
+    tracker: Option<UffdTracker>,
+    /// Checkpoints since the last audit (uffd mode).
+    since_audit: u32,
     _lock: WriterLock,
 }
 
@@ -180,12 +192,23 @@ impl Checkpointer {
     /// `open` is a full version unless [`restore`](Self::restore) is called first.
     pub fn open(dir: impl AsRef<Path>, name: &str, config: Config) -> Result<Checkpointer> {
         config.check()?;
-        if config.tracking == Tracking::Uffd {
-            return Err(Error::Unsupported(
-                "userfaultfd dirty tracking is not available yet in this build; use --tracking hash or auto"
-                    .into(),
-            ));
-        }
+        let tracker = match config.tracking {
+            Tracking::Hash => None,
+            Tracking::Uffd => match crate::uffd::available()
+                .and_then(|()| UffdTracker::new().map_err(|e| format!("userfaultfd: {e}")))
+            {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    return Err(Error::Unsupported(format!(
+                        "userfaultfd write-protect tracking is not available here ({why}); \
+                         use tracking hash or auto"
+                    )))
+                }
+            },
+            Tracking::Auto => crate::uffd::available()
+                .ok()
+                .and_then(|()| UffdTracker::new().ok()),
+        };
         let store = Store::new(dir.as_ref(), name)?;
         store.create_dir()?;
         let lock = store.lock_writer()?;
@@ -196,6 +219,8 @@ impl Checkpointer {
             hashes: Vec::new(),
             parent: None,
             last_written: 0,
+            tracker,
+            since_audit: 0,
             _lock: lock,
         })
     }
@@ -208,6 +233,50 @@ impl Checkpointer {
     /// The configuration in force (the page size follows a restored checkpoint's).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The tracking mode in force: [`Tracking::Uffd`] or [`Tracking::Hash`] (never `Auto`).
+    pub fn tracking(&self) -> Tracking {
+        if self.tracker.is_some() {
+            Tracking::Uffd
+        } else {
+            Tracking::Hash
+        }
+    }
+
+    /// Declares that bytes `range` of region `id` changed in a way the page tables do not
+    /// show (an RDMA NIC writing into it, for example). The pages are hashed at the next
+    /// checkpoint. Has no effect in hash mode, which hashes everything anyway.
+    pub fn mark_dirty(&mut self, id: u64, range: std::ops::Range<usize>) -> Result<()> {
+        let i = self
+            .regions
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "not registered".into(),
+            })?;
+        let len = self.regions[i].len();
+        if range.start > range.end || range.end > len {
+            return Err(Error::Region {
+                id,
+                why: format!("range {range:?} is outside the region's {len} bytes"),
+            });
+        }
+        if let (Some(t), false) = (self.tracker.as_mut(), range.is_empty()) {
+            let ps = self.config.page_size as usize;
+            t.mark(i, (range.start / ps) as u64..=((range.end - 1) / ps) as u64);
+        }
+        Ok(())
+    }
+
+    /// Sets how many output slots one PAGEMAP_SCAN call gets (default 1024). Only useful to
+    /// test that scans larger than one output vector are handled.
+    #[doc(hidden)]
+    pub fn set_scan_vec_len(&mut self, n: usize) {
+        if let Some(t) = self.tracker.as_mut() {
+            t.set_scan_vec_len(n);
+        }
     }
 
     /// The newest committed version in the store, if any.
@@ -231,13 +300,20 @@ impl Checkpointer {
         Ok(())
     }
 
-    fn push_region(&mut self, id: u64, mem: Memory) {
+    fn push_region(&mut self, id: u64, mem: Memory) -> Result<()> {
         let len = mem.bytes().len();
+        if let Some(t) = self.tracker.as_mut() {
+            t.add_region(mem.addr(), len).map_err(|e| Error::Region {
+                id,
+                why: format!("cannot write-protect for dirty tracking: {e}"),
+            })?;
+        }
         self.regions.push(Region { id, mem });
         self.hashes
             .push(RegionHashes::unknown(len, self.config.page_size as usize));
         // A new region has no parent data: the next checkpoint is a full version.
         self.parent = None;
+        Ok(())
     }
 
     /// Allocates a zeroed, page-aligned region of `len` elements of `T` under `id`.
@@ -254,7 +330,7 @@ impl Checkpointer {
             })?;
         self.check_new_id(id, bytes)?;
         let mem = Memory::alloc(id, bytes)?;
-        self.push_region(id, mem);
+        self.push_region(id, mem)?;
         Ok(RegionHandle::new(id, len))
     }
 
@@ -270,8 +346,7 @@ impl Checkpointer {
             id,
             why: "null pointer".into(),
         })?;
-        self.push_region(id, Memory::Raw { ptr, len });
-        Ok(())
+        self.push_region(id, Memory::Raw { ptr, len })
     }
 
     /// Borrows an engine-allocated region.
@@ -320,6 +395,27 @@ impl Checkpointer {
         }
         let ps = self.config.page_size as usize;
         let t0 = Instant::now();
+        // Ask the tracker first: pages written after this instant are re-protected already
+        // and will be reported to the next checkpoint.
+        let candidates: Option<Vec<Vec<u64>>> = match self.tracker.as_mut() {
+            Some(t) => Some(
+                (0..self.regions.len())
+                    .map(|i| t.collect(i, ps))
+                    .collect::<std::io::Result<_>>()
+                    .map_err(|e| Error::io("/proc/self/pagemap", "PAGEMAP_SCAN", e))?,
+            ),
+            None => None,
+        };
+        let audit = candidates.is_some()
+            && self.config.audit_every > 0
+            && self.since_audit + 1 >= self.config.audit_every;
+        let use_candidates =
+            candidates.is_some() && !audit && self.hashes.iter().all(|h| h.pages_known);
+        let tracking = if use_candidates {
+            TrackingKind::Uffd
+        } else {
+            TrackingKind::Hash
+        };
         let latest = self.store.latest()?.unwrap_or(0);
         let version = latest.max(self.last_written) + 1;
         let parent = self
@@ -336,7 +432,7 @@ impl Checkpointer {
             page_size: self.config.page_size,
             depth,
             flags: if parent.is_none() { FLAG_FULL } else { 0 },
-            tracking: TrackingKind::Hash,
+            tracking,
             compression_level: self.config.compression_level,
             created_unix_nanos: now_nanos(),
             name: self.store.name().to_string(),
@@ -356,8 +452,9 @@ impl Checkpointer {
         let regions = &self.regions;
         let known_all = &self.hashes;
         let min_saving = self.config.min_compression_saving;
+        let cands = candidates.as_deref();
         let records = writer.write_stream(self.config.compression_level, min_saving, |emit| {
-            for (r, known) in regions.iter().zip(known_all) {
+            for (ri, (r, known)) in regions.iter().zip(known_all).enumerate() {
                 let bytes = r.mem.bytes();
                 let npages = bytes.len().div_ceil(ps) as u64;
                 pages_total += npages;
@@ -371,7 +468,16 @@ impl Checkpointer {
                 while g < ngroups {
                     let end = (g + span_groups).min(ngroups);
                     let ts = Instant::now();
-                    let scan = hash::scan_groups(bytes, ps, known, g..end);
+                    let scan = match cands {
+                        Some(c) if use_candidates => {
+                            let c = &c[ri];
+                            let (lo, hi) = (g as u64 * ppg, end as u64 * ppg);
+                            let a = c.partition_point(|&p| p < lo);
+                            let b = c.partition_point(|&p| p < hi);
+                            hash::scan_candidates(bytes, ps, known, &c[a..b])
+                        }
+                        _ => hash::scan_groups(bytes, ps, known, g..end),
+                    };
                     scan_secs += ts.elapsed().as_secs_f64();
                     let pages: Vec<PageIn<'_>> = if full {
                         let mut di = scan.dirty.iter().peekable();
@@ -448,6 +554,32 @@ impl Checkpointer {
         let write_secs = t0.elapsed().as_secs_f64() - scan_secs;
 
         // Committed: the new version is the parent of the next one.
+        let mut audit_misses = None;
+        if let (true, Some(c)) = (audit, candidates.as_ref()) {
+            let misses: u64 = scans
+                .iter()
+                .zip(c)
+                .map(|(s, c)| {
+                    s.dirty
+                        .iter()
+                        .filter(|d| c.binary_search(&d.page).is_err())
+                        .count() as u64
+                })
+                .sum();
+            if misses > 0 {
+                eprintln!(
+                    "ckpt: warning: audit of {}: {misses} page(s) changed without being reported \
+                     by userfaultfd (RDMA or other writes the page tables do not see?); they were \
+                     stored. Use hash tracking or mark_dirty() for such regions.",
+                    dst.display()
+                );
+            }
+            audit_misses = Some(misses);
+        }
+        if let Some(t) = self.tracker.as_mut() {
+            t.committed();
+            self.since_audit = if audit { 0 } else { self.since_audit + 1 };
+        }
         for (h, s) in self.hashes.iter_mut().zip(&scans) {
             h.apply(s);
         }
@@ -466,7 +598,8 @@ impl Checkpointer {
             pages_stored,
             hashed_bytes: scans.iter().map(|s| s.hashed_bytes).sum(),
             depth,
-            tracking: TrackingKind::Hash,
+            tracking,
+            audit_misses,
             scan_secs,
             write_secs,
         })
@@ -532,6 +665,10 @@ impl Checkpointer {
         }
         self.parent = None;
         self.config.page_size = ps as u32;
+        if let Some(t) = self.tracker.as_ref() {
+            t.unprotect_all()
+                .map_err(|e| Error::io(&path, "remove write-protection before restore", e))?;
+        }
         let mut bytes = 0u64;
         let mut new_hashes = Vec::with_capacity(self.regions.len());
         for (r, &i) in self.regions.iter_mut().zip(&order) {
@@ -544,6 +681,11 @@ impl Checkpointer {
             new_hashes.push(h);
         }
         self.hashes = new_hashes;
+        if let Some(t) = self.tracker.as_mut() {
+            // The regions now hold exactly the restored version: nothing is dirty.
+            t.rearm_all()
+                .map_err(|e| Error::io(&path, "write-protect after restore", e))?;
+        }
         // The parent picture must list extents in engine region order.
         let file = v.file();
         let mut parent =

@@ -39,6 +39,8 @@ pub(crate) struct Scan {
     pub(crate) dirty: Vec<DirtyPage>,
     /// New group hashes to remember once the version commits.
     pub(crate) groups: Vec<(usize, Hash)>,
+    /// Groups whose remembered hash must be forgotten (pages changed without a group rehash).
+    pub(crate) stale: Vec<usize>,
     /// Bytes that were hashed.
     pub(crate) hashed_bytes: u64,
 }
@@ -68,6 +70,9 @@ impl RegionHashes {
     pub(crate) fn apply(&mut self, scan: &Scan) {
         for d in &scan.dirty {
             self.pages[d.page as usize] = d.hash;
+        }
+        for g in &scan.stale {
+            self.groups[*g] = None;
         }
         for (g, h) in &scan.groups {
             self.groups[*g] = Some(*h);
@@ -134,20 +139,20 @@ impl Scan {
     pub(crate) fn extend(&mut self, other: Scan) {
         self.dirty.extend(other.dirty);
         self.groups.extend(other.groups);
+        self.stale.extend(other.stale);
         self.hashed_bytes += other.hashed_bytes;
     }
 }
 
 /// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker.
-/// Pages whose hash equals the parent's are not dirty. Group hashes of touched groups are
-/// forgotten, since the groups were not rehashed.
-#[allow(dead_code)]
+/// Pages whose hash equals the parent's are not dirty. The groups the candidates fall in are
+/// marked stale, since they were not rehashed as a whole.
 pub(crate) fn scan_candidates(
     data: &[u8],
     page_size: usize,
     known: &RegionHashes,
     candidates: &[u64],
-) -> (Scan, Vec<usize>) {
+) -> Scan {
     let dirty: Vec<DirtyPage> = candidates
         .par_iter()
         .filter_map(|&p| {
@@ -161,15 +166,16 @@ pub(crate) fn scan_candidates(
     let ppg = pages_per_group(page_size);
     let mut stale: Vec<usize> = candidates.iter().map(|&p| p as usize / ppg).collect();
     stale.dedup();
-    let hashed_bytes = candidates.len() as u64 * page_size as u64;
-    (
-        Scan {
-            dirty,
-            groups: Vec::new(),
-            hashed_bytes,
-        },
+    let hashed_bytes = candidates
+        .iter()
+        .map(|&p| (data.len() - p as usize * page_size).min(page_size) as u64)
+        .sum();
+    Scan {
+        dirty,
+        groups: Vec::new(),
         stale,
-    )
+        hashed_bytes,
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +192,7 @@ mod tests {
         let mut known = RegionHashes::unknown(data.len(), ps);
         let s = scan_all(&data, ps, &known);
         assert_eq!(s.dirty.len(), 41);
+        assert_eq!(s.hashed_bytes, 2 * data.len() as u64);
         known.apply(&s);
         let s = scan_all(&data, ps, &known);
         assert!(s.dirty.is_empty());

@@ -11,6 +11,7 @@
 //!
 //! Modules, in the direction data flows:
 //! - [`region`]: memory the application registers;
+//! - `track`, `uffd`: which pages may have changed (userfaultfd write-protection);
 //! - `hash`: which pages changed;
 //! - `write`: the new file, committed atomically;
 //! - [`store`]: naming, listing and locking in a directory;
@@ -31,6 +32,8 @@ pub mod read;
 pub mod region;
 pub mod store;
 mod sys;
+mod track;
+mod uffd;
 mod write;
 
 pub use checkpointer::{CheckpointStats, Checkpointer, Config, RestoreStats, Tracking};

@@ -19,8 +19,27 @@ fn main() {
     }
 }
 
+/// `ckpt-testapp pvw PID ADDR LEN`: writes LEN bytes of 0x5A at ADDR in process PID with
+/// process_vm_writev, as an MPI shared-memory transport would.
+fn pvw(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let pid: i32 = args[2].parse()?;
+    let addr: usize = args[3].parse()?;
+    let len: usize = args[4].parse()?;
+    let buf = vec![0x5Au8; len];
+    let local = [std::io::IoSlice::new(&buf)];
+    let remote = [nix::sys::uio::RemoteIoVec { base: addr, len }];
+    let n = nix::sys::uio::process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote)?;
+    if n != len {
+        return Err(format!("short write {n}").into());
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("pvw") && args.len() == 5 {
+        return pvw(&args);
+    }
     if args.len() < 6 {
         return Err(
             "usage: ckpt-testapp DIR NAME MIB SEED STEPS [restore=V] [writes=N] [ready]".into(),
