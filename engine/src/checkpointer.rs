@@ -453,6 +453,8 @@ impl Checkpointer {
         let known_all = &self.hashes;
         let min_saving = self.config.min_compression_saving;
         let cands = candidates.as_deref();
+        // uffd mode never consults group hashes (audits hash every page anyway).
+        let want_groups = candidates.is_none();
         let records = writer.write_stream(self.config.compression_level, min_saving, |emit| {
             for (ri, (r, known)) in regions.iter().zip(known_all).enumerate() {
                 let bytes = r.mem.bytes();
@@ -476,7 +478,7 @@ impl Checkpointer {
                             let b = c.partition_point(|&p| p < hi);
                             hash::scan_candidates(bytes, ps, known, &c[a..b])
                         }
-                        _ => hash::scan_groups(bytes, ps, known, g..end),
+                        _ => hash::scan_groups(bytes, ps, known, g..end, want_groups),
                     };
                     scan_secs += ts.elapsed().as_secs_f64();
                     let pages: Vec<PageIn<'_>> = if full {

@@ -85,29 +85,37 @@ impl RegionHashes {
 /// the parent (group hash or page hash match) or reported dirty with its new hash.
 pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
     let ngroups = known.groups.len();
-    scan_groups(data, page_size, known, 0..ngroups)
+    scan_groups(data, page_size, known, 0..ngroups, true)
 }
 
-/// Scans the groups `groups` of a region (the whole region's bytes are `data`).
+/// Scans the groups `groups` of a region (the whole region's bytes are `data`). Without
+/// `want_groups` (uffd mode, which never uses group hashes), groups whose hash is unknown are
+/// not hashed as a whole: only their pages are.
 pub(crate) fn scan_groups(
     data: &[u8],
     page_size: usize,
     known: &RegionHashes,
     groups: std::ops::Range<usize>,
+    want_groups: bool,
 ) -> Scan {
     let ppg = pages_per_group(page_size);
     let group_bytes = ppg * page_size;
     let lo = groups.start * group_bytes;
     let hi = (groups.end * group_bytes).min(data.len());
-    let per_group: Vec<(usize, Hash, Vec<DirtyPage>, u64)> = data[lo..hi]
+    let per_group: Vec<(usize, Option<Hash>, Vec<DirtyPage>, u64)> = data[lo..hi]
         .par_chunks(group_bytes)
         .enumerate()
         .map(|(k, chunk)| {
             let g = groups.start + k;
-            let gh = page_hash(chunk);
-            let mut hashed = chunk.len() as u64;
+            let skip_group = !want_groups && known.groups[g].is_none();
+            let gh = if skip_group {
+                None
+            } else {
+                Some(page_hash(chunk))
+            };
+            let mut hashed = if skip_group { 0 } else { chunk.len() as u64 };
             let mut dirty = Vec::new();
-            if known.groups[g] != Some(gh) || !known.pages_known {
+            if known.groups[g] != gh || gh.is_none() || !known.pages_known {
                 hashed += chunk.len() as u64;
                 for (k, page) in chunk.chunks(page_size).enumerate() {
                     let p = g * ppg + k;
@@ -125,7 +133,7 @@ pub(crate) fn scan_groups(
         .collect();
     let mut scan = Scan::default();
     for (g, gh, dirty, hashed) in per_group {
-        if known.groups[g] != Some(gh) {
+        if let Some(gh) = gh.filter(|&h| known.groups[g] != Some(h)) {
             scan.groups.push((g, gh));
         }
         scan.dirty.extend(dirty);
