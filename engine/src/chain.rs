@@ -45,7 +45,7 @@ impl Parent {
 }
 
 /// Appends an extent, merging it into the previous one when it continues it.
-fn push(out: &mut Vec<Extent>, count: u64, file: u32, first_record: u64) {
+pub(crate) fn push(out: &mut Vec<Extent>, count: u64, file: u32, first_record: u64) {
     if let Some(last) = out.last_mut() {
         if last.file == file
             && last.first_record + last.page_count as u64 == first_record
@@ -146,5 +146,6 @@ pub(crate) fn build_index(
         regions: region_entries,
         extents,
         records,
+        superseded: Vec::new(),
     }
 }

@@ -179,6 +179,16 @@ impl std::fmt::Debug for Checkpointer {
     }
 }
 
+/// Whether every file of a parent picture is still present with the identity recorded
+/// (compaction keeps a file's id when it rewrites it compatibly).
+fn picture_valid(dir: &Path, parent: &Parent) -> bool {
+    parent.files.iter().all(|f| {
+        crate::read::read_header_footer(&dir.join(&f.name))
+            .map(|(h, _)| h.file_id == f.identity.file_id)
+            .unwrap_or(false)
+    })
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -389,10 +399,74 @@ impl Checkpointer {
     /// Writes the next version: `<name>.ckpt.<N>` with N one more than any version in the
     /// store. It is a delta against the last version this engine wrote or restored, unless the
     /// chain would get deeper than `max_chain_depth`, in which case it is a full version.
+    ///
+    /// If a compaction running at the same time removed or rewrote files the new version
+    /// would reference, the engine notices before committing (under the chain's commit lock),
+    /// re-reads its parent from disk (or falls back to a full version if the parent itself
+    /// was removed) and writes the version again.
     pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
         if self.regions.is_empty() {
             return Err(Error::Config("no regions registered".into()));
         }
+        for _ in 0..4 {
+            if let Some(stats) = self.checkpoint_once()? {
+                return Ok(stats);
+            }
+            self.refresh_parent();
+        }
+        Err(Error::io(
+            self.store.dir(),
+            "checkpoint",
+            std::io::Error::other("the files of the chain kept changing under the writer"),
+        ))
+    }
+
+    /// Re-reads the parent version from disk after a compaction changed the files it
+    /// references. If the parent is gone (or is another file now), the next version is full.
+    fn refresh_parent(&mut self) {
+        let Some(old) = self.parent.take() else {
+            return;
+        };
+        let path = self.store.path_of(old.parent.version);
+        let fresh = Version::open(&path).ok().and_then(|v| {
+            if v.file().header.file_id != old.parent.identity.file_id {
+                return None;
+            }
+            self.parent_from_version(&v, old.parent.version).ok()
+        });
+        self.parent = fresh;
+    }
+
+    /// The parent picture of version `version` (already opened), with extents listed in the
+    /// engine's region order.
+    fn parent_from_version(&self, v: &Version, version: u64) -> Result<Parent> {
+        let file = v.file();
+        let mut order = Vec::with_capacity(self.regions.len());
+        for r in &self.regions {
+            let i = v
+                .regions()
+                .iter()
+                .position(|e| e.id == r.id && e.byte_len == r.len() as u64)
+                .ok_or_else(|| Error::RegionMismatch {
+                    path: file.path().to_path_buf(),
+                    why: format!("region {} is not in the checkpoint with the same size", r.id),
+                })?;
+            order.push(i);
+        }
+        if v.regions().len() != self.regions.len() {
+            return Err(Error::RegionMismatch {
+                path: file.path().to_path_buf(),
+                why: "the checkpoint has regions that are not registered".into(),
+            });
+        }
+        let mut parent = Parent::from_index(&file.index, version, file.identity(), file.header.depth);
+        parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
+        Ok(parent)
+    }
+
+    /// One attempt at a checkpoint. `Ok(None)` means the parent picture was stale (a
+    /// compaction changed the store); nothing was committed.
+    fn checkpoint_once(&mut self) -> Result<Option<CheckpointStats>> {
         let ps = self.config.page_size as usize;
         let t0 = Instant::now();
         // Ask the tracker first: pages written after this instant are re-protected already
@@ -499,6 +573,7 @@ impl Checkpointer {
                                 PageIn {
                                     bytes: page(p),
                                     hash,
+                                    stored: None,
                                 }
                             })
                             .collect()
@@ -510,6 +585,7 @@ impl Checkpointer {
                                 PageIn {
                                     bytes: page(d.page),
                                     hash: d.hash,
+                                    stored: None,
                                 }
                             })
                             .collect()
@@ -551,8 +627,19 @@ impl Checkpointer {
             version,
             name: file_name,
         };
+        // Check, under the commit lock, that every file the new version will reference is still
+        // the file we think it is. A compactor cannot remove one between this check and the
+        // rename below, because it takes the same lock for every unlink.
+        writer.sync_data()?;
+        let commit_lock = self.store.lock_commit()?;
+        if let Some(p) = parent {
+            if !picture_valid(self.store.dir(), p) {
+                return Ok(None);
+            }
+        }
         let index = build_index(self_entry, parent, &plans, records, self.config.page_size);
         let identity = writer.commit(&index)?;
+        drop(commit_lock);
         let write_secs = t0.elapsed().as_secs_f64() - scan_secs;
 
         // Committed: the new version is the parent of the next one.
@@ -591,7 +678,7 @@ impl Checkpointer {
         let file_bytes = std::fs::metadata(&dst)
             .map_err(|e| Error::io(&dst, "stat", e))?
             .len();
-        Ok(CheckpointStats {
+        Ok(Some(CheckpointStats {
             version,
             parent: parent_version,
             path: dst,
@@ -604,7 +691,7 @@ impl Checkpointer {
             audit_misses,
             scan_secs,
             write_secs,
-        })
+        }))
     }
 
     /// Restores version `version` (the newest if `None`) into the registered regions. Every
@@ -688,12 +775,7 @@ impl Checkpointer {
             t.rearm_all()
                 .map_err(|e| Error::io(&path, "write-protect after restore", e))?;
         }
-        // The parent picture must list extents in engine region order.
-        let file = v.file();
-        let mut parent =
-            Parent::from_index(&file.index, version, file.identity(), file.header.depth);
-        parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
-        self.parent = Some(parent);
+        self.parent = Some(self.parent_from_version(&v, version)?);
         Ok(RestoreStats {
             version,
             files_read: v.files().len(),

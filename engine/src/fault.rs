@@ -1,6 +1,7 @@
 //! Fault injection for crash and failure tests, driven by environment variables read once.
 //!
-//! - `CKPT_FAULT_KILL=<point>`: the process sends itself SIGKILL when it reaches `<point>`.
+//! - `CKPT_FAULT_KILL=<point>`: the process sends itself SIGKILL when it reaches `<point>`;
+//!   `CKPT_FAULT_KILL=<point>#<n>`: when it reaches `<point>` for the n-th time.
 //! - `CKPT_FAULT_FAIL=<point>`: [`fail`] returns true at `<point>`, and the caller turns that
 //!   into an I/O error, as if the disk had failed.
 //!
@@ -15,10 +16,23 @@ fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static s
 static KILL: OnceLock<Option<String>> = OnceLock::new();
 static FAIL: OnceLock<Option<String>> = OnceLock::new();
 
-/// Kills the process with SIGKILL if `CKPT_FAULT_KILL` names this point.
+static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Kills the process with SIGKILL if `CKPT_FAULT_KILL` names this point (and, with `#n`,
+/// this is the n-th time the point is reached).
 pub fn point(name: &str) {
-    if var("CKPT_FAULT_KILL", &KILL) == Some(name) {
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    let Some(spec) = var("CKPT_FAULT_KILL", &KILL) else {
+        return;
+    };
+    let (want, nth) = match spec.split_once('#') {
+        Some((w, n)) => (w, n.parse::<u64>().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    if want == name {
+        let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if hit == nth {
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 

@@ -323,14 +323,18 @@ impl Footer {
     /// Parses the footer from the whole file and checks that the sections it names tile the
     /// file exactly: `header | data | index | footer`.
     pub fn decode(path: &Path, file: &[u8]) -> Result<Footer> {
+        let tail = &file[file.len().saturating_sub(FOOTER_LEN)..];
+        Footer::decode_tail(path, tail, file.len() as u64)
+    }
+
+    /// Parses the footer from the file's last `FOOTER_LEN` bytes, `len` being the file length.
+    pub fn decode_tail(path: &Path, b: &[u8], len: u64) -> Result<Footer> {
         let bad = |d: String| Error::corrupt(path, "footer", d);
-        let len = file.len() as u64;
-        if file.len() < HEADER_LEN + FOOTER_LEN {
+        if len < (HEADER_LEN + FOOTER_LEN) as u64 || b.len() != FOOTER_LEN {
             return Err(bad(format!(
                 "file is {len} bytes, too short to hold a header and a footer (truncated?)"
             )));
         }
-        let b = &file[file.len() - FOOTER_LEN..];
         if b[0..8] != FOOTER_MAGIC {
             return Err(bad("bad magic (truncated or incomplete file?)".into()));
         }
@@ -431,6 +435,10 @@ pub struct Index {
     pub extents: Vec<Extent>,
     /// Page records of the pages stored in this file.
     pub records: Vec<Record>,
+    /// Index checksums of earlier revisions of this file that the compactor replaced. This
+    /// revision keeps their records at the same indices with the same contents, so a file
+    /// that recorded one of these checksums may use this revision.
+    pub superseded: Vec<Hash>,
 }
 
 impl Index {
@@ -442,6 +450,7 @@ impl Index {
             + self.regions.len() * REGION_ENTRY_LEN
             + self.extents.len() * EXTENT_LEN
             + self.records.len() * RECORD_LEN
+            + self.superseded.len() * 32
             + names_len;
         let mut b = vec![0u8; total];
         b[0..8].copy_from_slice(&INDEX_MAGIC);
@@ -450,6 +459,7 @@ impl Index {
         put_u64(&mut b, 16, self.extents.len() as u64);
         put_u64(&mut b, 24, self.records.len() as u64);
         put_u64(&mut b, 32, names_len as u64);
+        put_u32(&mut b, 40, self.superseded.len() as u32);
         let mut off = INDEX_FIXED_LEN;
         let mut name_off = 0usize;
         for f in &self.files {
@@ -482,6 +492,10 @@ impl Index {
             b[off + 48] = r.codec as u8;
             off += RECORD_LEN;
         }
+        for h in &self.superseded {
+            b[off..off + 32].copy_from_slice(h);
+            off += 32;
+        }
         for f in &self.files {
             b[off..off + f.name.len()].copy_from_slice(f.name.as_bytes());
             off += f.name.len();
@@ -510,6 +524,7 @@ impl Index {
         let nextents = get_u64(b, 16);
         let nrecords = get_u64(b, 24);
         let names_len = get_u64(b, 32);
+        let nsuperseded = get_u32(b, 40) as u64;
         // Check the declared sizes add up to the section length before allocating anything.
         let expect = (|| {
             let mut t = INDEX_FIXED_LEN as u64;
@@ -517,12 +532,13 @@ impl Index {
             t = t.checked_add(nregions.checked_mul(REGION_ENTRY_LEN as u64)?)?;
             t = t.checked_add(nextents.checked_mul(EXTENT_LEN as u64)?)?;
             t = t.checked_add(nrecords.checked_mul(RECORD_LEN as u64)?)?;
+            t = t.checked_add(nsuperseded.checked_mul(32)?)?;
             t.checked_add(names_len)
         })();
         if expect != Some(b.len() as u64) {
             return Err(bad(format!(
                 "declared sizes ({nfiles} files, {nregions} regions, {nextents} extents, \
-                 {nrecords} records, {names_len} name bytes) do not add up to the section length {}",
+                 {nrecords} records, {nsuperseded} superseded, {names_len} name bytes) do not add up to the section length {}",
                 b.len()
             )));
         }
@@ -609,11 +625,17 @@ impl Index {
             records.push(r);
             off += RECORD_LEN;
         }
+        let mut superseded = Vec::with_capacity(nsuperseded as usize);
+        for _ in 0..nsuperseded {
+            superseded.push(get_arr(b, off));
+            off += 32;
+        }
         let index = Index {
             files,
             regions,
             extents,
             records,
+            superseded,
         };
         index.check_extents(path, header.page_size)?;
         Ok(index)

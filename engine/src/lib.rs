@@ -17,11 +17,13 @@
 //! - [`store`]: naming, listing and locking in a directory;
 //! - [`read`]: opening, checking and resolving versions;
 //! - [`catalog`]: listing, verifying and exporting for tools;
+//! - [`compact`]: retention and garbage collection, crash-safe;
 //! - [`format`]: the byte layout shared by all of them.
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod catalog;
+pub mod compact;
 mod chain;
 mod checkpointer;
 mod error;

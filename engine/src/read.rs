@@ -106,9 +106,22 @@ impl VersionFile {
         }
     }
 
+    /// Whether this file may serve a reference that recorded `want`: same file id, and either
+    /// this revision's index checksum or one of the earlier revisions it supersedes.
+    pub fn satisfies(&self, want: &Identity) -> bool {
+        want.file_id == self.header.file_id
+            && (want.index_checksum == self.footer.index_checksum
+                || self.index.superseded.contains(&want.index_checksum))
+    }
+
     /// Stored (on-disk) bytes of the data section.
     pub fn data_bytes(&self) -> u64 {
         self.footer.data_len
+    }
+
+    /// The stored (possibly compressed) bytes of a record of this file.
+    pub fn stored_bytes(&self, rec: &Record) -> &[u8] {
+        &self.map[rec.offset as usize..(rec.offset + rec.stored_len as u64) as usize]
     }
 
     /// Decodes record `rec` into `out` (which must be exactly the page length) and checks it
@@ -180,6 +193,36 @@ impl VersionFile {
     }
 }
 
+/// Reads and checks only a file's header and footer (two small reads): enough to learn its
+/// identity and lineage without loading its index.
+pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
+    if len < (HEADER_LEN + FOOTER_LEN) as u64 {
+        return Err(Error::corrupt(
+            path,
+            "file",
+            format!("{len} bytes, too short to be a version file (truncated?)"),
+        ));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut h, 0)
+        .map_err(|e| Error::io(path, "read header", e))?;
+    let mut t = [0u8; FOOTER_LEN];
+    file.read_exact_at(&mut t, len - FOOTER_LEN as u64)
+        .map_err(|e| Error::io(path, "read footer", e))?;
+    let header = Header::decode(path, &h)?;
+    let footer = Footer::decode_tail(path, &t, len)?;
+    if footer.file_id != header.file_id {
+        return Err(Error::corrupt(path, "footer", "file id differs from the header's"));
+    }
+    Ok((header, footer))
+}
+
 /// A version with every file it references opened and identity-checked: everything needed to
 /// resolve any page in one hop.
 #[derive(Debug)]
@@ -204,7 +247,7 @@ impl Version {
                 });
             }
             let f = VersionFile::open(&rpath)?;
-            if f.identity() != entry.identity {
+            if !f.satisfies(&entry.identity) {
                 return Err(Error::ReplacedReference {
                     path: path.to_path_buf(),
                     referenced: rpath,

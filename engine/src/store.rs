@@ -164,9 +164,8 @@ impl Store {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, "create directory", e))
     }
 
-    /// Takes the chain's writer lock without waiting. Only one process may write a chain.
-    pub fn lock_writer(&self) -> Result<WriterLock> {
-        let path = self.dir.join(format!(".{}.writer.lock", self.name));
+    fn lock_file(&self, kind: &str) -> Result<(PathBuf, File)> {
+        let path = self.dir.join(format!(".{}.{kind}.lock", self.name));
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -174,14 +173,60 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(&path, "open lock file", e))?;
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(WriterLock { _lock: lock }),
-            Err((_, Errno::EWOULDBLOCK)) => Err(Error::Locked {
-                path,
-                name: self.name.clone(),
-            }),
-            Err((_, e)) => Err(Error::io(&path, "lock", e.into())),
+        Ok((path, f))
+    }
+
+    /// Tries to take an exclusive lock of `kind` for up to `wait`.
+    fn try_lock(&self, kind: &str, wait: std::time::Duration) -> Result<Flock<File>> {
+        let (path, mut f) = self.lock_file(kind)?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    f = back;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(Error::Locked {
+                        path,
+                        name: self.name.clone(),
+                    })
+                }
+                Err((_, e)) => return Err(Error::io(&path, "lock", e.into())),
+            }
         }
+    }
+
+    /// Takes the chain's writer lock: only one process may write a chain. Waits up to two
+    /// seconds (the compactor holds it briefly while it removes leftover temporary files).
+    pub fn lock_writer(&self) -> Result<WriterLock> {
+        Ok(WriterLock {
+            _lock: self.try_lock("writer", std::time::Duration::from_secs(2))?,
+        })
+    }
+
+    /// Takes the writer lock only if it is free right now (the compactor uses this to know
+    /// that no writer is active, so temporary files are garbage).
+    pub fn try_lock_writer_now(&self) -> Result<Option<WriterLock>> {
+        match self.try_lock("writer", std::time::Duration::ZERO) {
+            Ok(l) => Ok(Some(WriterLock { _lock: l })),
+            Err(Error::Locked { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Takes the chain's commit lock, waiting for it. Writers hold it from checking that the
+    /// files their new version references still exist until the version is renamed into
+    /// place; the compactor holds it for one rename or one unlink at a time.
+    pub fn lock_commit(&self) -> Result<Flock<File>> {
+        let (path, f) = self.lock_file("commit")?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::io(&path, "lock", e.into()))
+    }
+
+    /// Takes the chain's compaction lock without waiting: one compactor at a time.
+    pub fn lock_compact(&self) -> Result<Flock<File>> {
+        self.try_lock("compact", std::time::Duration::ZERO)
     }
 
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`

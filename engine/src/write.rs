@@ -22,8 +22,11 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 pub(crate) struct PageIn<'a> {
     /// The page bytes (the last page of a region may be short).
     pub(crate) bytes: &'a [u8],
-    /// blake3 of `bytes`.
+    /// blake3 of the page bytes.
     pub(crate) hash: Hash,
+    /// Already-encoded bytes to store as they are (the compactor copies records without
+    /// recompressing them); `bytes` is then the decoded page, used only for its length.
+    pub(crate) stored: Option<(Codec, &'a [u8])>,
 }
 
 /// A version file being written under a temporary name. Dropping it without `commit`
@@ -75,6 +78,15 @@ fn compress_batch(
     min_saving: f64,
     pages: &[PageIn<'_>],
 ) -> std::io::Result<Vec<(Codec, Vec<u8>)>> {
+    if pages.iter().any(|p| p.stored.is_some()) {
+        return Ok(pages
+            .iter()
+            .map(|p| match p.stored {
+                Some((c, b)) => (c, b.to_vec()),
+                None => (Codec::Raw, p.bytes.to_vec()),
+            })
+            .collect());
+    }
     if level == 0 {
         return Ok(pages
             .iter()
@@ -224,9 +236,28 @@ impl VersionWriter {
         Ok(records)
     }
 
+    /// fsyncs the data written so far (so that the fsync at commit, which may run under the
+    /// commit lock, only has the index left to flush).
+    pub(crate) fn sync_data(&mut self) -> Result<()> {
+        match self.file.as_ref() {
+            Some(f) => f.sync_data().map_err(|e| Error::io(&self.tmp, "fdatasync", e)),
+            None => Ok(()),
+        }
+    }
+
     /// Writes the index and footer, fsyncs, and renames the file to its final name without
     /// replacing anything, then fsyncs the directory. Returns the new file's identity.
-    pub(crate) fn commit(mut self, index: &Index) -> Result<Identity> {
+    pub(crate) fn commit(self, index: &Index) -> Result<Identity> {
+        self.finish(index, false)
+    }
+
+    /// Like [`commit`](Self::commit), but atomically replaces an existing file of that name
+    /// (the compactor's new revision of a version, which keeps its file id and records).
+    pub(crate) fn commit_replacing(self, index: &Index) -> Result<Identity> {
+        self.finish(index, true)
+    }
+
+    fn finish(mut self, index: &Index, replace: bool) -> Result<Identity> {
         let mut file = self
             .file
             .take()
@@ -251,7 +282,13 @@ impl VersionWriter {
             .map_err(|e| Error::io(&self.tmp, "fsync", e))?;
         drop(file);
         crate::fault::point("before-rename");
-        store::commit_rename(&self.tmp, &self.dst)?;
+        if replace {
+            std::fs::rename(&self.tmp, &self.dst)
+                .map_err(|e| Error::io(&self.dst, "replace (rename)", e))?;
+            store::sync_dir(self.dst.parent().unwrap_or(Path::new(".")))?;
+        } else {
+            store::commit_rename(&self.tmp, &self.dst)?;
+        }
         // Committed: nothing to clean up any more.
         self.tmp = PathBuf::new();
         Ok(Identity {

@@ -1,0 +1,412 @@
+//! Compaction: keep the newest versions, rewrite the kept files so that none references a
+//! file about to be removed, then remove everything else — without a crash at any instant
+//! leaving a kept version unable to restore.
+//!
+//! The protocol (see docs/FORMAT.md, "Compaction"):
+//! 1. **Plan.** Walk the lineage back from the newest version (header `parent_version`);
+//!    keep the first K versions of it plus any pinned ones. Everything else — older
+//!    versions, abandoned branches, leftover temporary files — is garbage.
+//! 2. **Rewrite**, oldest kept first, every kept file that references garbage (or is deeper
+//!    than `max_depth`). The new revision keeps the file's id and all its records at the same
+//!    indices, and appends copies of the pages it used to find in garbage (or, if an earlier
+//!    rewritten kept file already holds the same page, references that). It lists the old
+//!    revision's index checksum as *superseded*, so files that reference the old revision
+//!    accept the new one. It replaces the old revision by an atomic rename of a fully written
+//!    and fsynced file. At every instant both revisions restore correctly.
+//! 3. **Remove** garbage, newest first (files only reference older files, so whatever
+//!    survives a crash still restores), one unlink at a time under the chain's commit lock,
+//!    after checking that no version committed since the plan still references the file.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    Extent, FileEntry, Hash, Header, Identity, Index, RegionEntry, FLAG_COMPACTED, FLAG_FULL,
+};
+use crate::chain::push;
+use crate::read::{read_header_footer, Version, VersionFile};
+use crate::store::{self, Store};
+use crate::write::{PageIn, VersionWriter};
+
+/// What to keep.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// Keep the newest `keep` versions of the newest version's lineage (at least 1).
+    pub keep: usize,
+    /// Rewrite as full any kept version deeper than this.
+    pub max_depth: Option<u32>,
+    /// Versions to keep whatever `keep` says (for example those named by global commit
+    /// records of an MPI job).
+    pub pinned: Vec<u64>,
+    /// Only compute the plan.
+    pub dry_run: bool,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        CompactOptions {
+            keep: 2,
+            max_depth: None,
+            pinned: Vec::new(),
+            dry_run: false,
+        }
+    }
+}
+
+/// What a compaction will do (or did).
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Versions kept, ascending.
+    pub kept: Vec<u64>,
+    /// Kept versions whose file is rewritten, ascending.
+    pub rewrite: Vec<u64>,
+    /// Versions removed, ascending.
+    pub remove: Vec<u64>,
+    /// Leftover temporary files to remove (only when no writer holds the chain).
+    pub temps: Vec<PathBuf>,
+}
+
+/// The outcome of [`compact`].
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The plan carried out.
+    pub plan: Plan,
+    /// Versions the plan meant to remove but that were kept because a version committed
+    /// during the compaction still references them (the next compaction removes them).
+    pub spared: Vec<u64>,
+    /// Bytes written (new revisions).
+    pub bytes_written: u64,
+    /// Bytes freed (removed files and replaced revisions).
+    pub bytes_freed: u64,
+    /// Wall-clock seconds.
+    pub secs: f64,
+}
+
+/// Computes what [`compact`] would do.
+pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
+    if opts.keep == 0 {
+        return Err(Error::Config("compaction must keep at least one version".into()));
+    }
+    let versions = store.versions()?;
+    let Some(&newest) = versions.last() else {
+        return Ok(Plan {
+            temps: store.temp_files()?,
+            ..Plan::default()
+        });
+    };
+    // Lineage of the newest version.
+    let mut lineage = Vec::new();
+    let mut cur = Some(newest);
+    let mut want_id: Option<[u8; 16]> = None;
+    while let Some(v) = cur {
+        let path = store.path_of(v);
+        if !path.exists() {
+            break;
+        }
+        let (h, _) = read_header_footer(&path)?;
+        if want_id.is_some_and(|id| id != h.file_id) {
+            break; // a different file took that number: the lineage ends here
+        }
+        lineage.push(v);
+        want_id = h.parent.map(|p| p.identity.file_id);
+        cur = h.parent.map(|p| p.version).filter(|p| *p < v);
+    }
+    let mut kept: BTreeSet<u64> = lineage.iter().take(opts.keep).copied().collect();
+    kept.extend(opts.pinned.iter().filter(|v| versions.contains(v)));
+    let kept_names: HashSet<String> = kept
+        .iter()
+        .map(|&v| store::version_file_name(store.name(), v))
+        .collect();
+    let mut rewrite = Vec::new();
+    for &v in &kept {
+        let f = VersionFile::open(&store.path_of(v))?;
+        let deep = opts.max_depth.is_some_and(|d| f.header.depth > d && f.index.files.len() > 1);
+        let refs_garbage = f.index.files.iter().skip(1).any(|e| !kept_names.contains(&e.name));
+        if deep || refs_garbage {
+            rewrite.push(v);
+        }
+    }
+    Ok(Plan {
+        kept: kept.iter().copied().collect(),
+        rewrite,
+        remove: versions.into_iter().filter(|v| !kept.contains(v)).collect(),
+        temps: store.temp_files()?,
+    })
+}
+
+/// Carries out a compaction. `progress(done, total)` counts rewrites and removals.
+pub fn compact(
+    store: &Store,
+    opts: &CompactOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let _one_compactor = store.lock_compact()?;
+    let plan = plan(store, opts)?;
+    let mut report = Report {
+        plan: plan.clone(),
+        ..Report::default()
+    };
+    if opts.dry_run {
+        report.secs = t0.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let total = (plan.rewrite.len() + plan.remove.len()) as u64;
+    let mut done = 0u64;
+    let kept: HashSet<String> = plan
+        .kept
+        .iter()
+        .map(|&v| store::version_file_name(store.name(), v))
+        .collect();
+
+    // 2. Rewrite, oldest first. `pool` maps page contents to a record of an already rewritten
+    // kept file, so that later rewrites reference it instead of copying the page again.
+    let mut pool: HashMap<(Hash, u32), (String, u64)> = HashMap::new();
+    for &v in &plan.rewrite {
+        let flatten = opts.max_depth.is_some();
+        let (written, freed) = rewrite_one(store, v, &kept, flatten, opts.max_depth, &mut pool)?;
+        report.bytes_written += written;
+        report.bytes_freed += freed;
+        done += 1;
+        progress(done, total);
+    }
+
+    // 3. Remove, newest first.
+    let planned: HashSet<u64> = plan.kept.iter().chain(&plan.remove).copied().collect();
+    let mut refs_cache: HashMap<(u64, [u8; 16]), Vec<String>> = HashMap::new();
+    let mut spared: Vec<u64> = Vec::new();
+    for &r in plan.remove.iter().rev() {
+        let path = store.path_of(r);
+        let name = store::version_file_name(store.name(), r);
+        let lock = store.lock_commit()?;
+        // Versions committed since the plan (and versions we had to spare) may reference
+        // garbage: what they reference stays.
+        let mut protected = HashSet::new();
+        for v in store.versions()? {
+            if planned.contains(&v) && !spared.contains(&v) {
+                continue;
+            }
+            let p = store.path_of(v);
+            let (h, _) = read_header_footer(&p)?;
+            let names = match refs_cache.get(&(v, h.file_id)) {
+                Some(n) => n.clone(),
+                None => {
+                    let f = VersionFile::open(&p)?;
+                    let n: Vec<String> = f.index.files.iter().skip(1).map(|e| e.name.clone()).collect();
+                    refs_cache.insert((v, h.file_id), n.clone());
+                    n
+                }
+            };
+            protected.extend(names);
+        }
+        if protected.contains(&name) {
+            spared.push(r);
+            drop(lock);
+            continue;
+        }
+        crate::fault::point("compact-step");
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&path) {
+            Ok(()) => report.bytes_freed += size,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, "remove", e)),
+        }
+        store::sync_dir(store.dir())?;
+        drop(lock);
+        crate::fault::point("compact-step");
+        done += 1;
+        progress(done, total);
+    }
+    spared.sort_unstable();
+    report.spared = spared;
+
+    // Leftover temporary files are garbage only if no writer is active.
+    if !plan.temps.is_empty() {
+        if let Some(_w) = store.try_lock_writer_now()? {
+            for t in &plan.temps {
+                let size = std::fs::metadata(t).map(|m| m.len()).unwrap_or(0);
+                if std::fs::remove_file(t).is_ok() {
+                    report.bytes_freed += size;
+                }
+            }
+            store::sync_dir(store.dir())?;
+        } else {
+            report.plan.temps.clear();
+        }
+    }
+    report.secs = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Where a page of the new revision comes from.
+enum Src {
+    /// Keep referencing (file index in the new table, record).
+    Ref(u32, u64),
+    /// A record of the new revision (old records keep their index).
+    Own(u64),
+}
+
+/// Writes a new revision of version `v` that references only files in `kept` (all files,
+/// if `flatten` and it is deeper than `max_depth`), and renames it over the old one.
+/// Returns (bytes written, bytes freed).
+fn rewrite_one(
+    store: &Store,
+    v: u64,
+    kept: &HashSet<String>,
+    flatten: bool,
+    max_depth: Option<u32>,
+    pool: &mut HashMap<(Hash, u32), (String, u64)>,
+) -> Result<(u64, u64)> {
+    let path = store.path_of(v);
+    let old = Version::open(&path)?;
+    let f = old.file();
+    let self_name = store::version_file_name(store.name(), v);
+    let flatten = flatten && max_depth.is_some_and(|d| f.header.depth > d);
+    let keep_ref = |name: &str| !flatten && name != self_name && kept.contains(name);
+
+    // New file table: this file, then kept files, by name.
+    let mut files: Vec<FileEntry> = vec![f.index.files[0].clone()];
+    let mut by_name: HashMap<String, u32> = HashMap::new();
+    let mut file_idx = |files: &mut Vec<FileEntry>, name: &str| -> Result<u32> {
+        if let Some(&i) = by_name.get(name) {
+            return Ok(i);
+        }
+        let (h, ft) = read_header_footer(&store.dir().join(name))?;
+        files.push(FileEntry {
+            identity: Identity {
+                file_id: h.file_id,
+                index_checksum: ft.index_checksum,
+            },
+            version: h.version,
+            name: name.to_string(),
+        });
+        let i = (files.len() - 1) as u32;
+        by_name.insert(name.to_string(), i);
+        Ok(i)
+    };
+
+    let old_records = f.index.records.len() as u64;
+    let mut appended: Vec<(usize, u64)> = Vec::new(); // (old file-table index, record)
+    let mut local: HashMap<(usize, u64), u64> = HashMap::new();
+    let mut regions = Vec::new();
+    let mut extents: Vec<Extent> = Vec::new();
+    for r in old.regions() {
+        let first_extent = extents.len() as u64;
+        let mut out: Vec<Extent> = Vec::new();
+        let exts = &f.index.extents[r.first_extent as usize..(r.first_extent + r.extent_count) as usize];
+        for e in exts {
+            let src_name = &f.index.files[e.file as usize].name;
+            if e.file == 0 {
+                push(&mut out, e.page_count as u64, 0, e.first_record);
+                continue;
+            }
+            if keep_ref(src_name) {
+                // Its current revision keeps these record indices.
+                let i = file_idx(&mut files, src_name)?;
+                push(&mut out, e.page_count as u64, i, e.first_record);
+                continue;
+            }
+            let src = &old.files()[e.file as usize];
+            for k in 0..e.page_count as u64 {
+                let rec_i = e.first_record + k;
+                let rec = src.index.records.get(rec_i as usize).ok_or_else(|| {
+                    Error::corrupt(f.path(), "index", format!("refers to missing record {rec_i} of {src_name}"))
+                })?;
+                let where_ = match pool.get(&(rec.hash, rec.raw_len)) {
+                    Some((name, idx)) if keep_ref(name) => Src::Ref(file_idx(&mut files, name)?, *idx),
+                    _ => {
+                        let key = (e.file as usize, rec_i);
+                        let idx = *local.entry(key).or_insert_with(|| {
+                            appended.push(key);
+                            old_records + appended.len() as u64 - 1
+                        });
+                        Src::Own(idx)
+                    }
+                };
+                match where_ {
+                    Src::Ref(i, idx) => push(&mut out, 1, i, idx),
+                    Src::Own(idx) => push(&mut out, 1, 0, idx),
+                }
+            }
+        }
+        regions.push(RegionEntry {
+            id: r.id,
+            byte_len: r.byte_len,
+            first_extent,
+            extent_count: out.len() as u64,
+        });
+        extents.extend(out);
+    }
+
+    // Depth: one more than the deepest file referenced.
+    let mut depth = 0u32;
+    for e in files.iter().skip(1) {
+        let (h, _) = read_header_footer(&store.dir().join(&e.name))?;
+        depth = depth.max(h.depth + 1);
+    }
+    let header = Header {
+        depth,
+        flags: (f.header.flags | FLAG_COMPACTED) & !FLAG_FULL | if files.len() == 1 { FLAG_FULL } else { 0 },
+        ..f.header.clone()
+    };
+
+    // Pages: the old records as they are, then the appended copies, all checked on the way.
+    let ps = f.header.page_size as usize;
+    let zeros = vec![0u8; ps];
+    let mut sources: Vec<(&VersionFile, &crate::format::Record)> =
+        f.index.records.iter().map(|r| (f, r)).collect();
+    for &(fi, ri) in &appended {
+        let src: &VersionFile = &old.files()[fi];
+        sources.push((src, &src.index.records[ri as usize]));
+    }
+    let tmp = store.temp_path(v)?;
+    let mut writer = VersionWriter::create(tmp, path.clone(), header)?;
+    let records = writer.write_stream(0, 0.0, |emit| {
+        for batch in sources.chunks(2048) {
+            batch.par_iter().enumerate().try_for_each_init(
+                || vec![0u8; ps],
+                |buf, (i, (src, rec))| {
+                    let n = rec.raw_len as usize;
+                    src.read_record(rec, &mut buf[..n], &|| format!("record copied by compaction ({i})"))
+                },
+            )?;
+            let pages: Vec<PageIn<'_>> = batch
+                .iter()
+                .map(|(src, rec)| PageIn {
+                    bytes: &zeros[..rec.raw_len as usize],
+                    hash: rec.hash,
+                    stored: Some((rec.codec, src.stored_bytes(rec))),
+                })
+                .collect();
+            emit(&pages)?;
+        }
+        Ok(())
+    })?;
+    let mut superseded = f.index.superseded.clone();
+    superseded.push(f.footer.index_checksum);
+    let index = Index {
+        files,
+        regions,
+        extents,
+        records,
+        superseded,
+    };
+    writer.sync_data()?;
+    crate::fault::point("compact-step");
+    let old_size = f.size();
+    let lock = store.lock_commit()?;
+    let identity = writer.commit_replacing(&index)?;
+    drop(lock);
+    crate::fault::point("compact-step");
+    let new_size = std::fs::metadata(&path).map_err(|e| Error::io(&path, "stat", e))?.len();
+    for (k, &(fi, ri)) in appended.iter().enumerate() {
+        let rec = &old.files()[fi].index.records[ri as usize];
+        pool.insert((rec.hash, rec.raw_len), (self_name.clone(), old_records + k as u64));
+    }
+    debug_assert_eq!(identity.file_id, f.header.file_id);
+    Ok((new_size, old_size))
+}
