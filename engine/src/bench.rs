@@ -209,6 +209,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         max_chain_depth: p.max_chain_depth,
         tracking: p.tracking,
         audit_every: 0,
+        keep: None,
+        auto_compact: false,
     };
     let state_bytes = (p.state_mib as u64) << 20;
     let nregions: u64 = if p.state_mib >= 4 { 4 } else { 1 };

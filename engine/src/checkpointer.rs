@@ -64,6 +64,11 @@ pub struct Config {
     /// that changed without being reported (see [`CheckpointStats::audit_misses`]).
     /// 0 (the default) never audits.
     pub audit_every: u32,
+    /// Retention for automatic compaction: keep this many newest versions of the lineage.
+    pub keep: Option<usize>,
+    /// With `keep` set, run a compaction in a background thread after each checkpoint (one
+    /// at a time; a checkpoint never waits for it).
+    pub auto_compact: bool,
 }
 
 impl Default for Config {
@@ -75,6 +80,8 @@ impl Default for Config {
             max_chain_depth: 16,
             tracking: Tracking::Auto,
             audit_every: 0,
+            keep: None,
+            auto_compact: false,
         }
     }
 }
@@ -82,6 +89,9 @@ impl Default for Config {
 impl Config {
     fn check(&self) -> Result<()> {
         format::check_page_size(self.page_size).map_err(Error::Config)?;
+        if self.keep == Some(0) {
+            return Err(Error::Config("keep must be at least 1".into()));
+        }
         if !(0.0..1.0).contains(&self.min_compression_saving) {
             return Err(Error::Config(format!(
                 "minimum compression saving {} is outside 0..1",
@@ -166,7 +176,20 @@ pub struct Checkpointer {
     tracker: Option<UffdTracker>,
     /// Checkpoints since the last audit (uffd mode).
     since_audit: u32,
+    /// The background compaction, if one was started.
+    compactor: Option<std::thread::JoinHandle<Result<crate::compact::Report>>>,
+    /// Outcome of the last finished background compaction.
+    last_compaction: Option<Result<crate::compact::Report>>,
     _lock: WriterLock,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Let a running compaction finish (it is crash-safe, but finishing is tidier).
+        if let Some(h) = self.compactor.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -179,12 +202,17 @@ impl std::fmt::Debug for Checkpointer {
     }
 }
 
-/// Whether every file of a parent picture is still present with the identity recorded
-/// (compaction keeps a file's id when it rewrites it compatibly).
+/// Whether a parent picture is current: every file it references is present with the file
+/// id recorded, and the parent itself (entry 0) has not been rewritten by a compaction. A
+/// rewritten parent would still serve the old references, but then the files it no longer
+/// needs could never be removed while this writer keeps referencing them.
 fn picture_valid(dir: &Path, parent: &Parent) -> bool {
-    parent.files.iter().all(|f| {
+    parent.files.iter().enumerate().all(|(i, f)| {
         crate::read::read_header_footer(&dir.join(&f.name))
-            .map(|(h, _)| h.file_id == f.identity.file_id)
+            .map(|(h, ft)| {
+                h.file_id == f.identity.file_id
+                    && (i > 0 || ft.index_checksum == f.identity.index_checksum)
+            })
             .unwrap_or(false)
     })
 }
@@ -231,6 +259,8 @@ impl Checkpointer {
             last_written: 0,
             tracker,
             since_audit: 0,
+            compactor: None,
+            last_compaction: None,
             _lock: lock,
         })
     }
@@ -410,6 +440,7 @@ impl Checkpointer {
         }
         for _ in 0..4 {
             if let Some(stats) = self.checkpoint_once()? {
+                self.maybe_compact();
                 return Ok(stats);
             }
             self.refresh_parent();
@@ -421,20 +452,60 @@ impl Checkpointer {
         ))
     }
 
+    /// Starts a background compaction if `auto_compact` is on and none is running.
+    fn maybe_compact(&mut self) {
+        let (Some(keep), true) = (self.config.keep, self.config.auto_compact) else {
+            return;
+        };
+        if let Some(h) = self.compactor.take() {
+            if !h.is_finished() {
+                self.compactor = Some(h);
+                return;
+            }
+            self.last_compaction =
+                Some(h.join().unwrap_or_else(|_| {
+                    Err(Error::Config("background compaction panicked".into()))
+                }));
+        }
+        let store = self.store.clone();
+        let opts = crate::compact::CompactOptions {
+            keep,
+            ..crate::compact::CompactOptions::default()
+        };
+        self.compactor = Some(std::thread::spawn(move || {
+            crate::compact::compact(&store, &opts, &mut |_, _| {})
+        }));
+    }
+
+    /// Waits for a running background compaction and returns the outcome of the last one.
+    pub fn wait_compaction(&mut self) -> Option<&Result<crate::compact::Report>> {
+        if let Some(h) = self.compactor.take() {
+            self.last_compaction =
+                Some(h.join().unwrap_or_else(|_| {
+                    Err(Error::Config("background compaction panicked".into()))
+                }));
+        }
+        self.last_compaction.as_ref()
+    }
+
     /// Re-reads the parent version from disk after a compaction changed the files it
     /// references. If the parent is gone (or is another file now), the next version is full.
     fn refresh_parent(&mut self) {
         let Some(old) = self.parent.take() else {
             return;
         };
+        self.parent = self.reload_parent(&old);
+    }
+
+    /// The current picture of `old`'s version on disk: `None` if its file is gone or is
+    /// another file now (a compactor's revision keeps the file id).
+    fn reload_parent(&self, old: &Parent) -> Option<Parent> {
         let path = self.store.path_of(old.parent.version);
-        let fresh = Version::open(&path).ok().and_then(|v| {
-            if v.file().header.file_id != old.parent.identity.file_id {
-                return None;
-            }
-            self.parent_from_version(&v, old.parent.version).ok()
-        });
-        self.parent = fresh;
+        let v = Version::open(&path).ok()?;
+        if v.file().header.file_id != old.parent.identity.file_id {
+            return None;
+        }
+        self.parent_from_version(&v, old.parent.version).ok()
     }
 
     /// The parent picture of version `version` (already opened), with extents listed in the
@@ -449,7 +520,10 @@ impl Checkpointer {
                 .position(|e| e.id == r.id && e.byte_len == r.len() as u64)
                 .ok_or_else(|| Error::RegionMismatch {
                     path: file.path().to_path_buf(),
-                    why: format!("region {} is not in the checkpoint with the same size", r.id),
+                    why: format!(
+                        "region {} is not in the checkpoint with the same size",
+                        r.id
+                    ),
                 })?;
             order.push(i);
         }
@@ -459,7 +533,8 @@ impl Checkpointer {
                 why: "the checkpoint has regions that are not registered".into(),
             });
         }
-        let mut parent = Parent::from_index(&file.index, version, file.identity(), file.header.depth);
+        let mut parent =
+            Parent::from_index(&file.index, version, file.identity(), file.header.depth);
         parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
         Ok(parent)
     }
@@ -632,11 +707,18 @@ impl Checkpointer {
         // rename below, because it takes the same lock for every unlink.
         writer.sync_data()?;
         let commit_lock = self.store.lock_commit()?;
+        let mut reloaded = None;
         if let Some(p) = parent {
             if !picture_valid(self.store.dir(), p) {
-                return Ok(None);
+                // A compaction rewrote the parent (same pages, new layout) or removed files it
+                // referenced. Our dirty pages are still right; only the references change.
+                match self.reload_parent(p) {
+                    Some(fresh) => reloaded = Some(fresh),
+                    None => return Ok(None), // the parent itself is gone: retry as full
+                }
             }
         }
+        let parent = reloaded.as_ref().or(parent);
         let index = build_index(self_entry, parent, &plans, records, self.config.page_size);
         let identity = writer.commit(&index)?;
         drop(commit_lock);

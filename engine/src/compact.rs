@@ -23,11 +23,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::chain::push;
 use crate::error::{Error, Result};
 use crate::format::{
     Extent, FileEntry, Hash, Header, Identity, Index, RegionEntry, FLAG_COMPACTED, FLAG_FULL,
 };
-use crate::chain::push;
 use crate::read::{read_header_footer, Version, VersionFile};
 use crate::store::{self, Store};
 use crate::write::{PageIn, VersionWriter};
@@ -73,11 +73,19 @@ pub struct Plan {
 /// The outcome of [`compact`].
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// The plan carried out.
+    /// The plan of the first round (what a dry run shows).
     pub plan: Plan,
-    /// Versions the plan meant to remove but that were kept because a version committed
-    /// during the compaction still references them (the next compaction removes them).
+    /// Versions kept at the end, ascending.
+    pub kept: Vec<u64>,
+    /// Versions whose file was rewritten, ascending.
+    pub rewritten: Vec<u64>,
+    /// Versions removed, ascending.
+    pub removed: Vec<u64>,
+    /// Versions that should have gone but were kept because a version committed during the
+    /// compaction still references them (the next compaction removes them).
     pub spared: Vec<u64>,
+    /// Temporary files removed.
+    pub temps_removed: Vec<PathBuf>,
     /// Bytes written (new revisions).
     pub bytes_written: u64,
     /// Bytes freed (removed files and replaced revisions).
@@ -86,10 +94,16 @@ pub struct Report {
     pub secs: f64,
 }
 
+/// A writer committing during a round may reference files the round meant to remove; they
+/// are spared, and another round (which rewrites that writer's newest version) follows.
+const MAX_ROUNDS: usize = 4;
+
 /// Computes what [`compact`] would do.
 pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
     if opts.keep == 0 {
-        return Err(Error::Config("compaction must keep at least one version".into()));
+        return Err(Error::Config(
+            "compaction must keep at least one version".into(),
+        ));
     }
     let versions = store.versions()?;
     let Some(&newest) = versions.last() else {
@@ -124,8 +138,15 @@ pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
     let mut rewrite = Vec::new();
     for &v in &kept {
         let f = VersionFile::open(&store.path_of(v))?;
-        let deep = opts.max_depth.is_some_and(|d| f.header.depth > d && f.index.files.len() > 1);
-        let refs_garbage = f.index.files.iter().skip(1).any(|e| !kept_names.contains(&e.name));
+        let deep = opts
+            .max_depth
+            .is_some_and(|d| f.header.depth > d && f.index.files.len() > 1);
+        let refs_garbage = f
+            .index
+            .files
+            .iter()
+            .skip(1)
+            .any(|e| !kept_names.contains(&e.name));
         if deep || refs_garbage {
             rewrite.push(v);
         }
@@ -146,15 +167,57 @@ pub fn compact(
 ) -> Result<Report> {
     let t0 = Instant::now();
     let _one_compactor = store.lock_compact()?;
-    let plan = plan(store, opts)?;
-    let mut report = Report {
-        plan: plan.clone(),
-        ..Report::default()
-    };
-    if opts.dry_run {
-        report.secs = t0.elapsed().as_secs_f64();
-        return Ok(report);
+    let mut report = Report::default();
+    let mut rewritten = BTreeSet::new();
+    for round in 0..MAX_ROUNDS {
+        let plan = plan(store, opts)?;
+        if round == 0 {
+            report.plan = plan.clone();
+            if opts.dry_run {
+                report.kept = plan.kept.clone();
+                report.rewritten = plan.rewrite.clone();
+                report.removed = plan.remove.clone();
+                report.secs = t0.elapsed().as_secs_f64();
+                return Ok(report);
+            }
+        }
+        let spared = run_round(store, opts, &plan, &mut report, progress)?;
+        rewritten.extend(plan.rewrite.iter().copied());
+        report.kept = plan.kept.clone();
+        report.spared = spared;
+        if report.spared.is_empty() {
+            break;
+        }
     }
+    report.rewritten = rewritten.into_iter().collect();
+    report.removed.sort_unstable();
+
+    // Leftover temporary files are garbage only if no writer is active.
+    let temps = store.temp_files()?;
+    if !temps.is_empty() {
+        if let Some(_w) = store.try_lock_writer_now()? {
+            for t in temps {
+                let size = std::fs::metadata(&t).map(|m| m.len()).unwrap_or(0);
+                if std::fs::remove_file(&t).is_ok() {
+                    report.bytes_freed += size;
+                    report.temps_removed.push(t);
+                }
+            }
+            store::sync_dir(store.dir())?;
+        }
+    }
+    report.secs = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// One round: rewrite, then remove. Returns the versions spared.
+fn run_round(
+    store: &Store,
+    opts: &CompactOptions,
+    plan: &Plan,
+    report: &mut Report,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<u64>> {
     let total = (plan.rewrite.len() + plan.remove.len()) as u64;
     let mut done = 0u64;
     let kept: HashSet<String> = plan
@@ -167,8 +230,7 @@ pub fn compact(
     // kept file, so that later rewrites reference it instead of copying the page again.
     let mut pool: HashMap<(Hash, u32), (String, u64)> = HashMap::new();
     for &v in &plan.rewrite {
-        let flatten = opts.max_depth.is_some();
-        let (written, freed) = rewrite_one(store, v, &kept, flatten, opts.max_depth, &mut pool)?;
+        let (written, freed) = rewrite_one(store, v, &kept, opts.max_depth, &mut pool)?;
         report.bytes_written += written;
         report.bytes_freed += freed;
         done += 1;
@@ -196,7 +258,13 @@ pub fn compact(
                 Some(n) => n.clone(),
                 None => {
                     let f = VersionFile::open(&p)?;
-                    let n: Vec<String> = f.index.files.iter().skip(1).map(|e| e.name.clone()).collect();
+                    let n: Vec<String> = f
+                        .index
+                        .files
+                        .iter()
+                        .skip(1)
+                        .map(|e| e.name.clone())
+                        .collect();
                     refs_cache.insert((v, h.file_id), n.clone());
                     n
                 }
@@ -211,7 +279,10 @@ pub fn compact(
         crate::fault::point("compact-step");
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         match std::fs::remove_file(&path) {
-            Ok(()) => report.bytes_freed += size,
+            Ok(()) => {
+                report.bytes_freed += size;
+                report.removed.push(r);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, "remove", e)),
         }
@@ -222,24 +293,7 @@ pub fn compact(
         progress(done, total);
     }
     spared.sort_unstable();
-    report.spared = spared;
-
-    // Leftover temporary files are garbage only if no writer is active.
-    if !plan.temps.is_empty() {
-        if let Some(_w) = store.try_lock_writer_now()? {
-            for t in &plan.temps {
-                let size = std::fs::metadata(t).map(|m| m.len()).unwrap_or(0);
-                if std::fs::remove_file(t).is_ok() {
-                    report.bytes_freed += size;
-                }
-            }
-            store::sync_dir(store.dir())?;
-        } else {
-            report.plan.temps.clear();
-        }
-    }
-    report.secs = t0.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(spared)
 }
 
 /// Where a page of the new revision comes from.
@@ -250,14 +304,13 @@ enum Src {
     Own(u64),
 }
 
-/// Writes a new revision of version `v` that references only files in `kept` (all files,
-/// if `flatten` and it is deeper than `max_depth`), and renames it over the old one.
+/// Writes a new revision of version `v` that references only files in `kept` (and none at
+/// all if it is deeper than `max_depth`), and renames it over the old one.
 /// Returns (bytes written, bytes freed).
 fn rewrite_one(
     store: &Store,
     v: u64,
     kept: &HashSet<String>,
-    flatten: bool,
     max_depth: Option<u32>,
     pool: &mut HashMap<(Hash, u32), (String, u64)>,
 ) -> Result<(u64, u64)> {
@@ -265,7 +318,7 @@ fn rewrite_one(
     let old = Version::open(&path)?;
     let f = old.file();
     let self_name = store::version_file_name(store.name(), v);
-    let flatten = flatten && max_depth.is_some_and(|d| f.header.depth > d);
+    let flatten = max_depth.is_some_and(|d| f.header.depth > d);
     let keep_ref = |name: &str| !flatten && name != self_name && kept.contains(name);
 
     // New file table: this file, then kept files, by name.
@@ -297,7 +350,8 @@ fn rewrite_one(
     for r in old.regions() {
         let first_extent = extents.len() as u64;
         let mut out: Vec<Extent> = Vec::new();
-        let exts = &f.index.extents[r.first_extent as usize..(r.first_extent + r.extent_count) as usize];
+        let exts =
+            &f.index.extents[r.first_extent as usize..(r.first_extent + r.extent_count) as usize];
         for e in exts {
             let src_name = &f.index.files[e.file as usize].name;
             if e.file == 0 {
@@ -314,10 +368,16 @@ fn rewrite_one(
             for k in 0..e.page_count as u64 {
                 let rec_i = e.first_record + k;
                 let rec = src.index.records.get(rec_i as usize).ok_or_else(|| {
-                    Error::corrupt(f.path(), "index", format!("refers to missing record {rec_i} of {src_name}"))
+                    Error::corrupt(
+                        f.path(),
+                        "index",
+                        format!("refers to missing record {rec_i} of {src_name}"),
+                    )
                 })?;
                 let where_ = match pool.get(&(rec.hash, rec.raw_len)) {
-                    Some((name, idx)) if keep_ref(name) => Src::Ref(file_idx(&mut files, name)?, *idx),
+                    Some((name, idx)) if keep_ref(name) => {
+                        Src::Ref(file_idx(&mut files, name)?, *idx)
+                    }
                     _ => {
                         let key = (e.file as usize, rec_i);
                         let idx = *local.entry(key).or_insert_with(|| {
@@ -350,7 +410,8 @@ fn rewrite_one(
     }
     let header = Header {
         depth,
-        flags: (f.header.flags | FLAG_COMPACTED) & !FLAG_FULL | if files.len() == 1 { FLAG_FULL } else { 0 },
+        flags: (f.header.flags | FLAG_COMPACTED) & !FLAG_FULL
+            | if files.len() == 1 { FLAG_FULL } else { 0 },
         ..f.header.clone()
     };
 
@@ -371,7 +432,9 @@ fn rewrite_one(
                 || vec![0u8; ps],
                 |buf, (i, (src, rec))| {
                     let n = rec.raw_len as usize;
-                    src.read_record(rec, &mut buf[..n], &|| format!("record copied by compaction ({i})"))
+                    src.read_record(rec, &mut buf[..n], &|| {
+                        format!("record copied by compaction ({i})")
+                    })
                 },
             )?;
             let pages: Vec<PageIn<'_>> = batch
@@ -402,10 +465,15 @@ fn rewrite_one(
     let identity = writer.commit_replacing(&index)?;
     drop(lock);
     crate::fault::point("compact-step");
-    let new_size = std::fs::metadata(&path).map_err(|e| Error::io(&path, "stat", e))?.len();
+    let new_size = std::fs::metadata(&path)
+        .map_err(|e| Error::io(&path, "stat", e))?
+        .len();
     for (k, &(fi, ri)) in appended.iter().enumerate() {
         let rec = &old.files()[fi].index.records[ri as usize];
-        pool.insert((rec.hash, rec.raw_len), (self_name.clone(), old_records + k as u64));
+        pool.insert(
+            (rec.hash, rec.raw_len),
+            (self_name.clone(), old_records + k as u64),
+        );
     }
     debug_assert_eq!(identity.file_id, f.header.file_id);
     Ok((new_size, old_size))

@@ -31,7 +31,8 @@ pub fn point(name: &str) {
     if want == name {
         let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         if hit == nth {
-            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -23,9 +23,9 @@
 
 pub mod bench;
 pub mod catalog;
-pub mod compact;
 mod chain;
 mod checkpointer;
+pub mod compact;
 mod error;
 pub mod fault;
 pub mod format;

@@ -218,7 +218,11 @@ pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
     let header = Header::decode(path, &h)?;
     let footer = Footer::decode_tail(path, &t, len)?;
     if footer.file_id != header.file_id {
-        return Err(Error::corrupt(path, "footer", "file id differs from the header's"));
+        return Err(Error::corrupt(
+            path,
+            "footer",
+            "file id differs from the header's",
+        ));
     }
     Ok((header, footer))
 }

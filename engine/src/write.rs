@@ -240,7 +240,9 @@ impl VersionWriter {
     /// commit lock, only has the index left to flush).
     pub(crate) fn sync_data(&mut self) -> Result<()> {
         match self.file.as_ref() {
-            Some(f) => f.sync_data().map_err(|e| Error::io(&self.tmp, "fdatasync", e)),
+            Some(f) => f
+                .sync_data()
+                .map_err(|e| Error::io(&self.tmp, "fdatasync", e)),
             None => Ok(()),
         }
     }

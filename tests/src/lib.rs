@@ -84,3 +84,84 @@ pub fn config(page_size: u32, max_depth: u32) -> Config {
         ..Config::default()
     }
 }
+
+/// Exports version `v` of chain `name` with the read-only path (no regions needed) and
+/// returns a hash of the region files, in id order.
+pub fn export_hash(
+    dir: &std::path::Path,
+    name: &str,
+    v: u64,
+) -> Result<String, ckpt_engine::Error> {
+    let store = ckpt_engine::Store::new(dir, name)?;
+    let out = tempfile_dir();
+    let (_, files) = ckpt_engine::catalog::export(&store, Some(v), &out)?;
+    let mut all = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(|e| ckpt_engine::Error::Io {
+            path: f.clone(),
+            op: "read",
+            source: e,
+        })?;
+        all.extend_from_slice(&ckpt_engine::page_hash(&bytes));
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(ckpt_engine::format::hex(&ckpt_engine::page_hash(&all)))
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let mut r = [0u8; 8];
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    r.copy_from_slice(&(n as u64).to_le_bytes());
+    std::env::temp_dir().join(format!(
+        "ckpt-export-{}-{}",
+        std::process::id(),
+        ckpt_engine::format::hex(&r)
+    ))
+}
+
+/// Copies every file of directory `from` into a fresh directory `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("readdir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+/// The test workload in-process: opens chain `name` in `dir`, optionally restores (`Some(0)`
+/// means the latest version), then runs `steps` steps of mutate + checkpoint. Returns
+/// `(version, state hash)` for each checkpoint.
+pub fn run_steps(
+    dir: &std::path::Path,
+    name: &str,
+    mib: usize,
+    seed: u64,
+    steps: u64,
+    restore: Option<u64>,
+    writes: usize,
+) -> Result<Vec<(u64, String)>, ckpt_engine::Error> {
+    let mut ck = Checkpointer::open(dir, name, config(4096, 16))?;
+    register(&mut ck, mib)?;
+    match restore {
+        Some(0) => {
+            if let Some(v) = ck.latest_version()? {
+                ck.restore(Some(v))?;
+            }
+        }
+        Some(v) => {
+            ck.restore(Some(v))?;
+        }
+        None => {}
+    }
+    let mut out = Vec::new();
+    for step in 0..steps {
+        mutate(&mut ck, mib, seed, step, writes);
+        let s = ck.checkpoint()?;
+        out.push((s.version, state_hash(&ck)));
+    }
+    Ok(out)
+}

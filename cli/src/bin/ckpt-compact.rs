@@ -50,7 +50,8 @@ fn main() -> ExitCode {
         };
         let pb = if std::io::stderr().is_terminal() && !a.dry_run {
             let pb = ProgressBar::new(0);
-            if let Ok(s) = ProgressStyle::with_template("compact [{bar:40}] {pos}/{len} {elapsed}") {
+            if let Ok(s) = ProgressStyle::with_template("compact [{bar:40}] {pos}/{len} {elapsed}")
+            {
                 pb.set_style(s.progress_chars("=> "));
             }
             pb
@@ -62,7 +63,12 @@ fn main() -> ExitCode {
             pb.set_position(done);
         })?;
         pb.finish_and_clear();
-        let temps: Vec<String> = r.plan.temps.iter().map(|p| p.display().to_string()).collect();
+        let temps: Vec<String> = r
+            .plan
+            .temps
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         Ok(json!({
             "name": store.name(),
             "dry_run": a.dry_run,
@@ -87,11 +93,19 @@ fn main() -> ExitCode {
                 println!("  rewrite  {}", doc["rewritten"]);
                 println!("  remove   {}", doc["removed"]);
                 if !doc["spared"].as_array().is_none_or(|v| v.is_empty()) {
-                    println!("  spared   {} (still referenced by a version committed meanwhile)", doc["spared"]);
+                    println!(
+                        "  spared   {} (still referenced by a version committed meanwhile)",
+                        doc["spared"]
+                    );
                 }
                 println!("  temporaries {}", doc["temporaries"]);
                 if !a.dry_run {
-                    println!("  wrote {} bytes, freed {} bytes in {:.3}s", doc["bytes_written"], doc["bytes_freed"], doc["secs"].as_f64().unwrap_or(0.0));
+                    println!(
+                        "  wrote {} bytes, freed {} bytes in {:.3}s",
+                        doc["bytes_written"],
+                        doc["bytes_freed"],
+                        doc["secs"].as_f64().unwrap_or(0.0)
+                    );
                 }
             }
             ExitCode::SUCCESS

@@ -1,0 +1,491 @@
+//! Compaction: crash injection at every step, a concurrent writer, the mapped-parent
+//! scenario, branches, retention limits and flattening.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ckpt_engine::catalog::verify_version;
+use ckpt_engine::compact::{self, CompactOptions};
+use ckpt_engine::read::{Version, VersionFile};
+use ckpt_engine::{Checkpointer, Store};
+use ckpt_tests::{copy_dir, export_hash, register, restore_hash, run_steps};
+
+const COMPACT: &str = env!("CARGO_BIN_EXE_ckpt-compact");
+
+fn compactor(
+    dir: &Path,
+    keep: usize,
+    extra: &[&str],
+    kill_at: Option<u64>,
+) -> std::process::Output {
+    let mut cmd = Command::new(COMPACT);
+    cmd.arg(dir)
+        .args(["--keep", &keep.to_string(), "--json"])
+        .args(extra);
+    if let Some(n) = kill_at {
+        cmd.env("CKPT_FAULT_KILL", format!("compact-step#{n}"));
+    }
+    cmd.output().expect("run ckpt-compact")
+}
+
+/// Hash of every version's contents, by number.
+fn snapshot(dir: &Path, name: &str) -> BTreeMap<u64, String> {
+    let store = Store::new(dir, name).unwrap();
+    store
+        .versions()
+        .unwrap()
+        .into_iter()
+        .map(|v| (v, export_hash(dir, name, v).unwrap()))
+        .collect()
+}
+
+/// Every version present verifies: nothing references a missing or replaced file.
+fn all_verify(dir: &Path, name: &str, ctx: &str) {
+    let store = Store::new(dir, name).unwrap();
+    for v in store.versions().unwrap() {
+        verify_version(&store.path_of(v)).unwrap_or_else(|e| panic!("{ctx}: version {v}: {e}"));
+    }
+}
+
+/// Chain shapes: builds one in `dir` (chain "job"); returns (keep, extra flags).
+fn build_shape(dir: &Path, shape: usize) -> (usize, Vec<&'static str>) {
+    let run = |seed, steps, restore| run_steps(dir, "job", 1, seed, steps, restore, 20).unwrap();
+    match shape {
+        // Linear chain of 12.
+        0 => {
+            run(1, 12, None);
+            (2, vec![])
+        }
+        // Branch: v1..v6, restore v3, continue v7..v9.
+        1 => {
+            run(1, 6, None);
+            run(2, 3, Some(3));
+            (3, vec![])
+        }
+        // Two branches and a tail, keep 4, flatten anything deeper than 1.
+        2 => {
+            run(3, 5, None);
+            run(4, 2, Some(2));
+            run(5, 4, Some(0));
+            (4, vec!["--max-depth", "1"])
+        }
+        // Keep only the newest: it becomes a full file.
+        _ => {
+            run(6, 8, None);
+            (1, vec![])
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_every_step_of_compaction_loses_nothing_kept() {
+    let base = tempfile::tempdir().unwrap();
+    let mut kills = 0;
+    for shape in 0..4 {
+        let template = base.path().join(format!("shape{shape}"));
+        std::fs::create_dir_all(&template).unwrap();
+        let (keep, extra) = build_shape(&template, shape);
+        let before = snapshot(&template, "job");
+        let store = Store::new(&template, "job").unwrap();
+        let plan = compact::plan(
+            &store,
+            &CompactOptions {
+                keep,
+                ..CompactOptions::default()
+            },
+        )
+        .unwrap();
+        assert!(!plan.remove.is_empty(), "shape {shape} has garbage");
+        // Count the kill points of a full run.
+        let probe = base.path().join("probe");
+        copy_dir(&template, &probe);
+        let out = compactor(&probe, keep, &extra, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let steps = 2 * (plan.rewrite.len() + plan.remove.len()) as u64;
+        for n in 1..=steps {
+            let work = base.path().join("work");
+            copy_dir(&template, &work);
+            let out = compactor(&work, keep, &extra, Some(n));
+            assert!(
+                !out.status.success(),
+                "shape {shape}: kill point {n} of {steps} not reached"
+            );
+            kills += 1;
+            let ctx = format!("shape {shape}, killed at step {n}");
+            // Every version to keep restores byte-identically.
+            for v in &plan.kept {
+                assert_eq!(
+                    export_hash(&work, "job", *v).unwrap(),
+                    before[v],
+                    "{ctx}: kept version {v}"
+                );
+            }
+            // Every surviving file is whole and references only whole files.
+            all_verify(&work, "job", &ctx);
+            // A rerun finishes the job.
+            let out = compactor(&work, keep, &extra, None);
+            assert!(
+                out.status.success(),
+                "{ctx}: rerun: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let left = Store::new(&work, "job").unwrap().versions().unwrap();
+            assert_eq!(
+                left, plan.kept,
+                "{ctx}: after the rerun only the kept versions remain"
+            );
+            assert!(left.len() <= keep.max(1) || shape == 2);
+            for v in &plan.kept {
+                assert_eq!(
+                    export_hash(&work, "job", *v).unwrap(),
+                    before[v],
+                    "{ctx}: after rerun, {v}"
+                );
+            }
+            all_verify(&work, "job", &ctx);
+        }
+    }
+    // Random-time kills on a bigger store add points between the named steps.
+    let template = base.path().join("big");
+    std::fs::create_dir_all(&template).unwrap();
+    run_steps(&template, "job", 8, 9, 14, None, 400).unwrap();
+    let before = snapshot(&template, "job");
+    let kept: Vec<u64> = before.keys().rev().take(2).rev().copied().collect();
+    let mut rng = ckpt_engine::bench::Rng::new(5);
+    let named = kills;
+    let mut tries = 0;
+    while kills < 210 && tries < 1000 {
+        tries += 1;
+        let work = base.path().join("work");
+        copy_dir(&template, &work);
+        let mut child = Command::new(COMPACT)
+            .arg(&work)
+            .args(["--keep", "2", "--json"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        // Count only kills that interrupted the compactor.
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        for v in &kept {
+            assert_eq!(
+                export_hash(&work, "job", *v).unwrap(),
+                before[v],
+                "random kill {kills}: {v}"
+            );
+        }
+        all_verify(&work, "job", "random kill");
+        assert!(compactor(&work, 2, &[], None).status.success());
+        assert_eq!(Store::new(&work, "job").unwrap().versions().unwrap(), kept);
+    }
+    assert!(kills >= 200, "{kills} kills ({named} at named steps)");
+    eprintln!("{kills} kills: {named} at named steps, the rest at random times");
+}
+
+#[test]
+fn branches_are_removed_and_kept_versions_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    run_steps(dir.path(), "job", 2, 1, 6, None, 20).unwrap();
+    let second = run_steps(dir.path(), "job", 2, 2, 2, Some(3), 20).unwrap();
+    assert_eq!(second.iter().map(|c| c.0).collect::<Vec<_>>(), vec![7, 8]);
+    let out = compactor(dir.path(), 2, &[], None);
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["kept"], serde_json::json!([7, 8]));
+    assert_eq!(j["removed"], serde_json::json!([1, 2, 3, 4, 5, 6]));
+    assert!(j["bytes_written"].as_u64().unwrap() > 0 && j["bytes_freed"].as_u64().unwrap() > 0);
+    assert_eq!(
+        Store::new(dir.path(), "job").unwrap().versions().unwrap(),
+        vec![7, 8]
+    );
+    for (v, h) in &second {
+        assert_eq!(&restore_hash(dir.path(), "job", 2, *v).unwrap(), h);
+    }
+    // Without --keep, the whole lineage of the newest stays but branches go.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    run_steps(dir.path(), "job", 1, 1, 6, None, 20).unwrap();
+    run_steps(dir.path(), "job", 1, 2, 2, Some(3), 20).unwrap();
+    let out = Command::new(COMPACT).arg(d).arg("--json").output().unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["kept"], serde_json::json!([1, 2, 3, 7, 8]));
+    assert_eq!(j["removed"], serde_json::json!([4, 5, 6]));
+    all_verify(dir.path(), "job", "lineage only");
+}
+
+#[test]
+fn dry_run_changes_nothing_and_max_depth_flattens() {
+    let dir = tempfile::tempdir().unwrap();
+    run_steps(dir.path(), "job", 1, 1, 6, None, 20).unwrap();
+    let before = snapshot(dir.path(), "job");
+    let out = compactor(dir.path(), 3, &["--dry-run"], None);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["kept"], serde_json::json!([4, 5, 6]));
+    assert_eq!(
+        snapshot(dir.path(), "job"),
+        before,
+        "dry run changed the store"
+    );
+    let out = compactor(dir.path(), 3, &["--max-depth", "0"], None);
+    assert!(out.status.success());
+    let store = Store::new(dir.path(), "job").unwrap();
+    for v in store.versions().unwrap() {
+        let f = VersionFile::open(&store.path_of(v)).unwrap();
+        assert_eq!(f.header.depth, 0, "version {v} was flattened");
+        assert_eq!(f.index.files.len(), 1, "version {v} references nothing");
+        assert_eq!(export_hash(dir.path(), "job", v).unwrap(), before[&v]);
+    }
+}
+
+#[test]
+fn a_process_restored_from_a_compacted_version_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    run_steps(dir.path(), "job", 2, 1, 5, None, 20).unwrap();
+    let mut ck = Checkpointer::open(dir.path(), "job", ckpt_tests::config(4096, 16)).unwrap();
+    register(&mut ck, 2).unwrap();
+    ck.restore(Some(3)).unwrap();
+    // Keep v3's files mapped, as a restored process may.
+    let mapped = Version::open(&dir.path().join("job.ckpt.3")).unwrap();
+    let s = Store::new(dir.path(), "job").unwrap();
+    let r = compact::compact(
+        &s,
+        &CompactOptions {
+            keep: 1,
+            ..CompactOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.plan.kept, vec![5]);
+    assert!(
+        !dir.path().join("job.ckpt.3").exists(),
+        "v3 was compacted away"
+    );
+    // The mapping survives the unlink.
+    let mut buf = vec![0u8; mapped.regions()[0].byte_len as usize];
+    mapped.restore_region(0, &mut buf).unwrap();
+    // The next checkpoint is valid: its parent is gone, so it is a full version.
+    ckpt_tests::mutate(&mut ck, 2, 9, 0, 10);
+    let want = ckpt_tests::state_hash(&ck);
+    let st = ck.checkpoint().unwrap();
+    assert_eq!(st.version, 6);
+    assert_eq!(st.depth, 0, "full, since its parent was removed");
+    drop(ck);
+    all_verify(dir.path(), "job", "after");
+    assert_eq!(restore_hash(dir.path(), "job", 2, 6).unwrap(), want);
+}
+
+#[test]
+fn a_writer_whose_parent_was_compacted_keeps_writing_deltas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = Checkpointer::open(dir.path(), "job", ckpt_tests::config(4096, 16)).unwrap();
+    register(&mut ck, 2).unwrap();
+    for step in 0..5 {
+        ckpt_tests::mutate(&mut ck, 2, 1, step, 5);
+        ck.checkpoint().unwrap();
+    }
+    // Compaction rewrites v5 (the writer's parent) and removes v1..v4, which the writer's
+    // picture of v5 references.
+    let s = Store::new(dir.path(), "job").unwrap();
+    compact::compact(
+        &s,
+        &CompactOptions {
+            keep: 1,
+            ..CompactOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    ckpt_tests::mutate(&mut ck, 2, 1, 99, 3);
+    let want = ckpt_tests::state_hash(&ck);
+    let st = ck.checkpoint().unwrap();
+    assert_eq!(st.version, 6);
+    assert_eq!(st.parent, Some(5), "still a delta against v5");
+    assert!(
+        st.pages_stored < 20,
+        "a real delta: {} pages",
+        st.pages_stored
+    );
+    drop(ck);
+    all_verify(dir.path(), "job", "after");
+    assert_eq!(restore_hash(dir.path(), "job", 2, 6).unwrap(), want);
+}
+
+#[test]
+fn concurrent_writer_and_repeated_compaction_for_30_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut writer = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "writer_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CKPT_TEST_WRITER_DIR", d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = writer.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let start = Instant::now();
+    let mut runs = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        let out = compactor(dir.path(), 2, &[], None);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            // An empty store at the very start is the only acceptable failure.
+            assert!(
+                err.contains("no checkpoint files"),
+                "compactor failed: {err}"
+            );
+        } else {
+            runs += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = writer.kill();
+    let status = writer.wait().unwrap();
+    let mut err = String::new();
+    use std::io::Read;
+    writer
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        !err.contains("panicked") && !err.contains("rror"),
+        "the writer failed: {err} ({status})"
+    );
+    let lines = reader.join().unwrap();
+    let done: Vec<(u64, String)> = lines
+        .iter()
+        .filter_map(|l| {
+            let mut it = l.strip_prefix("committed ")?.split_whitespace();
+            Some((it.next()?.parse().ok()?, it.next()?.to_string()))
+        })
+        .collect();
+    assert!(
+        done.len() > 50,
+        "the writer committed only {} versions",
+        done.len()
+    );
+    assert!(runs > 50, "only {runs} compactions");
+    // Every committed version that is still there restores to what the writer had.
+    let present = Store::new(dir.path(), "job").unwrap().versions().unwrap();
+    let mut checked = 0;
+    for (v, h) in &done {
+        if present.contains(v) {
+            assert_eq!(
+                &restore_hash(dir.path(), "job", 2, *v).unwrap(),
+                h,
+                "version {v}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+    assert!(
+        present.len() <= 12,
+        "compaction must keep up with the writer: {} versions present",
+        present.len()
+    );
+    all_verify(dir.path(), "job", "after the race");
+    // A final compaction leaves at most two versions, both restorable.
+    assert!(compactor(dir.path(), 2, &[], None).status.success());
+    let left = Store::new(dir.path(), "job").unwrap().versions().unwrap();
+    assert!(left.len() <= 2, "{left:?}");
+    all_verify(dir.path(), "job", "final");
+}
+
+/// The writer of the concurrency test, run as a separate process by re-executing this test
+/// binary (`--ignored --exact writer_process`). Loops checkpoints until killed, printing
+/// `committed V HASH` after each.
+#[test]
+#[ignore = "helper process for concurrent_writer_and_repeated_compaction_for_30_seconds"]
+fn writer_process() {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os("CKPT_TEST_WRITER_DIR") else {
+        return;
+    };
+    let mut ck = Checkpointer::open(&dir, "job", ckpt_tests::config(4096, 16)).unwrap();
+    register(&mut ck, 2).unwrap();
+    let mut out = std::io::stdout();
+    for step in 0.. {
+        ckpt_tests::mutate(&mut ck, 2, 7, step, 30);
+        let s = ck.checkpoint().expect("checkpoint while compaction runs");
+        writeln!(
+            out,
+            "committed {} {}",
+            s.version,
+            ckpt_tests::state_hash(&ck)
+        )
+        .unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn automatic_compaction_keeps_the_store_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ckpt_tests::config(4096, 16);
+    cfg.keep = Some(2);
+    cfg.auto_compact = true;
+    let mut ck = Checkpointer::open(dir.path(), "job", cfg).unwrap();
+    register(&mut ck, 1).unwrap();
+    let mut last = String::new();
+    for step in 0..12 {
+        ckpt_tests::mutate(&mut ck, 1, 3, step, 10);
+        ck.checkpoint().unwrap();
+        last = ckpt_tests::state_hash(&ck);
+        // Give the background compaction a chance to run between checkpoints.
+        if step % 3 == 2 {
+            ck.wait_compaction().unwrap().as_ref().unwrap();
+        }
+    }
+    let r = ck.wait_compaction().unwrap().as_ref().unwrap().clone();
+    assert!(!r.plan.kept.is_empty(), "{r:?}");
+    drop(ck);
+    // Background compactions already removed most versions: at most the 2 kept by the last
+    // one plus the version written while it ran.
+    let n = Store::new(dir.path(), "job")
+        .unwrap()
+        .versions()
+        .unwrap()
+        .len();
+    assert!(n <= 3, "{n} versions left by automatic compaction");
+    // One more pass after the last checkpoint's compaction: at most 2 versions remain.
+    let s = Store::new(dir.path(), "job").unwrap();
+    compact::compact(
+        &s,
+        &CompactOptions {
+            keep: 2,
+            ..CompactOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let left = s.versions().unwrap();
+    assert_eq!(left, vec![11, 12]);
+    all_verify(dir.path(), "job", "auto");
+    assert_eq!(restore_hash(dir.path(), "job", 1, 12).unwrap(), last);
+}
