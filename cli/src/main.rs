@@ -82,41 +82,48 @@ enum Cmd {
         json: bool,
     },
     /// Benchmark checkpoint and restore on synthetic state; leaves the files in --dir.
-    Bench {
-        /// Store directory (must not already hold a `bench` chain).
-        #[arg(long)]
-        dir: PathBuf,
-        /// State size in MiB.
-        #[arg(long, default_value_t = 256)]
-        state_mib: usize,
-        /// Fraction of pages rewritten between versions.
-        #[arg(long, default_value_t = 0.01)]
-        dirty: f64,
-        /// Number of versions to write.
-        #[arg(long, default_value_t = 6)]
-        versions: u64,
-        /// Dirty tracking: hash, uffd or auto.
-        #[arg(long, default_value = "auto")]
-        tracking: String,
-        /// Page size in bytes.
-        #[arg(long, default_value_t = 4096)]
-        page_size: u32,
-        /// zstd level (0: no compression).
-        #[arg(long, default_value_t = 1)]
-        level: i32,
-        /// Compress a batch only if a sample shrinks by at least this fraction.
-        #[arg(long, default_value_t = 0.125)]
-        min_saving: f64,
-        /// Maximum chain depth before a full version is written.
-        #[arg(long, default_value_t = 16)]
-        max_depth: u32,
-        /// Random seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Print one JSON document.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(BenchArgs),
+}
+
+/// Arguments of `ckpt bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Store directory (must not already hold a `bench` chain).
+    #[arg(long)]
+    dir: PathBuf,
+    /// State size in MiB.
+    #[arg(long, default_value_t = 256)]
+    state_mib: usize,
+    /// Fraction of pages rewritten between versions.
+    #[arg(long, default_value_t = 0.01)]
+    dirty: f64,
+    /// Number of versions to write.
+    #[arg(long, default_value_t = 6)]
+    versions: u64,
+    /// Dirty tracking: hash, uffd or auto.
+    #[arg(long, default_value = "auto")]
+    tracking: String,
+    /// Page size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    page_size: u32,
+    /// zstd level (0: no compression).
+    #[arg(long, default_value_t = 1)]
+    level: i32,
+    /// Compress a batch only if a sample shrinks by at least this fraction.
+    #[arg(long, default_value_t = 0.125)]
+    min_saving: f64,
+    /// Maximum chain depth before a full version is written.
+    #[arg(long, default_value_t = 16)]
+    max_depth: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Afterwards, compact the chain keeping K versions and report its cost.
+    #[arg(long)]
+    compact_keep: Option<usize>,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
 }
 
 impl Cmd {
@@ -126,7 +133,7 @@ impl Cmd {
             | Cmd::Inspect { json, .. }
             | Cmd::Verify { json, .. }
             | Cmd::Restore { json, .. }
-            | Cmd::Bench { json, .. } => *json,
+            | Cmd::Bench(BenchArgs { json, .. }) => *json,
         }
     }
 }
@@ -365,34 +372,22 @@ fn restore(
     Ok(true)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_bench(
-    dir: PathBuf,
-    state_mib: usize,
-    dirty: f64,
-    versions: u64,
-    tracking: &str,
-    page_size: u32,
-    level: i32,
-    min_saving: f64,
-    max_depth: u32,
-    seed: u64,
-    json_mode: bool,
-) -> Result<bool> {
-    let tracking: Tracking = tracking.parse()?;
+fn run_bench(a: BenchArgs) -> Result<bool> {
+    let json_mode = a.json;
     let params = BenchParams {
-        dir,
-        state_mib,
-        dirty,
-        versions,
-        tracking,
-        page_size,
-        compression_level: level,
-        min_compression_saving: min_saving,
-        max_chain_depth: max_depth,
-        seed,
+        dir: a.dir,
+        state_mib: a.state_mib,
+        dirty: a.dirty,
+        versions: a.versions,
+        tracking: a.tracking.parse::<Tracking>()?,
+        page_size: a.page_size,
+        compression_level: a.level,
+        min_compression_saving: a.min_saving,
+        max_chain_depth: a.max_depth,
+        seed: a.seed,
+        compact_keep: a.compact_keep,
     };
-    let pb = bar(versions, "checkpoint");
+    let pb = bar(params.versions, "checkpoint");
     let r = bench::run(&params, &mut |done, _| pb.set_position(done)).context("bench failed")?;
     pb.finish_and_clear();
     let doc = json!({
@@ -414,7 +409,11 @@ fn run_bench(
         "newest_depth": r.newest_depth,
         "newest_files_read": r.newest_files_read,
         "verified": r.verified,
+        "compact_secs": r.compact_secs,
+        "compact_bytes_written": r.compact_bytes_written,
         "ratios": {
+            "compact_over_full_secs": r.compact_secs.map(|c| c / r.full_secs),
+            "compact_bytes_over_full": r.compact_bytes_written.map(|b| b as f64 / r.full_bytes as f64),
             "delta_over_full": r.delta_secs / r.full_secs,
             "delta_bytes_over_state": r.delta_bytes as f64 / r.state_bytes as f64,
             "full_over_baseline": r.full_secs / r.baseline_write_secs,
@@ -446,22 +445,7 @@ fn main() -> ExitCode {
             out,
             json,
         } => restore(dir, name, version, out, json),
-        Cmd::Bench {
-            dir,
-            state_mib,
-            dirty,
-            versions,
-            tracking,
-            page_size,
-            level,
-            min_saving,
-            max_depth,
-            seed,
-            json,
-        } => run_bench(
-            dir, state_mib, dirty, versions, &tracking, page_size, level, min_saving, max_depth,
-            seed, json,
-        ),
+        Cmd::Bench(args) => run_bench(args),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

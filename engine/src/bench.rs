@@ -38,6 +38,8 @@ pub struct BenchParams {
     pub max_chain_depth: u32,
     /// Seed of the random page choice and noise.
     pub seed: u64,
+    /// After the restores, compact the chain keeping this many versions, and time it.
+    pub compact_keep: Option<usize>,
 }
 
 impl Default for BenchParams {
@@ -53,6 +55,7 @@ impl Default for BenchParams {
             min_compression_saving: 0.125,
             max_chain_depth: 16,
             seed: 1,
+            compact_keep: None,
         }
     }
 }
@@ -94,8 +97,13 @@ pub struct BenchReport {
     pub newest_depth: u32,
     /// Files the newest version's pages were read from.
     pub newest_files_read: usize,
-    /// Both restores matched the expected state.
+    /// Both restores matched the expected state (and, with compaction, the newest version
+    /// restored after it).
     pub verified: bool,
+    /// With `compact_keep`: seconds the compaction took.
+    pub compact_secs: Option<f64>,
+    /// With `compact_keep`: bytes the compaction wrote.
+    pub compact_bytes_written: Option<u64>,
 }
 
 /// SplitMix64: small, fast, good enough to pick pages and make noise.
@@ -294,6 +302,22 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     let (restore_newest_secs, ok_newest, newest_files_read) = restore(last.version, &last_state)?;
     let (restore_first_secs, ok_first, _) = restore(first.version, &first_state)?;
 
+    let (mut compact_secs, mut compact_bytes_written, mut ok_compacted) = (None, None, true);
+    if let Some(keep) = p.compact_keep {
+        let t = Instant::now();
+        let r = crate::compact::compact(
+            &store,
+            &crate::compact::CompactOptions {
+                keep,
+                ..crate::compact::CompactOptions::default()
+            },
+            &mut |_, _| {},
+        )?;
+        compact_secs = Some(t.elapsed().as_secs_f64());
+        compact_bytes_written = Some(r.bytes_written);
+        ok_compacted = restore(last.version, &last_state)?.1;
+    }
+
     Ok(BenchReport {
         state_bytes,
         versions: p.versions,
@@ -312,6 +336,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         restore_first_secs,
         newest_depth: last.depth,
         newest_files_read,
-        verified: ok_newest && ok_first,
+        verified: ok_newest && ok_first && ok_compacted,
+        compact_secs,
+        compact_bytes_written,
     })
 }
