@@ -117,6 +117,8 @@ pub struct CheckpointStats {
     pub parent: Option<u64>,
     /// The committed file.
     pub path: PathBuf,
+    /// The committed file's identity (what other files, or a global commit record, record).
+    pub identity: Identity,
     /// Size of the committed file.
     pub file_bytes: u64,
     /// Pages in all regions.
@@ -435,11 +437,29 @@ impl Checkpointer {
     /// re-reads its parent from disk (or falls back to a full version if the parent itself
     /// was removed) and writes the version again.
     pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
+        self.checkpoint_inner(None)
+    }
+
+    /// Like [`checkpoint`](Self::checkpoint), but writes version number `version`, which
+    /// must be larger than every version in the store. A coordinator (the MPI shim) uses it so
+    /// that all ranks write the same number.
+    pub fn checkpoint_numbered(&mut self, version: u64) -> Result<CheckpointStats> {
+        let floor = self.store.latest()?.unwrap_or(0).max(self.last_written);
+        if version <= floor {
+            return Err(Error::Config(format!(
+                "cannot write version {version} of {:?}: version {floor} exists",
+                self.store.name()
+            )));
+        }
+        self.checkpoint_inner(Some(version))
+    }
+
+    fn checkpoint_inner(&mut self, want: Option<u64>) -> Result<CheckpointStats> {
         if self.regions.is_empty() {
             return Err(Error::Config("no regions registered".into()));
         }
         for _ in 0..4 {
-            if let Some(stats) = self.checkpoint_once()? {
+            if let Some(stats) = self.checkpoint_once(want)? {
                 self.maybe_compact();
                 return Ok(stats);
             }
@@ -541,7 +561,7 @@ impl Checkpointer {
 
     /// One attempt at a checkpoint. `Ok(None)` means the parent picture was stale (a
     /// compaction changed the store); nothing was committed.
-    fn checkpoint_once(&mut self) -> Result<Option<CheckpointStats>> {
+    fn checkpoint_once(&mut self, want: Option<u64>) -> Result<Option<CheckpointStats>> {
         let ps = self.config.page_size as usize;
         let t0 = Instant::now();
         // Ask the tracker first: pages written after this instant are re-protected already
@@ -566,7 +586,7 @@ impl Checkpointer {
             TrackingKind::Hash
         };
         let latest = self.store.latest()?.unwrap_or(0);
-        let version = latest.max(self.last_written) + 1;
+        let version = want.unwrap_or(latest.max(self.last_written) + 1);
         let parent = self
             .parent
             .as_ref()
@@ -763,6 +783,7 @@ impl Checkpointer {
         Ok(Some(CheckpointStats {
             version,
             parent: parent_version,
+            identity,
             path: dst,
             file_bytes,
             pages_total,

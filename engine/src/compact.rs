@@ -35,7 +35,8 @@ use crate::write::{PageIn, VersionWriter};
 /// What to keep.
 #[derive(Debug, Clone)]
 pub struct CompactOptions {
-    /// Keep the newest `keep` versions of the newest version's lineage (at least 1).
+    /// Keep the newest `keep` versions of the newest version's lineage. 0 keeps only the
+    /// pinned versions (which must then not be empty).
     pub keep: usize,
     /// Rewrite as full any kept version deeper than this.
     pub max_depth: Option<u32>,

@@ -10,7 +10,20 @@
 use std::sync::OnceLock;
 
 fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static str> {
+    if name == "CKPT_FAULT_KILL" {
+        if let Some(s) = OVERRIDE.get() {
+            return Some(s.as_str());
+        }
+    }
     cell.get_or_init(|| std::env::var(name).ok()).as_deref()
+}
+
+static OVERRIDE: OnceLock<String> = OnceLock::new();
+
+/// Arms a kill point from inside the process (as `CKPT_FAULT_KILL` would), for a test program
+/// that wants only one of its MPI ranks to die. Can be set once per process.
+pub fn arm_kill(spec: &str) {
+    let _ = OVERRIDE.set(spec.to_string());
 }
 
 static KILL: OnceLock<Option<String>> = OnceLock::new();

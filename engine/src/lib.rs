@@ -30,6 +30,7 @@ mod error;
 pub mod fault;
 pub mod format;
 mod hash;
+pub mod job;
 pub mod read;
 pub mod region;
 pub mod store;
@@ -40,6 +41,7 @@ mod write;
 
 pub use checkpointer::{CheckpointStats, Checkpointer, Config, RestoreStats, Tracking};
 pub use error::{Error, Result};
+pub use format::Identity;
 pub use hash::{page_hash, GROUP_BYTES};
 pub use region::RegionHandle;
 pub use store::Store;

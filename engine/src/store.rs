@@ -273,6 +273,38 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Writes `bytes` as the new file `dir/name` atomically: a temporary file (mode 0600) is
+/// written and fsynced, renamed to `name` without replacing anything, and the directory is
+/// fsynced. Fails if `name` exists.
+pub fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    check_file_name(name).map_err(|why| Error::Config(why))?;
+    let mut r = [0u8; 6];
+    getrandom::fill(&mut r).map_err(|e| {
+        Error::io(
+            dir,
+            "draw a temporary name",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        crate::format::hex(&r)
+    ));
+    let result = (|| {
+        let mut f = create_new_file(&tmp)?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io(&tmp, "write", e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        commit_rename(&tmp, &dir.join(name))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Creates a new file for writing, mode 0600, failing if it exists.
 pub(crate) fn create_new_file(path: &Path) -> Result<File> {
     OpenOptions::new()
@@ -285,7 +317,7 @@ pub(crate) fn create_new_file(path: &Path) -> Result<File> {
 }
 
 /// fsyncs a directory, making renames and unlinks in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
     d.sync_all()
         .map_err(|e| Error::io(dir, "fsync directory", e))

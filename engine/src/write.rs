@@ -210,6 +210,7 @@ impl VersionWriter {
                     stored_raw += p.bytes.len() as u64;
                     buf.extend_from_slice(&bytes);
                 }
+                crate::fault::point("mid-write");
                 tx.send(buf).map_err(|_| {
                     Error::io(
                         tmp,

@@ -1,0 +1,348 @@
+//! Job stores: the on-disk layout of a multi-rank (MPI) job, with no MPI in it, so that tools
+//! (`ckpt-compact`) can handle job stores without linking MPI.
+//!
+//! ```text
+//! DIR/ckpt-job                          job description: chain name and world size
+//! DIR/ranks/<rank / 256>/<rank>/        rank r's chain: <name>.ckpt.<N>
+//! DIR/commits/<name>.commit.<N>         global commit record of version N
+//! ```
+//!
+//! Ranks are sharded 256 to a directory so that thousands of ranks do not share one
+//! directory on a parallel file system. Version N of the job exists only if its commit record
+//! exists: rank files without one are garbage (a failed or interrupted collective
+//! checkpoint).
+
+use std::path::{Path, PathBuf};
+
+use crate::compact::{self, CompactOptions};
+use crate::error::{Error, Result};
+use crate::format::{FileId, Hash, Identity};
+use crate::store::{self, Store};
+
+/// File name of the job description.
+pub const META_FILE: &str = "ckpt-job";
+/// Magic of a commit record.
+pub const COMMIT_MAGIC: [u8; 8] = *b"CKPTCOMT";
+/// Ranks per shard directory.
+pub const RANKS_PER_SHARD: u32 = 256;
+
+/// A global commit record: version N is complete on every rank, and this is each rank's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRecord {
+    /// The version committed.
+    pub version: u64,
+    /// Wall-clock time of the commit, nanoseconds since the Unix epoch.
+    pub created_unix_nanos: u64,
+    /// Identity of each rank's version file, by rank.
+    pub ranks: Vec<Identity>,
+}
+
+impl CommitRecord {
+    /// Serialises the record: magic, format (u32 = 1), world size (u32), version (u64),
+    /// creation time (u64), 48 bytes per rank (file id, index checksum), blake3 of all that.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(32 + 48 * self.ranks.len() + 32);
+        b.extend_from_slice(&COMMIT_MAGIC);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&(self.ranks.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.version.to_le_bytes());
+        b.extend_from_slice(&self.created_unix_nanos.to_le_bytes());
+        for r in &self.ranks {
+            b.extend_from_slice(&r.file_id);
+            b.extend_from_slice(&r.index_checksum);
+        }
+        let sum = blake3::hash(&b);
+        b.extend_from_slice(sum.as_bytes());
+        b
+    }
+
+    /// Parses and checks a record.
+    pub fn decode(path: &Path, b: &[u8]) -> Result<CommitRecord> {
+        let bad = |d: &str| Error::corrupt(path, "commit record", d);
+        if b.len() < 64 || b[0..8] != COMMIT_MAGIC {
+            return Err(bad("bad magic or too short"));
+        }
+        let (body, sum) = b.split_at(b.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(bad("checksum mismatch"));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        if u32_at(8) != 1 {
+            return Err(bad("unknown format version"));
+        }
+        let world = u32_at(12) as usize;
+        if body.len() != 32 + 48 * world {
+            return Err(bad("length does not match the world size"));
+        }
+        let ranks = (0..world)
+            .map(|r| {
+                let o = 32 + 48 * r;
+                let mut file_id: FileId = [0; 16];
+                file_id.copy_from_slice(&b[o..o + 16]);
+                let mut index_checksum: Hash = [0; 32];
+                index_checksum.copy_from_slice(&b[o + 16..o + 48]);
+                Identity {
+                    file_id,
+                    index_checksum,
+                }
+            })
+            .collect();
+        Ok(CommitRecord {
+            version: u64_at(16),
+            created_unix_nanos: u64_at(24),
+            ranks,
+        })
+    }
+}
+
+/// What `ckpt-job` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMeta {
+    /// Chain name of every rank.
+    pub name: String,
+    /// Number of ranks the job was written with.
+    pub world_size: u32,
+}
+
+/// A job store directory.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    dir: PathBuf,
+    name: String,
+}
+
+/// What a job-store compaction did.
+#[derive(Debug, Clone, Default)]
+pub struct JobCompactReport {
+    /// Versions kept (their commit records and rank files).
+    pub kept: Vec<u64>,
+    /// Commit records removed.
+    pub commits_removed: Vec<u64>,
+    /// Per-rank compaction reports.
+    pub ranks: Vec<compact::Report>,
+}
+
+impl JobStore {
+    /// Names a job store; checks the chain name.
+    pub fn new(dir: impl Into<PathBuf>, name: &str) -> Result<JobStore> {
+        store::check_chain_name(name)?;
+        Ok(JobStore {
+            dir: dir.into(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Opens the job store in `dir` if there is one (it has a `ckpt-job` file).
+    pub fn detect(dir: &Path) -> Result<Option<(JobStore, JobMeta)>> {
+        let meta_path = dir.join(META_FILE);
+        if !meta_path.exists() {
+            return Ok(None);
+        }
+        let meta = read_meta(&meta_path)?;
+        Ok(Some((JobStore::new(dir, &meta.name)?, meta)))
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The chain name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads `ckpt-job`, if present.
+    pub fn meta(&self) -> Result<Option<JobMeta>> {
+        let p = self.dir.join(META_FILE);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let m = read_meta(&p)?;
+        if m.name != self.name {
+            return Err(Error::Config(format!(
+                "{}: the job store holds chain {:?}, not {:?}",
+                p.display(),
+                m.name,
+                self.name
+            )));
+        }
+        Ok(Some(m))
+    }
+
+    /// Writes `ckpt-job` (atomically; fails if it exists).
+    pub fn write_meta(&self, world_size: u32) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(&self.dir, "create directory", e))?;
+        let text = format!("ckpt-job 1\nname {}\nworld_size {world_size}\n", self.name);
+        store::atomic_write_new(&self.dir, META_FILE, text.as_bytes())
+    }
+
+    /// Rank `rank`'s chain directory.
+    pub fn rank_dir(&self, rank: u32) -> PathBuf {
+        self.dir
+            .join("ranks")
+            .join(format!("{:04}", rank / RANKS_PER_SHARD))
+            .join(rank.to_string())
+    }
+
+    /// Rank `rank`'s chain.
+    pub fn rank_store(&self, rank: u32) -> Result<Store> {
+        Store::new(self.rank_dir(rank), &self.name)
+    }
+
+    fn commits_dir(&self) -> PathBuf {
+        self.dir.join("commits")
+    }
+
+    /// File name of version `v`'s commit record.
+    pub fn commit_name(&self, v: u64) -> String {
+        format!("{}.commit.{v}", self.name)
+    }
+
+    /// Versions that have a commit record, ascending.
+    pub fn commits(&self) -> Result<Vec<u64>> {
+        let dir = self.commits_dir();
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("{}.commit.", self.name);
+        let mut v: Vec<u64> = std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, "read directory", e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().into_string().ok()?;
+                n.strip_prefix(&prefix)?.parse().ok()
+            })
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Reads and checks version `v`'s commit record.
+    pub fn read_commit(&self, v: u64) -> Result<CommitRecord> {
+        let p = self.commits_dir().join(self.commit_name(v));
+        let b = std::fs::read(&p).map_err(|e| Error::io(&p, "read", e))?;
+        let r = CommitRecord::decode(&p, &b)?;
+        if r.version != v {
+            return Err(Error::corrupt(&p, "commit record", "names another version"));
+        }
+        Ok(r)
+    }
+
+    /// Writes a commit record atomically: this is the commit point of a job version.
+    pub fn write_commit(&self, rec: &CommitRecord) -> Result<()> {
+        let dir = self.commits_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        store::atomic_write_new(&dir, &self.commit_name(rec.version), &rec.encode())
+    }
+
+    /// Keeps the newest `keep` committed versions: removes older commit records first (so
+    /// no record ever names a version whose files are going), then compacts every rank's
+    /// chain keeping exactly those versions. Rank files newer than the newest commit record
+    /// are kept too: they may belong to a collective checkpoint in flight.
+    pub fn compact(&self, keep: usize, dry_run: bool) -> Result<JobCompactReport> {
+        let meta = self.meta()?.ok_or_else(|| Error::NotFound {
+            dir: self.dir.clone(),
+            what: format!("no {META_FILE} file: not a job store"),
+        })?;
+        let commits = self.commits()?;
+        let kept: Vec<u64> = commits
+            .iter()
+            .rev()
+            .take(keep.max(1))
+            .rev()
+            .copied()
+            .collect();
+        let newest = kept.last().copied().unwrap_or(0);
+        let mut report = JobCompactReport {
+            kept: kept.clone(),
+            ..JobCompactReport::default()
+        };
+        for &v in &commits {
+            if kept.contains(&v) {
+                continue;
+            }
+            report.commits_removed.push(v);
+            if !dry_run {
+                let p = self.commits_dir().join(self.commit_name(v));
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+            }
+        }
+        if !dry_run && !report.commits_removed.is_empty() {
+            store::sync_dir(&self.commits_dir())?;
+        }
+        for rank in 0..meta.world_size {
+            let s = self.rank_store(rank)?;
+            if !s.dir().exists() {
+                continue;
+            }
+            let mut pinned = kept.clone();
+            pinned.extend(s.versions()?.into_iter().filter(|&v| v > newest));
+            if pinned.is_empty() {
+                continue;
+            }
+            let opts = CompactOptions {
+                keep: 0,
+                pinned,
+                dry_run,
+                ..CompactOptions::default()
+            };
+            report
+                .ranks
+                .push(compact::compact(&s, &opts, &mut |_, _| {})?);
+        }
+        Ok(report)
+    }
+}
+
+fn read_meta(p: &Path) -> Result<JobMeta> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
+    let bad = |d: &str| Error::corrupt(p, "job description", d);
+    let mut lines = text.lines();
+    if lines.next() != Some("ckpt-job 1") {
+        return Err(bad("first line is not `ckpt-job 1`"));
+    }
+    let mut name = None;
+    let mut world = None;
+    for l in lines {
+        match l.split_once(' ') {
+            Some(("name", n)) => name = Some(n.to_string()),
+            Some(("world_size", w)) => world = w.parse().ok(),
+            _ => {}
+        }
+    }
+    Ok(JobMeta {
+        name: name.ok_or_else(|| bad("no name"))?,
+        world_size: world.ok_or_else(|| bad("no world_size"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_record_roundtrip_and_checksum() {
+        let r = CommitRecord {
+            version: 9,
+            created_unix_nanos: 5,
+            ranks: vec![
+                Identity {
+                    file_id: [1; 16],
+                    index_checksum: [2; 32],
+                };
+                3
+            ],
+        };
+        let mut b = r.encode();
+        assert_eq!(CommitRecord::decode(Path::new("c"), &b).unwrap(), r);
+        b[40] ^= 1;
+        assert!(CommitRecord::decode(Path::new("c"), &b).is_err());
+    }
+}
