@@ -21,7 +21,8 @@ use mpi::topology::Communicator;
 #[derive(Parser)]
 #[command(
     name = "heat",
-    about = "2-D Jacobi heat equation with coordinated ckpt checkpoints"
+    about = "2-D Jacobi heat equation with coordinated ckpt checkpoints",
+    args_override_self = true
 )]
 struct Args {
     /// Job store directory.

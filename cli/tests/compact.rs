@@ -489,3 +489,62 @@ fn automatic_compaction_keeps_the_store_small() {
     all_verify(dir.path(), "job", "auto");
     assert_eq!(restore_hash(dir.path(), "job", 1, 12).unwrap(), last);
 }
+
+#[test]
+fn ckpt_compact_understands_job_stores() {
+    use ckpt_engine::job::{CommitRecord, JobStore};
+    let dir = tempfile::tempdir().unwrap();
+    let job = JobStore::new(dir.path(), "sim").unwrap();
+    job.write_meta(2).unwrap();
+    let mut engines: Vec<Checkpointer> = (0..2)
+        .map(|r| {
+            let mut ck =
+                Checkpointer::open(job.rank_dir(r), "sim", ckpt_tests::config(4096, 16)).unwrap();
+            register(&mut ck, 1).unwrap();
+            ck
+        })
+        .collect();
+    for v in 1..=3u64 {
+        let ids = engines
+            .iter_mut()
+            .map(|ck| {
+                ckpt_tests::mutate(ck, 1, v, v, 5);
+                ck.checkpoint_numbered(v).unwrap().identity
+            })
+            .collect();
+        job.write_commit(&CommitRecord {
+            version: v,
+            created_unix_nanos: 0,
+            ranks: ids,
+        })
+        .unwrap();
+    }
+    // An attempt at v4 that only rank 0 finished: garbage once no writer runs.
+    engines[0].checkpoint_numbered(4).unwrap();
+    drop(engines);
+    let out = Command::new(COMPACT)
+        .arg(dir.path())
+        .args(["--keep", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["kept"], serde_json::json!([2, 3]));
+    assert_eq!(j["removed"], serde_json::json!([1]));
+    assert_eq!(job.commits().unwrap(), vec![2, 3]);
+    for r in 0..2 {
+        let s = job.rank_store(r).unwrap();
+        assert_eq!(s.versions().unwrap(), vec![2, 3], "rank {r}");
+        all_verify(s.dir(), "sim", "job store");
+        // Each kept rank file is still the one its commit record names.
+        for v in [2, 3] {
+            let rec = job.read_commit(v).unwrap();
+            let f = Version::open(&s.path_of(v)).unwrap();
+            assert!(f.file().satisfies(&rec.ranks[r as usize]));
+        }
+    }
+}

@@ -101,7 +101,7 @@ const MAX_ROUNDS: usize = 4;
 
 /// Computes what [`compact`] would do.
 pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
-    if opts.keep == 0 {
+    if opts.keep == 0 && opts.pinned.is_empty() {
         return Err(Error::Config(
             "compaction must keep at least one version".into(),
         ));

@@ -245,7 +245,8 @@ impl JobStore {
     /// Keeps the newest `keep` committed versions: removes older commit records first (so
     /// no record ever names a version whose files are going), then compacts every rank's
     /// chain keeping exactly those versions. Rank files newer than the newest commit record
-    /// are kept too: they may belong to a collective checkpoint in flight.
+    /// are kept too while a process holds that rank's writer lock: they may belong to a
+    /// collective checkpoint in flight.
     pub fn compact(&self, keep: usize, dry_run: bool) -> Result<JobCompactReport> {
         let meta = self.meta()?.ok_or_else(|| Error::NotFound {
             dir: self.dir.clone(),
@@ -283,7 +284,13 @@ impl JobStore {
                 continue;
             }
             let mut pinned = kept.clone();
-            pinned.extend(s.versions()?.into_iter().filter(|&v| v > newest));
+            // Files above the newest commit may belong to a collective checkpoint in flight,
+            // unless no process holds the rank's writer lock.
+            let idle = s.try_lock_writer_now()?;
+            if idle.is_none() {
+                pinned.extend(s.versions()?.into_iter().filter(|&v| v > newest));
+            }
+            drop(idle);
             if pinned.is_empty() {
                 continue;
             }

@@ -278,7 +278,7 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 /// fsynced. Fails if `name` exists.
 pub fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    check_file_name(name).map_err(|why| Error::Config(why))?;
+    check_file_name(name).map_err(Error::Config)?;
     let mut r = [0u8; 6];
     getrandom::fill(&mut r).map_err(|e| {
         Error::io(

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ckpt_engine::compact::{self, CompactOptions};
+use ckpt_engine::job::JobStore;
 use ckpt_engine::Store;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,6 +42,27 @@ struct Args {
 fn main() -> ExitCode {
     let a = Args::parse();
     let run = || -> ckpt_engine::Result<serde_json::Value> {
+        if let Some((job, meta)) = JobStore::detect(&a.dir)? {
+            // A job store: keep the newest K committed versions on every rank.
+            let r = job.compact(a.keep.unwrap_or(usize::MAX), a.dry_run)?;
+            let written: u64 = r.ranks.iter().map(|x| x.bytes_written).sum();
+            let freed: u64 = r.ranks.iter().map(|x| x.bytes_freed).sum();
+            let secs: f64 = r.ranks.iter().map(|x| x.secs).sum();
+            return Ok(json!({
+                "name": job.name(),
+                "job": {"world_size": meta.world_size},
+                "dry_run": a.dry_run,
+                "kept": r.kept,
+                "removed": r.commits_removed,
+                "rewritten": r.ranks.iter().flat_map(|x| x.rewritten.iter().copied())
+                    .collect::<std::collections::BTreeSet<u64>>(),
+                "spared": [],
+                "temporaries": [],
+                "bytes_written": written,
+                "bytes_freed": freed,
+                "secs": secs,
+            }));
+        }
         let store = Store::discover(&a.dir, a.name.as_deref())?;
         let opts = CompactOptions {
             keep: a.keep.unwrap_or(usize::MAX),
