@@ -14,6 +14,10 @@ use crate::store::{self, Store, WriterLock};
 use crate::track::UffdTracker;
 use crate::write::{PageIn, VersionWriter};
 
+/// Auto mode: after a checkpoint in which most pages were written, this many checkpoints
+/// hash instead of paying a write-protect fault per page.
+const AUTO_PAUSE: u32 = 8;
+
 /// Bytes of a region scanned before their dirty pages are handed to the writer.
 const SPAN_BYTES: usize = 8 << 20;
 
@@ -178,6 +182,8 @@ pub struct Checkpointer {
     tracker: Option<UffdTracker>,
     /// Checkpoints since the last audit (uffd mode).
     since_audit: u32,
+    /// Auto mode: checkpoints left to hash before write-protection is tried again.
+    paused_for: u32,
     /// The background compaction, if one was started.
     compactor: Option<std::thread::JoinHandle<Result<crate::compact::Report>>>,
     /// Outcome of the last finished background compaction.
@@ -261,6 +267,7 @@ impl Checkpointer {
             last_written: 0,
             tracker,
             since_audit: 0,
+            paused_for: 0,
             compactor: None,
             last_compaction: None,
             _lock: lock,
@@ -566,15 +573,17 @@ impl Checkpointer {
         let t0 = Instant::now();
         // Ask the tracker first: pages written after this instant are re-protected already
         // and will be reported to the next checkpoint.
-        let candidates: Option<Vec<Vec<u64>>> = match self.tracker.as_mut() {
-            Some(t) => Some(
-                (0..self.regions.len())
-                    .map(|i| t.collect(i, ps))
-                    .collect::<std::io::Result<_>>()
-                    .map_err(|e| Error::io("/proc/self/pagemap", "PAGEMAP_SCAN", e))?,
-            ),
-            None => None,
-        };
+        let tracker_active = self.paused_for == 0;
+        let candidates: Option<Vec<Vec<u64>>> =
+            match self.tracker.as_mut().filter(|_| tracker_active) {
+                Some(t) => Some(
+                    (0..self.regions.len())
+                        .map(|i| t.collect(i, ps))
+                        .collect::<std::io::Result<_>>()
+                        .map_err(|e| Error::io("/proc/self/pagemap", "PAGEMAP_SCAN", e))?,
+                ),
+                None => None,
+            };
         let audit = candidates.is_some()
             && self.config.audit_every > 0
             && self.since_audit + 1 >= self.config.audit_every;
@@ -768,8 +777,27 @@ impl Checkpointer {
             audit_misses = Some(misses);
         }
         if let Some(t) = self.tracker.as_mut() {
-            t.committed();
-            self.since_audit = if audit { 0 } else { self.since_audit + 1 };
+            if let Some(c) = candidates.as_ref() {
+                t.committed();
+                self.since_audit = if audit { 0 } else { self.since_audit + 1 };
+                // Auto mode: when most pages were written, faults cost more than hashing.
+                // Lift protection and hash for a while, then try write-protection again.
+                let written: u64 = c.iter().map(|c| c.len() as u64).sum();
+                if self.config.tracking == Tracking::Auto
+                    && use_candidates
+                    && written * 2 > pages_total
+                {
+                    if t.unprotect_all().is_ok() {
+                        self.paused_for = AUTO_PAUSE;
+                    }
+                }
+            } else if self.paused_for > 0 {
+                self.paused_for -= 1;
+                if self.paused_for == 0 && t.rearm_all().is_err() {
+                    // Could not re-protect: stay in hash mode.
+                    self.paused_for = u32::MAX;
+                }
+            }
         }
         for (h, s) in self.hashes.iter_mut().zip(&scans) {
             h.apply(s);
@@ -873,6 +901,7 @@ impl Checkpointer {
             new_hashes.push(h);
         }
         self.hashes = new_hashes;
+        self.paused_for = 0;
         if let Some(t) = self.tracker.as_mut() {
             // The regions now hold exactly the restored version: nothing is dirty.
             t.rearm_all()

@@ -407,3 +407,45 @@ fn uffd_mode_reports_clearly_and_auto_picks_it() {
     let ck = Checkpointer::open(dir.path(), "a", cfg(Tracking::Auto)).unwrap();
     assert_eq!(ck.tracking(), Tracking::Uffd);
 }
+
+#[test]
+fn auto_mode_hashes_for_a_while_when_most_pages_are_written() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = Checkpointer::open(dir.path(), "auto", cfg(Tracking::Auto)).unwrap();
+    let h = ck.alloc_region::<u8>(1, 64 * 4096).unwrap();
+    ck.checkpoint().unwrap();
+    let mut kinds = Vec::new();
+    let mut states = Vec::new();
+    for step in 0..14u8 {
+        let r = ck.region_mut(&h).unwrap();
+        if step < 2 {
+            // Dense: every page.
+            r.iter_mut()
+                .step_by(4096)
+                .for_each(|b| *b = b.wrapping_add(step + 1));
+        } else {
+            r[(step as usize) * 4096] ^= 0xFF;
+        }
+        let s = ck.checkpoint().unwrap();
+        kinds.push(s.tracking);
+        states.push((s.version, ck.region(&h).unwrap().to_vec()));
+    }
+    use TrackingKind::{Hash, Uffd};
+    // The first dense delta is seen by uffd, then 8 checkpoints hash, then uffd again.
+    assert_eq!(kinds[0], Uffd);
+    assert!(kinds[1..9].iter().all(|k| *k == Hash), "{kinds:?}");
+    assert!(kinds[9..].iter().all(|k| *k == Uffd), "{kinds:?}");
+    drop(ck);
+    for (v, want) in states {
+        let (_, files) = ckpt_engine::catalog::export(
+            &ckpt_engine::Store::new(dir.path(), "auto").unwrap(),
+            Some(v),
+            &dir.path().join("o"),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&files[0]).unwrap(), want, "version {v}");
+    }
+}
