@@ -786,10 +786,9 @@ impl Checkpointer {
                 if self.config.tracking == Tracking::Auto
                     && use_candidates
                     && written * 2 > pages_total
+                    && t.unprotect_all().is_ok()
                 {
-                    if t.unprotect_all().is_ok() {
-                        self.paused_for = AUTO_PAUSE;
-                    }
+                    self.paused_for = AUTO_PAUSE;
                 }
             } else if self.paused_for > 0 {
                 self.paused_for -= 1;
