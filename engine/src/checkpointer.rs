@@ -328,6 +328,28 @@ impl Checkpointer {
         }
     }
 
+    /// Bytes of bookkeeping the engine keeps between checkpoints: page and group hashes, the
+    /// parent's file table and extents, pending tracker pages. (The registered memory itself
+    /// is not counted.)
+    pub fn metadata_bytes(&self) -> usize {
+        let hashes: usize = self
+            .hashes
+            .iter()
+            .map(|h| {
+                h.pages.capacity() * 32
+                    + h.groups.capacity() * std::mem::size_of::<Option<[u8; 32]>>()
+            })
+            .sum();
+        let parent = self.parent.as_ref().map_or(0, |p| {
+            p.files
+                .iter()
+                .map(|f| 64 + f.name.capacity())
+                .sum::<usize>()
+                + p.extents.iter().map(|e| e.capacity() * 16).sum::<usize>()
+        });
+        hashes + parent + self.tracker.as_ref().map_or(0, |t| t.pending_bytes())
+    }
+
     /// The newest committed version in the store, if any.
     pub fn latest_version(&self) -> Result<Option<u64>> {
         self.store.latest()
@@ -479,6 +501,50 @@ impl Checkpointer {
         ))
     }
 
+    /// For each registered region (in engine order), its index in the version's region
+    /// table. Every registered region must be in the version with the same size, and every
+    /// region of the version must be registered.
+    fn region_order(&self, v: &Version) -> Result<Vec<usize>> {
+        let path = v.file().path();
+        let mismatch = |why: String| Error::RegionMismatch {
+            path: path.to_path_buf(),
+            why,
+        };
+        let mut order = Vec::with_capacity(self.regions.len());
+        for r in &self.regions {
+            let i = v
+                .regions()
+                .iter()
+                .position(|e| e.id == r.id)
+                .ok_or_else(|| {
+                    mismatch(format!(
+                        "region {} is registered but not in the checkpoint",
+                        r.id
+                    ))
+                })?;
+            let stored = v.regions()[i].byte_len;
+            if stored != r.len() as u64 {
+                return Err(mismatch(format!(
+                    "region {} is {stored} bytes in the checkpoint but {} bytes registered",
+                    r.id,
+                    r.len()
+                )));
+            }
+            order.push(i);
+        }
+        if let Some(e) = v
+            .regions()
+            .iter()
+            .find(|e| !self.regions.iter().any(|r| r.id == e.id))
+        {
+            return Err(mismatch(format!(
+                "region {} is in the checkpoint but not registered",
+                e.id
+            )));
+        }
+        Ok(order)
+    }
+
     /// Starts a background compaction if `auto_compact` is on and none is running.
     fn maybe_compact(&mut self) {
         let (Some(keep), true) = (self.config.keep, self.config.auto_compact) else {
@@ -538,28 +604,8 @@ impl Checkpointer {
     /// The parent picture of version `version` (already opened), with extents listed in the
     /// engine's region order.
     fn parent_from_version(&self, v: &Version, version: u64) -> Result<Parent> {
+        let order = self.region_order(v)?;
         let file = v.file();
-        let mut order = Vec::with_capacity(self.regions.len());
-        for r in &self.regions {
-            let i = v
-                .regions()
-                .iter()
-                .position(|e| e.id == r.id && e.byte_len == r.len() as u64)
-                .ok_or_else(|| Error::RegionMismatch {
-                    path: file.path().to_path_buf(),
-                    why: format!(
-                        "region {} is not in the checkpoint with the same size",
-                        r.id
-                    ),
-                })?;
-            order.push(i);
-        }
-        if v.regions().len() != self.regions.len() {
-            return Err(Error::RegionMismatch {
-                path: file.path().to_path_buf(),
-                why: "the checkpoint has regions that are not registered".into(),
-            });
-        }
         let mut parent =
             Parent::from_index(&file.index, version, file.identity(), file.header.depth);
         parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
@@ -848,40 +894,7 @@ impl Checkpointer {
         }
         let v = Version::open(&path)?;
         let ps = v.page_size();
-        // Match regions by id, both ways.
-        let mut order = Vec::with_capacity(self.regions.len());
-        for r in &self.regions {
-            let i = v
-                .regions()
-                .iter()
-                .position(|e| e.id == r.id)
-                .ok_or_else(|| Error::RegionMismatch {
-                    path: path.clone(),
-                    why: format!("region {} is registered but not in the checkpoint", r.id),
-                })?;
-            if v.regions()[i].byte_len != r.len() as u64 {
-                return Err(Error::RegionMismatch {
-                    path: path.clone(),
-                    why: format!(
-                        "region {} is {} bytes in the checkpoint but {} bytes registered",
-                        r.id,
-                        v.regions()[i].byte_len,
-                        r.len()
-                    ),
-                });
-            }
-            order.push(i);
-        }
-        if let Some(e) = v
-            .regions()
-            .iter()
-            .find(|e| !self.regions.iter().any(|r| r.id == e.id))
-        {
-            return Err(Error::RegionMismatch {
-                path: path.clone(),
-                why: format!("region {} is in the checkpoint but not registered", e.id),
-            });
-        }
+        let order = self.region_order(&v)?;
         self.parent = None;
         self.config.page_size = ps as u32;
         if let Some(t) = self.tracker.as_ref() {

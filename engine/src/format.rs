@@ -444,64 +444,79 @@ pub struct Index {
 impl Index {
     /// Serialises the index section.
     pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.encoded_len());
+        // Writing into a Vec cannot fail.
+        let _ = self.write_to(&mut b);
+        b
+    }
+
+    /// Length of the encoded section.
+    pub fn encoded_len(&self) -> usize {
         let names_len: usize = self.files.iter().map(|f| f.name.len()).sum();
-        let total = INDEX_FIXED_LEN
+        INDEX_FIXED_LEN
             + self.files.len() * FILE_ENTRY_LEN
             + self.regions.len() * REGION_ENTRY_LEN
             + self.extents.len() * EXTENT_LEN
             + self.records.len() * RECORD_LEN
             + self.superseded.len() * 32
-            + names_len;
-        let mut b = vec![0u8; total];
-        b[0..8].copy_from_slice(&INDEX_MAGIC);
-        put_u32(&mut b, 8, self.files.len() as u32);
-        put_u32(&mut b, 12, self.regions.len() as u32);
-        put_u64(&mut b, 16, self.extents.len() as u64);
-        put_u64(&mut b, 24, self.records.len() as u64);
-        put_u64(&mut b, 32, names_len as u64);
-        put_u32(&mut b, 40, self.superseded.len() as u32);
-        let mut off = INDEX_FIXED_LEN;
+            + names_len
+    }
+
+    /// Streams the encoded section into `w` (without building it in memory: a full
+    /// version's index is 56 bytes per page).
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        let names_len: usize = self.files.iter().map(|f| f.name.len()).sum();
+        let mut fixed = [0u8; INDEX_FIXED_LEN];
+        fixed[0..8].copy_from_slice(&INDEX_MAGIC);
+        put_u32(&mut fixed, 8, self.files.len() as u32);
+        put_u32(&mut fixed, 12, self.regions.len() as u32);
+        put_u64(&mut fixed, 16, self.extents.len() as u64);
+        put_u64(&mut fixed, 24, self.records.len() as u64);
+        put_u64(&mut fixed, 32, names_len as u64);
+        put_u32(&mut fixed, 40, self.superseded.len() as u32);
+        w.write_all(&fixed)?;
         let mut name_off = 0usize;
         for f in &self.files {
-            b[off..off + 16].copy_from_slice(&f.identity.file_id);
-            b[off + 16..off + 48].copy_from_slice(&f.identity.index_checksum);
-            put_u64(&mut b, off + 48, f.version);
-            put_u32(&mut b, off + 56, name_off as u32);
-            put_u32(&mut b, off + 60, f.name.len() as u32);
+            let mut b = [0u8; FILE_ENTRY_LEN];
+            b[0..16].copy_from_slice(&f.identity.file_id);
+            b[16..48].copy_from_slice(&f.identity.index_checksum);
+            put_u64(&mut b, 48, f.version);
+            put_u32(&mut b, 56, name_off as u32);
+            put_u32(&mut b, 60, f.name.len() as u32);
             name_off += f.name.len();
-            off += FILE_ENTRY_LEN;
+            w.write_all(&b)?;
         }
         for r in &self.regions {
-            put_u64(&mut b, off, r.id);
-            put_u64(&mut b, off + 8, r.byte_len);
-            put_u64(&mut b, off + 16, r.first_extent);
-            put_u64(&mut b, off + 24, r.extent_count);
-            off += REGION_ENTRY_LEN;
+            let mut b = [0u8; REGION_ENTRY_LEN];
+            put_u64(&mut b, 0, r.id);
+            put_u64(&mut b, 8, r.byte_len);
+            put_u64(&mut b, 16, r.first_extent);
+            put_u64(&mut b, 24, r.extent_count);
+            w.write_all(&b)?;
         }
         for e in &self.extents {
-            put_u32(&mut b, off, e.page_count);
-            put_u32(&mut b, off + 4, e.file);
-            put_u64(&mut b, off + 8, e.first_record);
-            off += EXTENT_LEN;
+            let mut b = [0u8; EXTENT_LEN];
+            put_u32(&mut b, 0, e.page_count);
+            put_u32(&mut b, 4, e.file);
+            put_u64(&mut b, 8, e.first_record);
+            w.write_all(&b)?;
         }
         for r in &self.records {
-            b[off..off + 32].copy_from_slice(&r.hash);
-            put_u64(&mut b, off + 32, r.offset);
-            put_u32(&mut b, off + 40, r.stored_len);
-            put_u32(&mut b, off + 44, r.raw_len);
-            b[off + 48] = r.codec as u8;
-            off += RECORD_LEN;
+            let mut b = [0u8; RECORD_LEN];
+            b[0..32].copy_from_slice(&r.hash);
+            put_u64(&mut b, 32, r.offset);
+            put_u32(&mut b, 40, r.stored_len);
+            put_u32(&mut b, 44, r.raw_len);
+            b[48] = r.codec as u8;
+            w.write_all(&b)?;
         }
         for h in &self.superseded {
-            b[off..off + 32].copy_from_slice(h);
-            off += 32;
+            w.write_all(h)?;
         }
         for f in &self.files {
-            b[off..off + f.name.len()].copy_from_slice(f.name.as_bytes());
-            off += f.name.len();
+            w.write_all(f.name.as_bytes())?;
         }
-        debug_assert_eq!(off, total);
-        b
+        Ok(())
     }
 
     /// Parses an index section and checks everything that can be checked from this file
@@ -731,6 +746,85 @@ mod tests {
         b[33] ^= 1;
         let e = Header::decode(Path::new("f"), &b).unwrap_err().to_string();
         assert!(e.contains("f: corrupt header: checksum"), "{e}");
+    }
+
+    #[test]
+    fn index_roundtrip_and_checks() {
+        let h = header();
+        let rec = Record {
+            hash: [9; 32],
+            offset: HEADER_LEN as u64,
+            stored_len: 10,
+            raw_len: 4096,
+            codec: Codec::Zstd,
+        };
+        let idx = Index {
+            files: vec![
+                FileEntry {
+                    identity: Identity {
+                        file_id: h.file_id,
+                        index_checksum: [0; 32],
+                    },
+                    version: 3,
+                    name: "job.ckpt.3".into(),
+                },
+                FileEntry {
+                    identity: Identity {
+                        file_id: [1; 16],
+                        index_checksum: [2; 32],
+                    },
+                    version: 2,
+                    name: "job.ckpt.2".into(),
+                },
+            ],
+            regions: vec![RegionEntry {
+                id: 5,
+                byte_len: 3 * 4096 - 7,
+                first_extent: 0,
+                extent_count: 2,
+            }],
+            extents: vec![
+                Extent {
+                    page_count: 1,
+                    file: 0,
+                    first_record: 0,
+                },
+                Extent {
+                    page_count: 2,
+                    file: 1,
+                    first_record: 40,
+                },
+            ],
+            records: vec![rec],
+            superseded: vec![[4; 32]],
+        };
+        let footer = Footer {
+            data_offset: HEADER_LEN as u64,
+            data_len: 10,
+            index_offset: HEADER_LEN as u64 + 10,
+            index_len: 0,
+            file_id: h.file_id,
+            index_checksum: [0; 32],
+            stored_raw_bytes: 4096,
+            data_checksum: [0; 32],
+        };
+        let b = idx.encode();
+        assert_eq!(b.len(), idx.encoded_len());
+        assert_eq!(Index::decode(Path::new("f"), &b, &h, &footer).unwrap(), idx);
+        // Extents that do not cover the region exactly are rejected.
+        let mut bad = idx.clone();
+        bad.extents[1].page_count = 3;
+        let e = Index::decode(Path::new("f"), &bad.encode(), &h, &footer).unwrap_err();
+        assert!(e.to_string().contains("extents cover 4 pages"), "{e}");
+        // A record outside the data section is rejected.
+        let mut bad = idx.clone();
+        bad.records[0].offset = 1 << 40;
+        assert!(Index::decode(Path::new("f"), &bad.encode(), &h, &footer).is_err());
+        // A declared count that does not match the length is rejected before allocating.
+        let mut b2 = b.clone();
+        b2[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = Index::decode(Path::new("f"), &b2, &h, &footer).unwrap_err();
+        assert!(e.to_string().contains("do not add up"), "{e}");
     }
 
     #[test]

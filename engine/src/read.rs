@@ -48,18 +48,7 @@ thread_local! {
 impl VersionFile {
     /// Opens and checks a version file.
     pub fn open(path: &Path) -> Result<VersionFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat", e))?
-            .len();
-        if len < (HEADER_LEN + FOOTER_LEN) as u64 {
-            return Err(Error::corrupt(
-                path,
-                "file",
-                format!("{len} bytes, too short to be a version file (truncated?)"),
-            ));
-        }
+        let (file, _) = open_sized(path)?;
         // SAFETY: committed version files are never written after their commit rename (see the
         // module documentation and docs/FORMAT.md), so the mapped bytes do not change under us.
         // Every length read from the file is checked against `map.len()` before use.
@@ -193,10 +182,8 @@ impl VersionFile {
     }
 }
 
-/// Reads and checks only a file's header and footer (two small reads): enough to learn its
-/// identity and lineage without loading its index.
-pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
-    use std::os::unix::fs::FileExt;
+/// Opens a file and checks it is long enough to be a version file.
+fn open_sized(path: &Path) -> Result<(File, u64)> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
     let len = file
         .metadata()
@@ -209,6 +196,14 @@ pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
             format!("{len} bytes, too short to be a version file (truncated?)"),
         ));
     }
+    Ok((file, len))
+}
+
+/// Reads and checks only a file's header and footer (two small reads): enough to learn its
+/// identity and lineage without loading its index.
+pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
+    use std::os::unix::fs::FileExt;
+    let (file, len) = open_sized(path)?;
     let mut h = [0u8; HEADER_LEN];
     file.read_exact_at(&mut h, 0)
         .map_err(|e| Error::io(path, "read header", e))?;

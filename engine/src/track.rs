@@ -101,6 +101,11 @@ impl UffdTracker {
         self.regions[i].pending.extend(pages);
     }
 
+    /// Memory held by pending page lists.
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.regions.iter().map(|t| t.pending.capacity() * 8).sum()
+    }
+
     /// Forgets all pending pages: the checkpoint that covered them has committed.
     pub(crate) fn committed(&mut self) {
         for t in &mut self.regions {

@@ -265,20 +265,28 @@ impl VersionWriter {
             .file
             .take()
             .ok_or_else(|| Error::io(&self.tmp, "commit", std::io::Error::other("closed")))?;
-        let bytes = index.encode();
-        let index_checksum = *blake3::hash(&bytes).as_bytes();
+        // Stream the index through a hasher into the file.
+        let index_len = index.encoded_len() as u64;
+        let mut hw = HashingWriter {
+            inner: std::io::BufWriter::with_capacity(1 << 20, &mut file),
+            hasher: blake3::Hasher::new(),
+        };
+        index
+            .write_to(&mut hw)
+            .and_then(|()| hw.inner.flush())
+            .map_err(|e| Error::io(&self.tmp, "write index", e))?;
+        let index_checksum = *hw.hasher.finalize().as_bytes();
+        drop(hw);
         let footer = Footer {
             data_offset: HEADER_LEN as u64,
             data_len: self.offset - HEADER_LEN as u64,
             index_offset: self.offset,
-            index_len: bytes.len() as u64,
+            index_len,
             file_id: self.header.file_id,
             index_checksum,
             stored_raw_bytes: self.stored_raw,
             data_checksum: *self.data_hash.finalize().as_bytes(),
         };
-        file.write_all(&bytes)
-            .map_err(|e| Error::io(&self.tmp, "write index", e))?;
         file.write_all(&footer.encode())
             .map_err(|e| Error::io(&self.tmp, "write footer", e))?;
         file.sync_all()
@@ -298,6 +306,23 @@ impl VersionWriter {
             file_id: self.header.file_id,
             index_checksum,
         })
+    }
+}
+
+/// Writes through to `inner` and hashes what passes.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: blake3::Hasher,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -114,3 +114,39 @@ fn restore_then_write_three_pages_stores_three_pages() {
     r[..4096].copy_from_slice(&copy);
     assert_eq!(ck.checkpoint().unwrap().pages_stored, 0);
 }
+
+#[test]
+fn engine_bookkeeping_stays_under_two_percent_of_the_state() {
+    use ckpt_engine::bench::Rng;
+    for tracking in [ckpt_engine::Tracking::Hash, ckpt_engine::Tracking::Auto] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ckpt_tests::config(4096, 16);
+        cfg.tracking = tracking;
+        let mut ck = ckpt_engine::Checkpointer::open(dir.path(), "m", cfg).unwrap();
+        let state = 64usize << 20;
+        let h = ck.alloc_region::<u8>(1, state).unwrap();
+        let mut rng = Rng::new(1);
+        ck.region_mut(&h)
+            .unwrap()
+            .iter_mut()
+            .step_by(512)
+            .for_each(|b| *b = rng.next_u64() as u8);
+        ck.checkpoint().unwrap();
+        for _ in 0..16 {
+            let r = ck.region_mut(&h).unwrap();
+            for _ in 0..(state / 4096 / 100) {
+                r[rng.below(state as u64) as usize] ^= 1;
+            }
+            ck.checkpoint().unwrap();
+        }
+        let meta = ck.metadata_bytes();
+        assert!(
+            (meta as f64) < 0.02 * state as f64,
+            "{tracking:?}: {meta} bytes of bookkeeping for {state} bytes of state"
+        );
+        eprintln!(
+            "{tracking:?}: bookkeeping {:.3} % of the state",
+            100.0 * meta as f64 / state as f64
+        );
+    }
+}
