@@ -896,7 +896,6 @@ impl Checkpointer {
         let ps = v.page_size();
         let order = self.region_order(&v)?;
         self.parent = None;
-        self.config.page_size = ps as u32;
         if let Some(t) = self.tracker.as_ref() {
             t.unprotect_all()
                 .map_err(|e| Error::io(&path, "remove write-protection before restore", e))?;
@@ -912,6 +911,9 @@ impl Checkpointer {
             h.pages_known = true;
             new_hashes.push(h);
         }
+        // Only now: a failed restore leaves the old page size and hashes (which describe
+        // contents, so they stay truthful whatever the restore overwrote).
+        self.config.page_size = ps as u32;
         self.hashes = new_hashes;
         self.paused_for = 0;
         if let Some(t) = self.tracker.as_mut() {
