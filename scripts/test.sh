@@ -10,4 +10,11 @@ source scripts/deps.sh
 cargo build --workspace --all-targets
 # Every test: unit, property, integration (crash, corruption, DragonFly, uffd, compaction),
 # CLI, MPI (heat under mpirun at np = 1, 2, 4), doc tests.
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "ckpt: %d passed, %d failed\n", p, f }' "$log"
+exit $status
