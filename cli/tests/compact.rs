@@ -30,6 +30,15 @@ fn compactor(
     cmd.output().expect("run ckpt-compact")
 }
 
+/// Compacts chain `s` in-process, keeping its newest `keep` versions.
+fn keep_newest(s: &Store, keep: usize) -> compact::Report {
+    let opts = CompactOptions {
+        keep,
+        ..CompactOptions::default()
+    };
+    compact::compact(s, &opts, &mut |_, _| {}).unwrap()
+}
+
 /// Hash of every version's contents, by number.
 fn snapshot(dir: &Path, name: &str) -> BTreeMap<u64, String> {
     let store = Store::new(dir, name).unwrap();
@@ -257,15 +266,7 @@ fn a_process_restored_from_a_compacted_version_keeps_working() {
     // Keep v3's files mapped, as a restored process may.
     let mapped = Version::open(&dir.path().join("job.ckpt.3")).unwrap();
     let s = Store::new(dir.path(), "job").unwrap();
-    let r = compact::compact(
-        &s,
-        &CompactOptions {
-            keep: 1,
-            ..CompactOptions::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let r = keep_newest(&s, 1);
     assert_eq!(r.plan.kept, vec![5]);
     assert!(
         !dir.path().join("job.ckpt.3").exists(),
@@ -297,15 +298,7 @@ fn a_writer_whose_parent_was_compacted_keeps_writing_deltas() {
     // Compaction rewrites v5 (the writer's parent) and removes v1..v4, which the writer's
     // picture of v5 references.
     let s = Store::new(dir.path(), "job").unwrap();
-    compact::compact(
-        &s,
-        &CompactOptions {
-            keep: 1,
-            ..CompactOptions::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    keep_newest(&s, 1);
     ckpt_tests::mutate(&mut ck, 2, 1, 99, 3);
     let want = ckpt_tests::state_hash(&ck);
     let st = ck.checkpoint().unwrap();
@@ -478,15 +471,7 @@ fn automatic_compaction_keeps_the_store_small() {
     assert!(n <= 5, "{n} versions left by automatic compaction");
     // One more pass after the last checkpoint's compaction: at most 2 versions remain.
     let s = Store::new(dir.path(), "job").unwrap();
-    compact::compact(
-        &s,
-        &CompactOptions {
-            keep: 2,
-            ..CompactOptions::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    keep_newest(&s, 2);
     let left = s.versions().unwrap();
     assert_eq!(left, vec![11, 12]);
     all_verify(dir.path(), "job", "auto");
