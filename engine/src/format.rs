@@ -298,7 +298,9 @@ pub struct Footer {
     pub index_checksum: Hash,
     /// Sum of the uncompressed lengths of the pages stored in this file.
     pub stored_raw_bytes: u64,
-    /// blake3 of the data section as stored (checked by `verify`; restore checks pages).
+    /// blake3 over the records' stored-bytes digests, in record order: the page hash for a
+    /// raw record, blake3 of the stored frame for a compressed one (checked by `verify`;
+    /// restore checks pages).
     pub data_checksum: Hash,
 }
 

@@ -164,8 +164,40 @@ impl VersionFile {
     /// file (used by `verify`).
     pub fn verify_records(&self) -> Result<()> {
         let ps = self.header.page_size as usize;
-        let data = &self.map[self.footer.data_offset as usize..self.footer.index_offset as usize];
-        if blake3::hash(data).as_bytes() != &self.footer.data_checksum {
+        // The records must tile the data section, in order, so that every stored byte belongs
+        // to exactly one page.
+        let mut pos = self.footer.data_offset;
+        for (i, r) in self.index.records.iter().enumerate() {
+            if r.offset != pos {
+                return Err(Error::corrupt(
+                    &self.path,
+                    "data section",
+                    format!("record {i} starts at {}, expected {pos}", r.offset),
+                ));
+            }
+            pos += r.stored_len as u64;
+        }
+        if pos != self.footer.index_offset {
+            return Err(Error::corrupt(
+                &self.path,
+                "data section",
+                "bytes not covered by any record",
+            ));
+        }
+        let digests: Vec<Hash> = self
+            .index
+            .records
+            .par_iter()
+            .map(|r| match r.codec {
+                Codec::Raw => r.hash,
+                Codec::Zstd => *blake3::hash(self.stored_bytes(r)).as_bytes(),
+            })
+            .collect();
+        let mut h = blake3::Hasher::new();
+        for d in &digests {
+            h.update(d);
+        }
+        if h.finalize().as_bytes() != &self.footer.data_checksum {
             return Err(Error::corrupt(
                 &self.path,
                 "data section",

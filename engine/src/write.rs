@@ -2,6 +2,7 @@
 //! pushes data to disk while the next batch compresses, then the index and footer, fsync, and
 //! the atomic commit.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
@@ -45,9 +46,12 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
-fn compress(level: i32, page: &[u8]) -> Result<(Codec, Vec<u8>), std::io::Error> {
+/// A page as it goes to disk: borrowed when stored as it is (no copy), owned when compressed.
+type Encoded<'a> = (Codec, Cow<'a, [u8]>);
+
+fn compress(level: i32, page: &[u8]) -> Result<Encoded<'_>, std::io::Error> {
     if level == 0 {
-        return Ok((Codec::Raw, page.to_vec()));
+        return Ok((Codec::Raw, Cow::Borrowed(page)));
     }
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
@@ -59,9 +63,9 @@ fn compress(level: i32, page: &[u8]) -> Result<(Codec, Vec<u8>), std::io::Error>
             .ok_or_else(|| std::io::Error::other("no compressor"))?;
         let out = comp.compress(page)?;
         if out.len() >= page.len() {
-            Ok((Codec::Raw, page.to_vec()))
+            Ok((Codec::Raw, Cow::Borrowed(page)))
         } else {
-            Ok((Codec::Zstd, out))
+            Ok((Codec::Zstd, Cow::Owned(out)))
         }
     })
 }
@@ -70,30 +74,25 @@ fn compress(level: i32, page: &[u8]) -> Result<(Codec, Vec<u8>), std::io::Error>
 /// is worth compressing.
 const SAMPLE_STRIDE: usize = 8;
 
-/// Compresses a batch. A sample of the pages is compressed first; if it saves less than
-/// `min_saving` of its size, the other pages are stored raw (zstd's CPU cost would buy too
-/// little). Pages never grow: a page that does not shrink is stored raw.
-fn compress_batch(
+/// Encodes a batch. Already-encoded pages (the compactor's copies) pass as they are. Else a
+/// sample of the pages is compressed first; if it saves less than `min_saving` of its size,
+/// the other pages are stored raw (zstd's CPU cost would buy too little). Pages never grow:
+/// a page that does not shrink is stored raw.
+fn compress_batch<'a>(
     level: i32,
     min_saving: f64,
-    pages: &[PageIn<'_>],
-) -> std::io::Result<Vec<(Codec, Vec<u8>)>> {
-    if pages.iter().any(|p| p.stored.is_some()) {
+    pages: &[PageIn<'a>],
+) -> std::io::Result<Vec<Encoded<'a>>> {
+    if pages.iter().any(|p| p.stored.is_some()) || level == 0 {
         return Ok(pages
             .iter()
             .map(|p| match p.stored {
-                Some((c, b)) => (c, b.to_vec()),
-                None => (Codec::Raw, p.bytes.to_vec()),
+                Some((c, b)) => (c, Cow::Borrowed(b)),
+                None => (Codec::Raw, Cow::Borrowed(p.bytes)),
             })
             .collect());
     }
-    if level == 0 {
-        return Ok(pages
-            .iter()
-            .map(|p| (Codec::Raw, p.bytes.to_vec()))
-            .collect());
-    }
-    let sampled: Vec<(Codec, Vec<u8>)> = pages
+    let sampled: Vec<Encoded<'a>> = pages
         .par_iter()
         .step_by(SAMPLE_STRIDE)
         .map(|p| compress(level, p.bytes))
@@ -106,16 +105,16 @@ fn compress_batch(
     let packed: usize = sampled.iter().map(|(_, b)| b.len()).sum();
     let worth = (packed as f64) <= (raw as f64) * (1.0 - min_saving);
     let mut sampled = sampled.into_iter();
-    let rest: Vec<Option<(Codec, Vec<u8>)>> = pages
+    let rest: Vec<Option<Encoded<'a>>> = pages
         .par_iter()
         .enumerate()
-        .map(|(i, p)| -> std::io::Result<Option<(Codec, Vec<u8>)>> {
+        .map(|(i, p)| -> std::io::Result<Option<Encoded<'a>>> {
             if i % SAMPLE_STRIDE == 0 {
                 Ok(None)
             } else if worth {
                 compress(level, p.bytes).map(Some)
             } else {
-                Ok(Some((Codec::Raw, p.bytes.to_vec())))
+                Ok(Some((Codec::Raw, Cow::Borrowed(p.bytes))))
             }
         })
         .collect::<Result<_, _>>()?;
@@ -123,7 +122,9 @@ fn compress_batch(
         .into_iter()
         .map(|r| match r {
             Some(x) => x,
-            None => sampled.next().unwrap_or((Codec::Raw, Vec::new())),
+            None => sampled
+                .next()
+                .unwrap_or((Codec::Raw, Cow::Borrowed(&[][..]))),
         })
         .collect())
 }
@@ -174,7 +175,6 @@ impl VersionWriter {
         let mut offset = self.offset;
         let mut stored_raw = 0u64;
         let start = self.offset;
-        let data_hash = &mut self.data_hash;
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
             let writer = s.spawn(move || -> Result<()> {
@@ -182,7 +182,6 @@ impl VersionWriter {
                 for buf in rx {
                     file.write_all(&buf)
                         .map_err(|e| Error::io(tmp, "write pages", e))?;
-                    data_hash.update(&buf);
                     pos += buf.len() as u64;
                     if pos - flushed >= WRITEBACK_EVERY {
                         // Best effort: a failure here only loses the overlap, and the final
@@ -196,6 +195,20 @@ impl VersionWriter {
             let mut emit = |pages: &[PageIn<'_>]| -> Result<()> {
                 let out = compress_batch(level, min_saving, pages)
                     .map_err(|e| Error::io(tmp, "compress", e))?;
+                // The data checksum covers each page's stored bytes through their digest: the
+                // page hash for a raw page (its stored bytes are the page), blake3 of the
+                // frame for a compressed one.
+                let digests: Vec<Hash> = pages
+                    .par_iter()
+                    .zip(out.par_iter())
+                    .map(|(p, (codec, bytes))| match codec {
+                        Codec::Raw => p.hash,
+                        Codec::Zstd => *blake3::hash(bytes).as_bytes(),
+                    })
+                    .collect();
+                for d in &digests {
+                    self.data_hash.update(d);
+                }
                 let total: usize = out.iter().map(|(_, b)| b.len()).sum();
                 let mut buf = Vec::with_capacity(total);
                 for (p, (codec, bytes)) in pages.iter().zip(out) {
