@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use ckpt_engine::bench::{self, BenchParams};
 use ckpt_engine::catalog;
 use ckpt_engine::format::{hex, FLAG_FULL};
+use ckpt_engine::job::JobStore;
 use ckpt_engine::read::VersionFile;
 use ckpt_engine::{Store, Tracking};
 use clap::{Parser, Subcommand};
@@ -158,7 +159,72 @@ fn print(json_mode: bool, v: &Value, human: impl FnOnce()) {
     }
 }
 
+/// `ckpt ls` on a job store: its committed versions.
+fn ls_job(dir: &std::path::Path, job: &JobStore, world: u32, json_mode: bool) -> Result<bool> {
+    let commits = job.commits()?;
+    let doc = json!({"name": job.name(), "job": {"world_size": world, "committed": commits}});
+    print(json_mode, &doc, || {
+        println!(
+            "job store {} (chain {}, {world} ranks)",
+            dir.display(),
+            job.name()
+        );
+        println!("committed versions: {commits:?}");
+        println!(
+            "each rank's chain: {}/ranks/<rank / 256>/<rank>",
+            dir.display()
+        );
+    });
+    Ok(true)
+}
+
+/// `ckpt verify` on a job store: every committed version on every rank.
+fn verify_job(
+    dir: &std::path::Path,
+    job: &JobStore,
+    world: u32,
+    version: Option<u64>,
+    json_mode: bool,
+) -> Result<bool> {
+    let versions = match version {
+        Some(v) => vec![v],
+        None => job.commits()?,
+    };
+    let pb = bar(versions.len() as u64, "verify");
+    let mut all_ok = true;
+    let mut rows = Vec::new();
+    for v in versions {
+        let r = job.verify_commit(v, world);
+        all_ok &= r.is_ok();
+        rows.push((v, r));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let files: Vec<Value> = rows
+        .iter()
+        .map(|(v, r)| match r {
+            Ok(()) => json!({"version": v, "ok": true}),
+            Err(e) => json!({"version": v, "ok": false, "error": e.to_string(),
+                             "bad_file": e.path().map(|p| p.display().to_string())}),
+        })
+        .collect();
+    let doc =
+        json!({"name": job.name(), "job": {"world_size": world}, "ok": all_ok, "versions": files});
+    print(json_mode, &doc, || {
+        for (v, r) in &rows {
+            match r {
+                Ok(()) => println!("ok   version {v} on all {world} ranks ({})", dir.display()),
+                Err(e) => println!("BAD  version {v}: {e}"),
+            }
+        }
+    });
+    Ok(all_ok)
+}
+
 fn ls(dir: PathBuf, name: Option<String>, json_mode: bool) -> Result<bool> {
+    if let (None, Some((job, meta))) = (&name, JobStore::detect(&dir)?) {
+        return ls_job(&dir, &job, meta.world_size, json_mode);
+    }
     let store = Store::discover(&dir, name.as_deref())?;
     let list = catalog::list(&store)?;
     let versions: Vec<Value> = list
@@ -301,6 +367,9 @@ fn verify(
     version: Option<u64>,
     json_mode: bool,
 ) -> Result<bool> {
+    if let (None, Some((job, meta))) = (&name, JobStore::detect(&dir)?) {
+        return verify_job(&dir, &job, meta.world_size, version, json_mode);
+    }
     let store = Store::discover(&dir, name.as_deref())?;
     let versions = match version {
         Some(v) => vec![v],

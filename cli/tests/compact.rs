@@ -510,6 +510,46 @@ fn ckpt_compact_understands_job_stores() {
     // An attempt at v4 that only rank 0 finished: garbage once no writer runs.
     engines[0].checkpoint_numbered(4).unwrap();
     drop(engines);
+    // ckpt ls / verify see the job as a whole.
+    let ls = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .arg("ls")
+        .arg(dir.path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(j["job"]["committed"], serde_json::json!([1, 2, 3]));
+    assert_eq!(j["job"]["world_size"], 2);
+    let verify = |dir: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+            .arg("verify")
+            .arg(dir)
+            .arg("--json")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        )
+    };
+    let (code, j) = verify(dir.path());
+    assert_eq!(code, Some(0), "{j}");
+    assert_eq!(j["versions"].as_array().unwrap().len(), 3);
+    // Replace rank 1's v2 by rank 0's: verify fails and names that file.
+    let saved = std::fs::read(job.rank_store(1).unwrap().path_of(2)).unwrap();
+    std::fs::copy(
+        job.rank_store(0).unwrap().path_of(2),
+        job.rank_store(1).unwrap().path_of(2),
+    )
+    .unwrap();
+    let (code, j) = verify(dir.path());
+    assert_eq!(code, Some(1));
+    let bad = &j["versions"][1];
+    assert_eq!(bad["ok"], false);
+    let named = job.rank_store(1).unwrap().path_of(2).display().to_string();
+    assert!(bad["error"].as_str().unwrap().contains(&named), "{bad}");
+    std::fs::write(job.rank_store(1).unwrap().path_of(2), saved).unwrap();
+    assert_eq!(verify(dir.path()).0, Some(0));
     let out = Command::new(COMPACT)
         .arg(dir.path())
         .args(["--keep", "2", "--json"])

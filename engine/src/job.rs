@@ -242,6 +242,40 @@ impl JobStore {
         store::atomic_write_new(&dir, &self.commit_name(rec.version), &rec.encode())
     }
 
+    /// Fully checks committed version `v` on every rank: the commit record, and each rank's
+    /// file (every page, every reference) being the one the record names.
+    pub fn verify_commit(&self, v: u64, world_size: u32) -> Result<()> {
+        let rec = self.read_commit(v)?;
+        let path = self.commits_dir().join(self.commit_name(v));
+        if rec.ranks.len() != world_size as usize {
+            return Err(Error::corrupt(
+                &path,
+                "commit record",
+                format!("names {} ranks, the job has {world_size}", rec.ranks.len()),
+            ));
+        }
+        for (rank, want) in rec.ranks.iter().enumerate() {
+            let file = self.rank_store(rank as u32)?.path_of(v);
+            if !file.exists() {
+                return Err(Error::MissingReference {
+                    path,
+                    missing: file,
+                });
+            }
+            crate::catalog::verify_version(&file)?;
+            let f = crate::read::VersionFile::open(&file)?;
+            if !f.satisfies(want) {
+                return Err(Error::ReplacedReference {
+                    path,
+                    referenced: file,
+                    expected: crate::format::hex(&want.file_id),
+                    found: crate::format::hex(&f.header.file_id),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps the newest `keep` committed versions: removes older commit records first (so
     /// no record ever names a version whose files are going), then compacts every rank's
     /// chain keeping exactly those versions. Rank files newer than the newest commit record
