@@ -5,8 +5,6 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use memmap2::MmapMut;
-
 use crate::error::{Error, Result};
 use crate::format::FLAG_FULL;
 use crate::read::{Version, VersionFile};
@@ -92,9 +90,7 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
             .map_err(|e| Error::io(&p, "create", e))?;
         f.set_len(r.byte_len)
             .map_err(|e| Error::io(&p, "set length", e))?;
-        // SAFETY: the file was just created (truncated) by us with mode 0600 and nobody else
-        // is expected to resize it while we fill it.
-        let mut map = unsafe { MmapMut::map_mut(&f) }.map_err(|e| Error::io(&p, "mmap", e))?;
+        let mut map = crate::mapping::map_new_output(&f).map_err(|e| Error::io(&p, "mmap", e))?;
         v.restore_region(i, &mut map)?;
         map.flush().map_err(|e| Error::io(&p, "flush", e))?;
         written.push(p);

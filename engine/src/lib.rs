@@ -31,6 +31,7 @@ pub mod fault;
 pub mod format;
 mod hash;
 pub mod job;
+mod mapping;
 pub mod read;
 pub mod region;
 pub mod store;

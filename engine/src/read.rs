@@ -49,10 +49,7 @@ impl VersionFile {
     /// Opens and checks a version file.
     pub fn open(path: &Path) -> Result<VersionFile> {
         let (file, _) = open_sized(path)?;
-        // SAFETY: committed version files are never written after their commit rename (see the
-        // module documentation and docs/FORMAT.md), so the mapped bytes do not change under us.
-        // Every length read from the file is checked against `map.len()` before use.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
+        let map = crate::mapping::map_version(&file).map_err(|e| Error::io(path, "mmap", e))?;
         let header = Header::decode(path, &map)?;
         let footer = Footer::decode(path, &map)?;
         if footer.file_id != header.file_id {
