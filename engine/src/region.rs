@@ -57,7 +57,6 @@ impl Memory {
     }
 
     /// Start address, for dirty tracking.
-    #[allow(dead_code)]
     pub(crate) fn addr(&self) -> usize {
         match self {
             Memory::Owned(m) => m.as_ptr() as usize,
