@@ -49,6 +49,10 @@ struct Args {
     /// Test hook: RANK:VERSION kills that rank with SIGKILL while it writes that version.
     #[arg(long, hide = true)]
     kill_in_write: Option<String>,
+    /// Keep only the K newest versions of each rank's chain (per-rank automatic compaction,
+    /// which a job refuses: use `ckpt-compact` on the job store).
+    #[arg(long)]
+    keep: Option<usize>,
     /// Print timing statistics as JSON (rank 0).
     #[arg(long)]
     stats: bool,
@@ -61,6 +65,11 @@ fn rank_version(s: &Option<String>) -> Option<(u32, u64)> {
 
 fn main() {
     let args = Args::parse();
+    // The library reports through `tracing` (fallbacks at restart, audit findings): show it.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let Some(universe) = mpi::initialize() else {
         eprintln!("heat: MPI could not be initialised");
         std::process::exit(2);
@@ -84,6 +93,8 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
     let tracking: Tracking = a.tracking.parse()?;
     let config = Config {
         tracking,
+        keep: a.keep,
+        auto_compact: a.keep.is_some(),
         ..Config::default()
     };
     let mut job = Job::open(world, &a.store, "heat", config)?;

@@ -202,7 +202,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     if p.state_mib == 0 {
         return Err(Error::Config("state size must be at least 1 MiB".into()));
     }
-    std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, "create directory", e))?;
+    crate::store::create_dir_durable(&p.dir)?;
     let store = crate::Store::new(&p.dir, BENCH_CHAIN)?;
     if store.latest()?.is_some() {
         return Err(Error::Config(format!(

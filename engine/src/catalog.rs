@@ -76,7 +76,7 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
         });
     }
     let v = Version::open(&path)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create directory", e))?;
+    crate::store::create_dir_durable(out)?;
     let mut written = Vec::new();
     for (i, r) in v.regions().iter().enumerate() {
         let p = out.join(format!("region-{}.bin", r.id));

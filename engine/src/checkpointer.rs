@@ -633,8 +633,16 @@ impl Checkpointer {
         let audit = candidates.is_some()
             && self.config.audit_every > 0
             && self.since_audit + 1 >= self.config.audit_every;
+        let parent = self
+            .parent
+            .as_ref()
+            .filter(|p| p.depth < self.config.max_chain_depth);
+        // A full version reads and hashes every page it stores: it never records a remembered
+        // hash for a page the tracker did not report (a write it could not see would leave a
+        // full version whose bytes do not match its hashes).
+        let full = parent.is_none();
         let use_candidates =
-            candidates.is_some() && !audit && self.hashes.iter().all(|h| h.pages_known);
+            candidates.is_some() && !audit && !full && self.hashes.iter().all(|h| h.pages_known);
         let tracking = if use_candidates {
             TrackingKind::Uffd
         } else {
@@ -642,10 +650,6 @@ impl Checkpointer {
         };
         let latest = self.store.latest()?.unwrap_or(0);
         let version = want.unwrap_or(latest.max(self.last_written) + 1);
-        let parent = self
-            .parent
-            .as_ref()
-            .filter(|p| p.depth < self.config.max_chain_depth);
         let depth = parent.map_or(0, |p| p.depth + 1);
         let file_id = format::new_file_id()?;
         let file_name = store::version_file_name(self.store.name(), version);
@@ -667,7 +671,6 @@ impl Checkpointer {
 
         // Scan a span of groups, hand its pages to the writer, move on: hashing the next span
         // overlaps with writing the previous one.
-        let full = parent.is_none();
         let mut scans: Vec<hash::Scan> = Vec::with_capacity(self.regions.len());
         let mut stored: Vec<Vec<u64>> = Vec::with_capacity(self.regions.len());
         let mut scan_secs = 0.0;
@@ -682,10 +685,7 @@ impl Checkpointer {
         let records = writer.write_stream(self.config.compression_level, min_saving, |emit| {
             for (ri, (r, known)) in regions.iter().zip(known_all).enumerate() {
                 let bytes = r.mem.bytes();
-                let npages = bytes.len().div_ceil(ps) as u64;
-                pages_total += npages;
-                let page =
-                    |p: u64| &bytes[p as usize * ps..((p as usize + 1) * ps).min(bytes.len())];
+                pages_total += bytes.len().div_ceil(ps) as u64;
                 let ppg = hash::pages_per_group(ps) as u64;
                 let mut region_scan = hash::Scan::default();
                 let mut region_stored = Vec::new();
@@ -694,7 +694,7 @@ impl Checkpointer {
                 while g < ngroups {
                     let end = (g + span_groups).min(ngroups);
                     let ts = Instant::now();
-                    let scan = match cands {
+                    let mut scan = match cands {
                         Some(c) if use_candidates => {
                             let c = &c[ri];
                             let (lo, hi) = (g as u64 * ppg, end as u64 * ppg);
@@ -702,44 +702,22 @@ impl Checkpointer {
                             let b = c.partition_point(|&p| p < hi);
                             hash::scan_candidates(bytes, ps, known, &c[a..b])
                         }
-                        _ => hash::scan_groups(bytes, ps, known, g..end, want_groups),
+                        _ => hash::scan_groups(bytes, ps, known, g..end, want_groups, full),
                     };
                     scan_secs += ts.elapsed().as_secs_f64();
-                    let pages: Vec<PageIn<'_>> = if full {
-                        let mut di = scan.dirty.iter().peekable();
-                        let first = g as u64 * ppg;
-                        let last = (end as u64 * ppg).min(npages);
-                        (first..last)
-                            .map(|p| {
-                                let hash = match di.peek() {
-                                    Some(d) if d.page == p => {
-                                        let h = d.hash;
-                                        di.next();
-                                        h
-                                    }
-                                    _ => known.pages[p as usize],
-                                };
-                                region_stored.push(p);
-                                PageIn {
-                                    bytes: page(p),
-                                    hash,
-                                    stored: None,
-                                }
-                            })
-                            .collect()
-                    } else {
-                        scan.dirty
-                            .iter()
-                            .map(|d| {
-                                region_stored.push(d.page);
-                                PageIn {
-                                    bytes: page(d.page),
-                                    hash: d.hash,
-                                    stored: None,
-                                }
-                            })
-                            .collect()
-                    };
+                    // The stored bytes are the copies the hashes were computed from.
+                    let pages: Vec<PageIn<'_>> = scan
+                        .dirty
+                        .iter()
+                        .map(|d| {
+                            region_stored.push(d.page);
+                            PageIn {
+                                bytes: &d.bytes,
+                                hash: d.hash,
+                                stored: None,
+                            }
+                        })
+                        .collect();
                     if crate::fault::fail("write-pages") {
                         return Err(Error::io(
                             "checkpoint",
@@ -750,6 +728,8 @@ impl Checkpointer {
                     if !pages.is_empty() {
                         emit(&pages)?;
                     }
+                    drop(pages);
+                    scan.dirty.iter_mut().for_each(|d| d.bytes = Vec::new());
                     region_scan.extend(scan);
                     g = end;
                 }
@@ -813,9 +793,9 @@ impl Checkpointer {
                 })
                 .sum();
             if misses > 0 {
-                eprintln!(
-                    "ckpt: warning: audit of {}: {misses} page(s) changed without being reported \
-                     by userfaultfd (RDMA or other writes the page tables do not see?); they were \
+                tracing::warn!(
+                    "audit of {}: {misses} page(s) changed without being reported by \
+                     userfaultfd (RDMA or other writes the page tables do not see?); they were \
                      stored. Use hash tracking or mark_dirty() for such regions.",
                     dst.display()
                 );

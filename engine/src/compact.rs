@@ -43,6 +43,11 @@ pub struct CompactOptions {
     /// Versions to keep whatever `keep` says (for example those named by global commit
     /// records of an MPI job).
     pub pinned: Vec<u64>,
+    /// Keep every version numbered above this, whatever `keep` says. The job-store compactor
+    /// sets it to the newest global commit it saw: a rank file above that may belong to a
+    /// collective checkpoint whose commit record is still being written, and a version that
+    /// appears after the snapshot was never seen by the plan, so it is never garbage.
+    pub keep_above: Option<u64>,
     /// Only compute the plan.
     pub dry_run: bool,
 }
@@ -53,6 +58,7 @@ impl Default for CompactOptions {
             keep: 2,
             max_depth: None,
             pinned: Vec::new(),
+            keep_above: None,
             dry_run: false,
         }
     }
@@ -101,7 +107,7 @@ const MAX_ROUNDS: usize = 4;
 
 /// Computes what [`compact`] would do.
 pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
-    if opts.keep == 0 && opts.pinned.is_empty() {
+    if opts.keep == 0 && opts.pinned.is_empty() && opts.keep_above.is_none() {
         return Err(Error::Config(
             "compaction must keep at least one version".into(),
         ));
@@ -132,6 +138,9 @@ pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
     }
     let mut kept: BTreeSet<u64> = lineage.iter().take(opts.keep).copied().collect();
     kept.extend(opts.pinned.iter().filter(|v| versions.contains(v)));
+    if let Some(floor) = opts.keep_above {
+        kept.extend(versions.iter().filter(|&&v| v > floor));
+    }
     let kept_names: HashSet<String> = kept
         .iter()
         .map(|&v| store::version_file_name(store.name(), v))
@@ -166,6 +175,17 @@ pub fn compact(
     opts: &CompactOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report> {
+    compact_locked(store, opts, false, progress)
+}
+
+/// [`compact`], for a caller that may already hold the chain's writer lock
+/// (`writer_held`): then no writer can be active, and leftover temporaries are garbage.
+pub(crate) fn compact_locked(
+    store: &Store,
+    opts: &CompactOptions,
+    writer_held: bool,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report> {
     let t0 = Instant::now();
     let _one_compactor = store.lock_compact()?;
     let mut report = Report::default();
@@ -196,7 +216,12 @@ pub fn compact(
     // Leftover temporary files are garbage only if no writer is active.
     let temps = store.temp_files()?;
     if !temps.is_empty() {
-        if let Some(_w) = store.try_lock_writer_now()? {
+        let own = if writer_held {
+            None
+        } else {
+            store.try_lock_writer_now()?
+        };
+        if writer_held || own.is_some() {
             for t in temps {
                 let size = std::fs::metadata(&t).map(|m| m.len()).unwrap_or(0);
                 if std::fs::remove_file(&t).is_ok() {

@@ -1,56 +1,126 @@
-//! Fault injection for crash and failure tests, driven by environment variables read once.
+//! Fault injection and event recording for crash and failure tests.
+//!
+//! Compiled in only with the `fault-injection` cargo feature, which only the test crates
+//! enable: a production build has no way to be killed or failed through its environment.
+//! Without the feature every function here is an empty inline function.
 //!
 //! - `CKPT_FAULT_KILL=<point>`: the process sends itself SIGKILL when it reaches `<point>`;
 //!   `CKPT_FAULT_KILL=<point>#<n>`: when it reaches `<point>` for the n-th time.
-//! - `CKPT_FAULT_FAIL=<point>`: [`fail`] returns true at `<point>`, and the caller turns that
-//!   into an I/O error, as if the disk had failed.
+//! - `CKPT_FAULT_FAIL=<point>`: [`fail`] returns true at `<point>` (`<point>#<n>`: the n-th
+//!   time only), and the caller turns that into an I/O error, as if the disk had failed.
+//!   Points: `write-pages`, `write-commit`.
+//! - [`start_recording`] / [`take_events`]: a log of durability events (`mkdir`,
+//!   `fsync-dir`), so that tests can check that every new directory reached its parent.
 //!
 //! With neither variable set, each call is one load of a cached `Option`.
 
-use std::sync::OnceLock;
+#[cfg(feature = "fault-injection")]
+mod imp {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Mutex, OnceLock};
 
-fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static str> {
-    if name == "CKPT_FAULT_KILL" {
-        if let Some(s) = OVERRIDE.get() {
-            return Some(s.as_str());
+    fn var(name: &str, cell: &'static OnceLock<Option<String>>) -> Option<&'static str> {
+        if name == "CKPT_FAULT_KILL" {
+            if let Some(s) = OVERRIDE.get() {
+                return Some(s.as_str());
+            }
+        }
+        cell.get_or_init(|| std::env::var(name).ok()).as_deref()
+    }
+
+    static OVERRIDE: OnceLock<String> = OnceLock::new();
+
+    /// Arms a kill point from inside the process (as `CKPT_FAULT_KILL` would), for a test
+    /// program that wants only one of its MPI ranks to die. Can be set once per process.
+    pub fn arm_kill(spec: &str) {
+        let _ = OVERRIDE.set(spec.to_string());
+    }
+
+    static KILL: OnceLock<Option<String>> = OnceLock::new();
+    static FAIL: OnceLock<Option<String>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    /// Kills the process with SIGKILL if `CKPT_FAULT_KILL` names this point (and, with
+    /// `#n`, this is the n-th time the point is reached).
+    pub fn point(name: &str) {
+        let Some(spec) = var("CKPT_FAULT_KILL", &KILL) else {
+            return;
+        };
+        let (want, nth) = match spec.split_once('#') {
+            Some((w, n)) => (w, n.parse::<u64>().unwrap_or(1)),
+            None => (spec, 1),
+        };
+        if want == name {
+            let hit = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+            if hit == nth {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::getpid(),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
-    cell.get_or_init(|| std::env::var(name).ok()).as_deref()
-}
 
-static OVERRIDE: OnceLock<String> = OnceLock::new();
+    static FAIL_HITS: AtomicU64 = AtomicU64::new(0);
 
-/// Arms a kill point from inside the process (as `CKPT_FAULT_KILL` would), for a test program
-/// that wants only one of its MPI ranks to die. Can be set once per process.
-pub fn arm_kill(spec: &str) {
-    let _ = OVERRIDE.set(spec.to_string());
-}
+    /// True if `CKPT_FAULT_FAIL` names this point (with `#n`: only the n-th time it is
+    /// reached).
+    pub fn fail(name: &str) -> bool {
+        let Some(spec) = var("CKPT_FAULT_FAIL", &FAIL) else {
+            return false;
+        };
+        match spec.split_once('#') {
+            Some((want, n)) if want == name => {
+                let hit = FAIL_HITS.fetch_add(1, Ordering::SeqCst) + 1;
+                n.parse::<u64>().is_ok_and(|n| n == hit)
+            }
+            Some(_) => false,
+            None => spec == name,
+        }
+    }
 
-static KILL: OnceLock<Option<String>> = OnceLock::new();
-static FAIL: OnceLock<Option<String>> = OnceLock::new();
+    static RECORDING: AtomicBool = AtomicBool::new(false);
+    static EVENTS: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
-static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    /// Starts logging durability events of this process (see [`take_events`]).
+    pub fn start_recording() {
+        RECORDING.store(true, Ordering::SeqCst);
+    }
 
-/// Kills the process with SIGKILL if `CKPT_FAULT_KILL` names this point (and, with `#n`,
-/// this is the n-th time the point is reached).
-pub fn point(name: &str) {
-    let Some(spec) = var("CKPT_FAULT_KILL", &KILL) else {
-        return;
-    };
-    let (want, nth) = match spec.split_once('#') {
-        Some((w, n)) => (w, n.parse::<u64>().unwrap_or(1)),
-        None => (spec, 1),
-    };
-    if want == name {
-        let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        if hit == nth {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    /// Returns and clears the events logged since [`start_recording`]: `("mkdir", dir)` for
+    /// each directory created, `("fsync-dir", dir)` for each directory fsynced.
+    pub fn take_events() -> Vec<(&'static str, PathBuf)> {
+        match EVENTS.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        }
+    }
+
+    /// Logs a durability event if recording is on.
+    pub fn record(what: &'static str, path: &Path) {
+        if RECORDING.load(Ordering::Relaxed) {
+            if let Ok(mut e) = EVENTS.lock() {
+                e.push((what, path.to_path_buf()));
+            }
         }
     }
 }
 
-/// True if `CKPT_FAULT_FAIL` names this point.
-pub fn fail(name: &str) -> bool {
-    var("CKPT_FAULT_FAIL", &FAIL) == Some(name)
+#[cfg(not(feature = "fault-injection"))]
+mod imp {
+    use std::path::Path;
+
+    #[inline(always)]
+    pub fn point(_name: &str) {}
+
+    #[inline(always)]
+    pub fn fail(_name: &str) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    pub fn record(_what: &'static str, _path: &Path) {}
 }
+
+pub use imp::*;

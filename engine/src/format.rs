@@ -42,6 +42,16 @@ pub const MIN_PAGE_SIZE: u32 = 4096;
 /// Largest allowed page size.
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
 
+/// Header flags are split in two halves, as ext4 and redb split features. A reader ignores
+/// unknown bits of the low half (`FLAGS_COMPAT`): they describe the file without changing
+/// how it is read. A reader refuses a file with any unknown bit of the high half
+/// (`FLAGS_INCOMPAT`): reading it as if the bit were clear would give wrong bytes.
+pub const FLAGS_COMPAT: u32 = 0x0000_FFFF;
+/// The incompatible half of the header flags (see [`FLAGS_COMPAT`]).
+pub const FLAGS_INCOMPAT: u32 = 0xFFFF_0000;
+/// Incompatible flags this build understands: none yet.
+pub const KNOWN_INCOMPAT: u32 = 0;
+
 /// Header flag: the file references no other file.
 pub const FLAG_FULL: u32 = 1;
 /// Header flag: the file was written by the compactor, not by an application checkpoint.
@@ -233,7 +243,20 @@ impl Header {
         let fv = get_u32(b, 8);
         if fv != FORMAT_VERSION {
             return Err(bad(format!(
-                "format version {fv}, this build reads {FORMAT_VERSION}"
+                "format version {fv}, this build reads only version {FORMAT_VERSION}{}",
+                if fv > FORMAT_VERSION {
+                    " (written by a newer ckpt: read it with that version)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let flags = get_u32(b, 104);
+        let unknown = flags & FLAGS_INCOMPAT & !KNOWN_INCOMPAT;
+        if unknown != 0 {
+            return Err(bad(format!(
+                "incompatible feature flags {unknown:#010x} that this build does not \
+                 understand (written by a newer ckpt?)"
             )));
         }
         if get_u32(b, 12) as usize != HEADER_LEN {
@@ -246,6 +269,10 @@ impl Header {
         let n = u16::from_le_bytes([b[110], b[111]]) as usize;
         if n == 0 || n > MAX_NAME_LEN {
             return Err(bad(format!("chain name length {n}")));
+        }
+        let reserved = [109..110, 116..120, 128 + n..224];
+        if let Some(off) = reserved.into_iter().flatten().find(|&i| b[i] != 0) {
+            return Err(bad(format!("non-zero reserved byte at offset {off}")));
         }
         let name = std::str::from_utf8(&b[128..128 + n])
             .map_err(|_| bad("chain name is not UTF-8".into()))?
@@ -272,7 +299,7 @@ impl Header {
             parent,
             page_size,
             depth: get_u32(b, 100),
-            flags: get_u32(b, 104),
+            flags,
             tracking,
             compression_level: i32::from_le_bytes(get_arr(b, 112)),
             created_unix_nanos: get_u64(b, 120),
@@ -562,6 +589,9 @@ impl Index {
         if nfiles == 0 {
             return Err(bad("empty file table".into()));
         }
+        if get_u32(b, 44) != 0 {
+            return Err(bad("non-zero reserved bytes at offset 44".into()));
+        }
         let names_start = b.len() - names_len as usize;
         let mut off = INDEX_FIXED_LEN;
         let mut files = Vec::with_capacity(nfiles as usize);
@@ -610,6 +640,9 @@ impl Index {
         let data_end = footer.data_offset + footer.data_len;
         let mut records = Vec::with_capacity(nrecords as usize);
         for i in 0..nrecords {
+            if b[off + 49..off + RECORD_LEN].iter().any(|&x| x != 0) {
+                return Err(bad(format!("record {i}: non-zero reserved bytes")));
+            }
             let codec = match b[off + 48] {
                 0 => Codec::Raw,
                 1 => Codec::Zstd,

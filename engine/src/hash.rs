@@ -24,12 +24,23 @@ pub(crate) struct RegionHashes {
 }
 
 /// A page whose contents differ from the parent's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DirtyPage {
     /// Page index within the region.
     pub(crate) page: u64,
-    /// blake3 of its current bytes.
+    /// blake3 of `bytes`.
     pub(crate) hash: Hash,
+    /// The page as it was read once, for both the hash and the stored bytes: a writer that
+    /// changes the page meanwhile (another thread, RDMA) cannot make a record whose bytes
+    /// differ from its hash. Emptied once the page is written.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// Reads a page once: a private copy and its hash.
+fn read_page(page: &[u8]) -> (Vec<u8>, Hash) {
+    let copy = page.to_vec();
+    let h = page_hash(&copy);
+    (copy, h)
 }
 
 /// Result of scanning one region.
@@ -83,20 +94,24 @@ impl RegionHashes {
 
 /// Scans a region against what is known of its parent. Every page is either proven equal to
 /// the parent (group hash or page hash match) or reported dirty with its new hash.
+#[cfg(any(test, feature = "bench"))]
 pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
     let ngroups = known.groups.len();
-    scan_groups(data, page_size, known, 0..ngroups, true)
+    scan_groups(data, page_size, known, 0..ngroups, true, false)
 }
 
 /// Scans the groups `groups` of a region (the whole region's bytes are `data`). Without
 /// `want_groups` (uffd mode, which never uses group hashes), groups whose hash is unknown are
-/// not hashed as a whole: only their pages are.
+/// not hashed as a whole: only their pages are. With `every_page` (a full version), every
+/// page is read, hashed and reported, whatever is remembered: a full version never records
+/// a remembered hash for bytes it did not read.
 pub(crate) fn scan_groups(
     data: &[u8],
     page_size: usize,
     known: &RegionHashes,
     groups: std::ops::Range<usize>,
     want_groups: bool,
+    every_page: bool,
 ) -> Scan {
     let ppg = pages_per_group(page_size);
     let group_bytes = ppg * page_size;
@@ -115,15 +130,17 @@ pub(crate) fn scan_groups(
             };
             let mut hashed = if skip_group { 0 } else { chunk.len() as u64 };
             let mut dirty = Vec::new();
-            if known.groups[g] != gh || gh.is_none() || !known.pages_known {
+            let all = every_page || !known.pages_known;
+            if known.groups[g] != gh || gh.is_none() || all {
                 hashed += chunk.len() as u64;
                 for (k, page) in chunk.chunks(page_size).enumerate() {
                     let p = g * ppg + k;
-                    let h = page_hash(page);
-                    if !known.pages_known || known.pages[p] != h {
+                    let (bytes, h) = read_page(page);
+                    if all || known.pages[p] != h {
                         dirty.push(DirtyPage {
                             page: p as u64,
                             hash: h,
+                            bytes,
                         });
                     }
                 }
@@ -166,9 +183,12 @@ pub(crate) fn scan_candidates(
         .filter_map(|&p| {
             let start = p as usize * page_size;
             let end = (start + page_size).min(data.len());
-            let h = page_hash(&data[start..end]);
-            (!known.pages_known || known.pages[p as usize] != h)
-                .then_some(DirtyPage { page: p, hash: h })
+            let (bytes, h) = read_page(&data[start..end]);
+            (!known.pages_known || known.pages[p as usize] != h).then_some(DirtyPage {
+                page: p,
+                hash: h,
+                bytes,
+            })
         })
         .collect();
     let ppg = pages_per_group(page_size);

@@ -177,8 +177,7 @@ impl JobStore {
 
     /// Writes `ckpt-job` (atomically; fails if it exists).
     pub fn write_meta(&self, world_size: u32) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io(&self.dir, "create directory", e))?;
+        store::create_dir_durable(&self.dir)?;
         let text = format!("ckpt-job 1\nname {}\nworld_size {world_size}\n", self.name);
         store::atomic_write_new(&self.dir, META_FILE, text.as_bytes())
     }
@@ -238,7 +237,14 @@ impl JobStore {
     /// Writes a commit record atomically: this is the commit point of a job version.
     pub fn write_commit(&self, rec: &CommitRecord) -> Result<()> {
         let dir = self.commits_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
+        store::create_dir_durable(&dir)?;
+        if crate::fault::fail("write-commit") {
+            return Err(Error::io(
+                dir.join(self.commit_name(rec.version)),
+                "write commit record",
+                std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-commit)"),
+            ));
+        }
         store::atomic_write_new(&dir, &self.commit_name(rec.version), &rec.encode())
     }
 
@@ -278,14 +284,47 @@ impl JobStore {
 
     /// Keeps the newest `keep` committed versions: removes older commit records first (so
     /// no record ever names a version whose files are going), then compacts every rank's
-    /// chain keeping exactly those versions. Rank files newer than the newest commit record
-    /// are kept too while a process holds that rank's writer lock: they may belong to a
-    /// collective checkpoint in flight.
+    /// chain keeping exactly those versions.
+    ///
+    /// The protocol with a live job (docs/FORMAT.md, "Job stores"):
+    /// 1. one job compactor at a time (`.<name>.job-compact.lock`);
+    /// 2. try to take every rank's writer lock. If all are free, no process of the job is
+    ///    running: hold them until the end, so none can start, and treat rank files above the
+    ///    newest commit record as garbage of a failed collective checkpoint. If any is held,
+    ///    the job is live: release them, and keep every rank file numbered above the newest
+    ///    commit record seen (it may be a checkpoint whose commit record is being written);
+    /// 3. only then list the commit records (the snapshot);
+    /// 4. remove commit records older than the newest `keep`, fsync `commits/`;
+    /// 5. compact each rank's chain with those versions pinned; a rank's plan never removes a
+    ///    version it did not see, so versions committed meanwhile are never touched.
     pub fn compact(&self, keep: usize, dry_run: bool) -> Result<JobCompactReport> {
         let meta = self.meta()?.ok_or_else(|| Error::NotFound {
             dir: self.dir.clone(),
             what: format!("no {META_FILE} file: not a job store"),
         })?;
+        let _one_compactor = store::lock_exclusive_now(
+            &self.dir.join(format!(".{}.job-compact.lock", self.name)),
+            &self.name,
+        )?;
+        let mut writers = Vec::new();
+        let mut idle = true;
+        for rank in 0..meta.world_size {
+            let s = self.rank_store(rank)?;
+            if !s.dir().exists() {
+                continue;
+            }
+            match s.try_lock_writer_now()? {
+                Some(lock) => writers.push(lock),
+                None => {
+                    idle = false;
+                    break;
+                }
+            }
+        }
+        if !idle {
+            // A live job: never stand in the way of a rank that (re)opens its chain.
+            writers.clear();
+        }
         let commits = self.commits()?;
         let kept: Vec<u64> = commits
             .iter()
@@ -294,7 +333,7 @@ impl JobStore {
             .rev()
             .copied()
             .collect();
-        let newest = kept.last().copied().unwrap_or(0);
+        let newest_commit = commits.last().copied().unwrap_or(0);
         let mut report = JobCompactReport {
             kept: kept.clone(),
             ..JobCompactReport::default()
@@ -306,38 +345,37 @@ impl JobStore {
             report.commits_removed.push(v);
             if !dry_run {
                 let p = self.commits_dir().join(self.commit_name(v));
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&p, "remove", e)),
+                }
             }
         }
         if !dry_run && !report.commits_removed.is_empty() {
             store::sync_dir(&self.commits_dir())?;
+        }
+        if kept.is_empty() {
+            // No committed version at all: nothing tells garbage from a first checkpoint.
+            return Ok(report);
         }
         for rank in 0..meta.world_size {
             let s = self.rank_store(rank)?;
             if !s.dir().exists() {
                 continue;
             }
-            let mut pinned = kept.clone();
-            // Files above the newest commit may belong to a collective checkpoint in flight,
-            // unless no process holds the rank's writer lock.
-            let idle = s.try_lock_writer_now()?;
-            if idle.is_none() {
-                pinned.extend(s.versions()?.into_iter().filter(|&v| v > newest));
-            }
-            drop(idle);
-            if pinned.is_empty() {
-                continue;
-            }
             let opts = CompactOptions {
                 keep: 0,
-                pinned,
+                pinned: kept.clone(),
+                keep_above: (!idle).then_some(newest_commit),
                 dry_run,
                 ..CompactOptions::default()
             };
             report
                 .ranks
-                .push(compact::compact(&s, &opts, &mut |_, _| {})?);
+                .push(compact::compact_locked(&s, &opts, idle, &mut |_, _| {})?);
         }
+        drop(writers);
         Ok(report)
     }
 }

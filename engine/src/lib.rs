@@ -21,13 +21,17 @@
 //! - [`format`]: the byte layout shared by all of them.
 #![warn(missing_docs)]
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod catalog;
 mod chain;
 mod checkpointer;
 pub mod compact;
 mod error;
+#[cfg(feature = "fault-injection")]
 pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
 pub mod format;
 mod hash;
 pub mod job;
@@ -47,7 +51,15 @@ pub use hash::{page_hash, GROUP_BYTES};
 pub use region::RegionHandle;
 pub use store::Store;
 
-/// Hashing entry points exposed for benchmarks.
+/// Whether userfaultfd write-protect tracking (`Tracking::Uffd`) works on this kernel:
+/// `UFFD_FEATURE_WP_ASYNC` and the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7). `Err` says what is
+/// missing; `Tracking::Auto` then hashes.
+pub fn uffd_support() -> std::result::Result<(), String> {
+    uffd::available()
+}
+
+/// Hashing entry points exposed for benchmarks (feature `bench`).
+#[cfg(feature = "bench")]
 pub mod hashing {
     pub use crate::hash::GROUP_BYTES;
 

@@ -159,43 +159,19 @@ impl Store {
             .collect())
     }
 
-    /// Creates the directory if needed.
+    /// Creates the directory (and missing parents) if needed, durably: see
+    /// [`create_dir_durable`].
     pub fn create_dir(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, "create directory", e))
+        create_dir_durable(&self.dir)
     }
 
-    fn lock_file(&self, kind: &str) -> Result<(PathBuf, File)> {
-        let path = self.dir.join(format!(".{}.{kind}.lock", self.name));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(&path, "open lock file", e))?;
-        Ok((path, f))
+    fn lock_path(&self, kind: &str) -> PathBuf {
+        self.dir.join(format!(".{}.{kind}.lock", self.name))
     }
 
     /// Tries to take an exclusive lock of `kind` for up to `wait`.
     fn try_lock(&self, kind: &str, wait: std::time::Duration) -> Result<Flock<File>> {
-        let (path, mut f) = self.lock_file(kind)?;
-        let deadline = std::time::Instant::now() + wait;
-        loop {
-            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(lock),
-                Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
-                    f = back;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err((_, Errno::EWOULDBLOCK)) => {
-                    return Err(Error::Locked {
-                        path,
-                        name: self.name.clone(),
-                    })
-                }
-                Err((_, e)) => return Err(Error::io(&path, "lock", e.into())),
-            }
-        }
+        lock_exclusive(&self.lock_path(kind), &self.name, wait)
     }
 
     /// Takes the chain's writer lock: only one process may write a chain. Waits up to two
@@ -220,7 +196,8 @@ impl Store {
     /// files their new version references still exist until the version is renamed into
     /// place; the compactor holds it for one rename or one unlink at a time.
     pub fn lock_commit(&self) -> Result<Flock<File>> {
-        let (path, f) = self.lock_file("commit")?;
+        let path = self.lock_path("commit");
+        let f = open_lock_file(&path)?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::io(&path, "lock", e.into()))
     }
 
@@ -247,6 +224,96 @@ impl Store {
             crate::format::hex(&r)
         )))
     }
+}
+
+/// Opens (creating, mode 0600) a lock file, never following a symlink planted at its name.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(path, "open lock file", e))
+}
+
+/// Takes an exclusive `flock` on the lock file `path`, retrying for up to `wait`; gives
+/// [`Error::Locked`] (naming chain `name`) if it is still held then.
+pub(crate) fn lock_exclusive(
+    path: &Path,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<Flock<File>> {
+    let mut f = open_lock_file(path)?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                f = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(Error::Locked {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                })
+            }
+            Err((_, e)) => return Err(Error::io(path, "lock", e.into())),
+        }
+    }
+}
+
+/// [`lock_exclusive`] without waiting.
+pub(crate) fn lock_exclusive_now(path: &Path, name: &str) -> Result<Flock<File>> {
+    lock_exclusive(path, name, std::time::Duration::ZERO)
+}
+
+/// Creates directory `dir` and any missing parents, each mode 0700 (whatever the umask
+/// allows), and fsyncs the parent of each directory it creates, so that a power loss cannot
+/// lose a directory that holds committed files. Existing directories are left as they are.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        match fs::symlink_metadata(d) {
+            Ok(m) if m.is_dir() => break,
+            Ok(m) if m.file_type().is_symlink() && d.is_dir() => break,
+            Ok(_) => {
+                return Err(Error::io(
+                    d,
+                    "create directory",
+                    std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that is not a directory is in the way",
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(d),
+            Err(e) => return Err(Error::io(d, "stat", e)),
+        }
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o700).create(d) {
+            Ok(()) => {}
+            // Another process created it meanwhile: it still needs the parent's fsync.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(Error::io(d, "create directory", e)),
+        }
+        crate::fault::record("mkdir", d);
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// Names of the chains present in `dir`, sorted.
@@ -320,7 +387,9 @@ pub(crate) fn create_new_file(path: &Path) -> Result<File> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
     d.sync_all()
-        .map_err(|e| Error::io(dir, "fsync directory", e))
+        .map_err(|e| Error::io(dir, "fsync directory", e))?;
+    crate::fault::record("fsync-dir", dir);
+    Ok(())
 }
 
 /// Renames a fully written and fsynced `tmp` to `dst` without ever replacing an existing

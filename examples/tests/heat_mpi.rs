@@ -20,14 +20,23 @@ fn heat_bin() -> PathBuf {
 
 /// Runs `mpirun -np NP heat ARGS` (or heat alone for np = 0) with a time limit.
 fn mpirun(np: usize, args: &[&str]) -> Output {
+    mpirun_env(np, args, &[])
+}
+
+/// [`mpirun`] with extra environment variables, exported to every rank.
+fn mpirun_env(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = if np == 0 {
         Command::new(heat_bin())
     } else {
         let mut c = Command::new("mpirun");
-        c.args(["--oversubscribe", "-np", &np.to_string()])
-            .arg(heat_bin());
+        c.args(["--oversubscribe", "-np", &np.to_string()]);
+        for (k, _) in env {
+            c.args(["-x", k]);
+        }
+        c.arg(heat_bin());
         c
     };
+    cmd.envs(env.iter().copied());
     cmd.args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -223,4 +232,263 @@ fn job_store_compaction_keeps_committed_versions_and_restart_works() {
     let out = mpirun(2, &args(s, &[]));
     assert_eq!(line(&out, "restarted-from ").as_deref(), Some("3"));
     assert_eq!(checksum(&out), want);
+}
+
+/// The newest commit record's number.
+fn newest_commit(dir: &Path) -> u64 {
+    commits(dir).last().copied().unwrap_or(0)
+}
+
+/// Every committed version verifies on every rank (what `ckpt verify DIR` checks).
+fn verify_all_commits(dir: &Path) {
+    let (job, meta) = JobStore::detect(dir).unwrap().expect("a job store");
+    let c = job.commits().unwrap();
+    assert!(!c.is_empty(), "no commit record left");
+    for v in c {
+        job.verify_commit(v, meta.world_size)
+            .unwrap_or_else(|e| panic!("committed version {v} does not verify: {e}"));
+    }
+}
+
+/// Issue 8, item 0: `ckpt-compact --keep 2` in a loop beside a job that checkpoints every
+/// iteration, for 30 s. No checkpoint may fail, every commit record must stay restorable,
+/// and a crash then restarts from the newest commit with the uninterrupted checksum.
+#[test]
+fn job_store_compaction_beside_a_live_job_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap().to_string();
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", "2"])
+        .arg(heat_bin())
+        .args([
+            "--store",
+            &s,
+            "--n",
+            "32",
+            "--iters",
+            "100000000",
+            "--ckpt-every",
+            "1",
+        ])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().expect("run mpirun");
+    let t0 = Instant::now();
+    while newest_commit(d.path()) < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the job never committed"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "heat exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let job = JobStore::new(d.path(), "heat").unwrap();
+    let (mut rounds, mut removed) = (0u32, 0usize);
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(30) {
+        let r = job.compact(2, false).expect("compaction");
+        rounds += 1;
+        removed += r.commits_removed.len();
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "heat exited during compaction"
+        );
+    }
+    // Crash the job: SIGKILL to mpirun and every rank (its process group), then wait until
+    // no rank holds its chain any more.
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let t2 = Instant::now();
+    for rank in 0..2 {
+        let s = job.rank_store(rank).unwrap();
+        while s.try_lock_writer_now().unwrap().is_none() {
+            assert!(
+                t2.elapsed() < Duration::from_secs(20),
+                "rank {rank} outlived the kill"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("checkpoint-failed"),
+        "a checkpoint failed beside the compactor: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let newest = newest_commit(d.path());
+    assert!(
+        rounds > 10 && removed > 10,
+        "{rounds} compactions removed {removed} records"
+    );
+    eprintln!("{rounds} compactions, {removed} commit records removed, newest version {newest}");
+    verify_all_commits(d.path());
+    // Restart: from the newest commit, ending with the uninterrupted checksum.
+    let iters = (newest + 20).to_string();
+    let out = mpirun(
+        2,
+        &[
+            "--store",
+            &s,
+            "--n",
+            "32",
+            "--iters",
+            &iters,
+            "--ckpt-every",
+            "1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        line(&out, "restarted-from ").unwrap(),
+        newest.to_string(),
+        "the restart must resume from the newest committed version"
+    );
+    let r = tempfile::tempdir().unwrap();
+    let refr = mpirun(
+        0,
+        &[
+            "--store",
+            r.path().to_str().unwrap(),
+            "--n",
+            "32",
+            "--iters",
+            &iters,
+            "--ckpt-every",
+            "0",
+        ],
+    );
+    assert_eq!(checksum(&out), checksum(&refr));
+}
+
+/// Runs heat at np = 2 under a 10 s limit per run and returns the output.
+fn heat2(store: &str, extra: &[&str]) -> Output {
+    let t = Instant::now();
+    let out = mpirun(2, &args(store, extra));
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "a failing run must not hang: it took {:?}",
+        t.elapsed()
+    );
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Issue 8, item 2: a store that cannot be read is an error on every rank, naming the path;
+/// never a silent fresh start, never a hang.
+#[test]
+fn unreadable_job_store_is_an_error_never_a_fresh_start() {
+    // commits/ replaced by a regular file.
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap();
+    assert!(heat2(s, &["--crash-at", "35"]).status.code() != Some(0));
+    let commits_dir = d.path().join("commits");
+    std::fs::rename(&commits_dir, d.path().join("commits.away")).unwrap();
+    std::fs::write(&commits_dir, b"not a directory").unwrap();
+    let out = heat2(s, &[]);
+    assert!(!out.status.success(), "must not start from scratch");
+    assert!(line(&out, "restarted-from ").is_none());
+    let err = stderr(&out);
+    assert!(
+        err.contains("list the commit records failed") && err.contains("commits"),
+        "{err}"
+    );
+    std::fs::remove_file(&commits_dir).unwrap();
+    std::fs::rename(d.path().join("commits.away"), &commits_dir).unwrap();
+
+    // Every committed version unusable on rank 1 (its files replaced by directories): an
+    // error naming the files, not iteration 1.
+    let r1 = JobStore::new(d.path(), "heat").unwrap().rank_dir(1);
+    for v in 1..=3 {
+        let f = r1.join(format!("heat.ckpt.{v}"));
+        std::fs::rename(&f, r1.join(format!("away.{v}"))).unwrap();
+        std::fs::create_dir(&f).unwrap();
+    }
+    let out = heat2(s, &[]);
+    assert!(!out.status.success(), "must not start from scratch");
+    let err = stderr(&out);
+    assert!(
+        err.contains("none can be restored")
+            && err.contains("rank 1")
+            && err.contains("heat.ckpt.3"),
+        "{err}"
+    );
+    // Only the newest unusable: fall back one version, and say so.
+    for v in 1..=2 {
+        let f = r1.join(format!("heat.ckpt.{v}"));
+        std::fs::remove_dir(&f).unwrap();
+        std::fs::rename(r1.join(format!("away.{v}")), &f).unwrap();
+    }
+    let out = heat2(s, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(line(&out, "restarted-from ").as_deref(), Some("2"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("version 3 cannot be restored") && err.contains("heat.ckpt.3"),
+        "the fallback must be reported with the file: {err}"
+    );
+    assert_eq!(checksum(&out), reference());
+}
+
+/// Issue 8, item 2: a rank that cannot open or list its chain makes every rank fail with
+/// that rank's reason, within the time limit.
+#[test]
+fn a_rank_that_cannot_open_its_chain_fails_every_rank_with_its_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap();
+    // Rank 1's chain directory is a regular file.
+    let r1 = JobStore::new(d.path(), "heat").unwrap().rank_dir(1);
+    std::fs::create_dir_all(r1.parent().unwrap()).unwrap();
+    std::fs::write(&r1, b"in the way").unwrap();
+    let out = heat2(s, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("open this rank's chain failed on 1 rank(s): rank 1:"),
+        "{err}"
+    );
+    assert!(err.contains("ranks/0000/1"), "{err}");
+}
+
+/// Issue 8, item 2: rank 0 failing to write the commit record reaches every rank with its
+/// reason, and the job carries on.
+#[test]
+fn a_failed_commit_record_write_reports_its_cause() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap();
+    // Rank 0's second commit-record write fails (injected, as a full disk would).
+    let out = mpirun_env(2, &args(s, &[]), &[("CKPT_FAULT_FAIL", "write-commit#2")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("checkpoint-failed checkpoint version 2 was not committed: rank 0:")
+            && text.contains("heat.commit.2"),
+        "{text}"
+    );
+    // Later versions commit, numbered past it.
+    assert_eq!(checksum(&out), reference());
+}
+
+/// Issue 8, item 4: per-rank retention in a job is refused with a clear error.
+#[test]
+fn per_rank_retention_in_a_job_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let out = heat2(d.path().to_str().unwrap(), &["--keep", "2"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("per-rank automatic compaction"), "{err}");
 }

@@ -6,17 +6,40 @@
 //! [`ckpt_engine::job`] and `docs/FORMAT.md`). A collective [`Job::checkpoint`] is a
 //! two-phase commit:
 //!
-//! 1. the ranks agree on the version number (one more than any rank has on disk);
+//! 1. the ranks agree on the version number (one more than any rank has on disk and than
+//!    the newest commit record);
 //! 2. each rank writes and fsyncs its version file;
 //! 3. a reduction tells whether every rank succeeded;
 //! 4. only then rank 0 writes the global commit record atomically;
-//! 5. a broadcast gives every rank the same outcome.
+//! 5. every rank learns the outcome, and the reason of any rank's failure.
 //!
 //! A version exists only once its commit record does. [`Job::restart`] picks the newest
 //! version that has a commit record *and* whose files verify on every rank — never the
 //! maximum over ranks, which may name a version some rank never wrote.
+//!
+//! **No rank waits forever.** Every fallible step before a collective is followed by an
+//! agreement (an all-reduce of an ok flag); when any rank failed, the ranks exchange their
+//! reasons and every rank returns the same [`Error::Ranks`] (or [`Error::NotCommitted`]),
+//! naming each failing rank and why.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ckpt_engine::Config;
+//! let universe = mpi::initialize().ok_or("MPI init failed")?;
+//! let world = universe.world();
+//! let mut job = ckpt_mpi::Job::open(&world, "/scratch/job42", "heat", Config::default())?;
+//! let grid = job.checkpointer().alloc_region::<f64>(1, 1 << 20)?;
+//! if let Some(v) = job.restart()? {
+//!     println!("restarted from version {v}");
+//! }
+//! job.checkpointer().region_mut(&grid)?[0] = 1.0;
+//! job.checkpoint()?; // committed on every rank, or on none
+//! # Ok(())
+//! # }
+//! ```
 
-use std::path::Path;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ckpt_engine::job::{CommitRecord, JobStore};
@@ -25,10 +48,34 @@ use ckpt_engine::{Checkpointer, Config, Identity};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::topology::Communicator;
 
-/// Errors of collective operations. Every rank gets the same variant.
+/// One rank's reason for a failed collective step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankFailure {
+    /// The rank that failed.
+    pub rank: u32,
+    /// Its error message (cut to about 1 KiB).
+    pub message: String,
+}
+
+fn list_failures(f: &[RankFailure]) -> String {
+    f.iter()
+        .map(|r| format!("rank {}: {}", r.rank, r.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn list_tried(t: &[(u64, Vec<RankFailure>)]) -> String {
+    t.iter()
+        .map(|(v, f)| format!("version {v} ({})", list_failures(f)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors of collective operations. Every rank gets the same variant and message.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    /// An engine error on this rank.
+    /// An engine error on this rank, before any collective step.
     #[error(transparent)]
     Engine(#[from] ckpt_engine::Error),
     /// The store was written by a job of another size.
@@ -41,18 +88,99 @@ pub enum Error {
         /// World size of this job.
         now: u32,
     },
+    /// A collective step failed on one or more ranks; nothing was left half done.
+    #[error("{op} failed on {} rank(s): {}", failures.len(), list_failures(failures))]
+    Ranks {
+        /// The step: "open this rank's chain", "list the commit records", ...
+        op: &'static str,
+        /// Each failing rank and its reason.
+        failures: Vec<RankFailure>,
+    },
     /// The collective checkpoint did not commit; nothing of it is visible.
-    #[error("checkpoint version {version} was not committed: {why}")]
+    #[error(
+        "checkpoint version {version} was not committed: {}",
+        list_failures(failures)
+    )]
     NotCommitted {
         /// The version that was attempted.
         version: u64,
-        /// This rank's error, or which ranks failed.
-        why: String,
+        /// Each failing rank and its reason.
+        failures: Vec<RankFailure>,
     },
+    /// Committed versions exist, but none can be restored on every rank. The job must not
+    /// start from scratch over them: fix the store (or move it away) and restart.
+    #[error(
+        "{dir}: committed versions exist but none can be restored on every rank: {}",
+        list_tried(tried)
+    )]
+    NoRestorableVersion {
+        /// The job store.
+        dir: PathBuf,
+        /// Each committed version tried, newest first, and why it could not be restored.
+        tried: Vec<(u64, Vec<RankFailure>)>,
+    },
+    /// A setting that a job cannot honour.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Bytes each rank contributes to the exchange of failure reasons.
+const MSG_LEN: usize = 1024;
+
+/// Every rank's failure for a step, in rank order: an empty list means every rank succeeded.
+/// Collective: every rank must call it, with its own outcome. Costs one all-reduce when all
+/// succeed; an all-gather of `MSG_LEN` bytes per rank only when some rank failed.
+fn failures<C: Communicator>(comm: &C, mine: Option<&dyn Display>) -> Vec<RankFailure> {
+    let ok = i32::from(mine.is_none());
+    let mut all_ok = 0i32;
+    comm.all_reduce_into(&ok, &mut all_ok, SystemOperation::min());
+    if all_ok == 1 {
+        return Vec::new();
+    }
+    let mut buf = [0u8; MSG_LEN];
+    if let Some(e) = mine {
+        buf[0] = 1;
+        let text = e.to_string();
+        let mut n = text.len().min(MSG_LEN - 1);
+        while !text.is_char_boundary(n) {
+            n -= 1;
+        }
+        buf[1..1 + n].copy_from_slice(&text.as_bytes()[..n]);
+    }
+    let mut all = vec![0u8; MSG_LEN * comm.size() as usize];
+    comm.all_gather_into(&buf[..], &mut all[..]);
+    all.chunks(MSG_LEN)
+        .enumerate()
+        .filter(|(_, c)| c[0] == 1)
+        .map(|(rank, c)| {
+            let end = c[1..]
+                .iter()
+                .position(|&b| b == 0)
+                .map_or(MSG_LEN, |p| p + 1);
+            RankFailure {
+                rank: rank as u32,
+                message: String::from_utf8_lossy(&c[1..end]).into_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Agrees on a step's outcome: `Ok` on every rank if it succeeded on every rank, else the
+/// same [`Error::Ranks`] on every rank. Collective.
+fn agree<C: Communicator, T, E: Display>(
+    comm: &C,
+    op: &'static str,
+    r: std::result::Result<T, E>,
+) -> Result<T> {
+    let f = failures(comm, r.as_ref().err().map(|e| e as &dyn Display));
+    match r {
+        Ok(x) if f.is_empty() => Ok(x),
+        _ => Err(Error::Ranks { op, failures: f }),
+    }
+}
 
 /// What a committed collective checkpoint did.
 #[derive(Debug, Clone)]
@@ -81,48 +209,81 @@ pub struct Job<'c, C: Communicator> {
     ck: Checkpointer,
     rank: u32,
     size: u32,
+    #[cfg(feature = "fault-injection")]
     inject_failure: Option<u64>,
 }
 
 impl<'c, C: Communicator> Job<'c, C> {
-    /// Opens (creating if needed) the job store `dir` for chain `name`, collectively. Fails on
-    /// every rank if the store was written by a job of another size.
+    /// Opens (creating if needed) the job store `dir` for chain `name`, collectively. Fails
+    /// on every rank, with every failing rank's reason, if any rank cannot open its part, and
+    /// if the store was written by a job of another size.
+    ///
+    /// Per-rank retention (`Config::keep` with `auto_compact`) is refused: it would compact
+    /// each rank's chain without the job's commit records and could remove the newest version
+    /// committed on all ranks. Compact a job store with `ckpt-compact DIR --keep K` (safe
+    /// beside a running job) instead.
     pub fn open(comm: &'c C, dir: impl AsRef<Path>, name: &str, config: Config) -> Result<Self> {
+        let dir = dir.as_ref();
         let rank = comm.rank() as u32;
         let size = comm.size() as u32;
-        let store = JobStore::new(dir.as_ref(), name)?;
-        // Rank 0 creates the job description; everyone then reads it.
-        let mut created_ok: i32 = 1;
-        if rank == 0 && store.meta()?.is_none() {
-            created_ok = match store.write_meta(size) {
-                Ok(()) => 1,
-                Err(ckpt_engine::Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
-                {
-                    1
-                }
-                Err(_) => 0,
-            };
+        if config.keep.is_some() && config.auto_compact {
+            return Err(Error::Config(format!(
+                "{}: per-rank automatic compaction (keep + auto_compact) cannot be used in an MPI \
+                 job: it ignores the job's commit records and could remove the newest version \
+                 committed on all ranks; run `ckpt-compact {} --keep K` instead, which is safe \
+                 beside a running job",
+                dir.display(),
+                dir.display()
+            )));
         }
-        comm.process_at_rank(0).broadcast_into(&mut created_ok);
-        let meta = store.meta()?.ok_or_else(|| ckpt_engine::Error::NotFound {
-            dir: dir.as_ref().to_path_buf(),
-            what: "rank 0 could not create the job description".into(),
-        })?;
+        let store = agree(comm, "open the job store", JobStore::new(dir, name))?;
+        // Rank 0 creates the job description; everyone then reads it.
+        let created = if rank == 0 {
+            match store.meta() {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => match store.write_meta(size) {
+                    Err(ckpt_engine::Error::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                },
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(())
+        };
+        agree(comm, "create the job description", created)?;
+        let meta = store.meta().and_then(|m| {
+            m.ok_or_else(|| ckpt_engine::Error::NotFound {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "no {} file after rank 0 created it",
+                    ckpt_engine::job::META_FILE
+                ),
+            })
+        });
+        let meta = agree(comm, "read the job description", meta)?;
         if meta.world_size != size {
             return Err(Error::WorldSize {
-                dir: dir.as_ref().display().to_string(),
+                dir: dir.display().to_string(),
                 stored: meta.world_size,
                 now: size,
             });
         }
-        let ck = Checkpointer::open(store.rank_dir(rank), name, config)?;
+        let ck = agree(
+            comm,
+            "open this rank's chain",
+            Checkpointer::open(store.rank_dir(rank), name, config),
+        )?;
         Ok(Job {
             comm,
             store,
             ck,
             rank,
             size,
+            #[cfg(feature = "fault-injection")]
             inject_failure: None,
         })
     }
@@ -143,17 +304,10 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     /// Makes this rank's part of checkpoint `version` fail, as if its disk had failed (for
-    /// tests of the two-phase commit).
-    #[doc(hidden)]
+    /// tests of the two-phase commit; feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     pub fn inject_failure(&mut self, version: u64) {
         self.inject_failure = Some(version);
-    }
-
-    fn all_min(&self, x: i32) -> i32 {
-        let mut out = 0i32;
-        self.comm
-            .all_reduce_into(&x, &mut out, SystemOperation::min());
-        out
     }
 
     fn all_max_u64(&self, x: u64) -> u64 {
@@ -171,137 +325,193 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     /// Restores, on every rank, the newest version that has a global commit record and whose
-    /// files check out on every rank. Returns it, or `None` if there is none (a fresh start).
+    /// files check out on every rank. Returns it, or `None` if no version was ever committed
+    /// (a fresh start).
+    ///
+    /// A committed version that some rank cannot use (a file missing, unreadable, corrupt or
+    /// replaced) is skipped for the one before it, with a warning (`tracing`) naming each
+    /// rank's file and reason. If committed versions exist but none can be restored, or the
+    /// commit records cannot be listed, every rank returns an error: a store that cannot be
+    /// read is never mistaken for an empty one.
     pub fn restart(&mut self) -> Result<Option<u64>> {
         // Rank 0 lists the commit records and broadcasts them, so that all ranks try the same
         // candidates in the same order.
-        let mut listed: Vec<u64> = if self.rank == 0 {
-            self.store.commits().unwrap_or_default()
+        let listed = if self.rank == 0 {
+            self.store.commits()
         } else {
-            Vec::new()
+            Ok(Vec::new())
         };
+        let mut listed = agree(self.comm, "list the commit records", listed)?;
         let mut n = listed.len() as u64;
         self.comm.process_at_rank(0).broadcast_into(&mut n);
         listed.resize(n as usize, 0);
         if n > 0 {
             self.comm.process_at_rank(0).broadcast_into(&mut listed[..]);
         }
+        let mut tried: Vec<(u64, Vec<RankFailure>)> = Vec::new();
         for &v in listed.iter().rev() {
-            let ok = self.valid_here(v) as i32;
-            if self.all_min(ok) == 0 {
-                continue;
+            let here = self.check_here(v);
+            let mut f = failures(self.comm, here.as_ref().err().map(|e| e as &dyn Display));
+            if f.is_empty() {
+                let restored = self.ck.restore(Some(v));
+                f = failures(
+                    self.comm,
+                    restored.as_ref().err().map(|e| e as &dyn Display),
+                );
             }
-            let restored = self.ck.restore(Some(v));
-            let ok = restored.is_ok() as i32;
-            if self.all_min(ok) == 1 {
+            if f.is_empty() {
+                if !tried.is_empty() && self.rank == 0 {
+                    tracing::warn!(
+                        "{}: restarted from version {v}, not from newer committed versions: {}",
+                        self.store.dir().display(),
+                        list_tried(&tried)
+                    );
+                }
                 return Ok(Some(v));
             }
-            restored?;
-            return Err(Error::NotCommitted {
-                version: v,
-                why: "restore failed on another rank".into(),
-            });
+            if self.rank == 0 {
+                tracing::warn!(
+                    "{}: committed version {v} cannot be restored ({}); trying the one before",
+                    self.store.dir().display(),
+                    list_failures(&f)
+                );
+            }
+            tried.push((v, f));
         }
-        Ok(None)
+        if tried.is_empty() {
+            return Ok(None);
+        }
+        Err(Error::NoRestorableVersion {
+            dir: self.store.dir().to_path_buf(),
+            tried,
+        })
     }
 
-    /// Whether this rank's file for version `v` exists, checks out, and is the one the commit
-    /// record names.
-    fn valid_here(&self, v: u64) -> bool {
-        let Ok(rec) = self.store.read_commit(v) else {
-            return false;
-        };
+    /// Whether this rank's file for version `v` exists, opens with every file it references,
+    /// and is the one the commit record names; if not, why, naming the file.
+    fn check_here(&self, v: u64) -> std::result::Result<(), String> {
+        let rec = self.store.read_commit(v).map_err(|e| e.to_string())?;
         if rec.ranks.len() != self.size as usize {
-            return false;
+            return Err(format!(
+                "the commit record of version {v} names {} ranks, the job has {}",
+                rec.ranks.len(),
+                self.size
+            ));
         }
-        let Ok(store) = self.store.rank_store(self.rank) else {
-            return false;
-        };
-        match Version::open(&store.path_of(v)) {
-            Ok(version) => version.file().satisfies(&rec.ranks[self.rank as usize]),
-            Err(_) => false,
+        let path = self
+            .store
+            .rank_store(self.rank)
+            .map_err(|e| e.to_string())?
+            .path_of(v);
+        let version = Version::open(&path).map_err(|e| e.to_string())?;
+        if !version.file().satisfies(&rec.ranks[self.rank as usize]) {
+            return Err(format!(
+                "{}: not the file that the commit record of version {v} names",
+                path.display()
+            ));
         }
+        Ok(())
+    }
+
+    /// The version number a new collective checkpoint gets: above every version on every
+    /// rank's disk and above the newest commit record (a compaction may have removed rank
+    /// files, never a newer commit record's number).
+    fn next_version(&self) -> Result<u64> {
+        let mut floor = self.ck.latest_version().map(|l| l.unwrap_or(0));
+        if self.rank == 0 {
+            floor = floor.and_then(|f| {
+                let c = self.store.commits()?;
+                Ok(f.max(c.last().copied().unwrap_or(0)))
+            });
+        }
+        let floor = agree(self.comm, "find the next version number", floor)?;
+        Ok(self.all_max_u64(floor) + 1)
     }
 
     /// Collective checkpoint (two-phase commit). On success every rank returns the same
-    /// version; on failure every rank returns [`Error::NotCommitted`] and the job may carry
-    /// on and checkpoint again later.
+    /// version; on failure every rank returns the same error, naming each failing rank and
+    /// its reason, and the job may carry on and checkpoint again later.
     pub fn checkpoint(&mut self) -> Result<CommitStats> {
         let t0 = Instant::now();
-        // Phase 0: agree on the number, above anything any rank has on disk.
-        let local_latest = self.ck.latest_version()?.unwrap_or(0);
-        let version = self.all_max_u64(local_latest) + 1;
+        // Phase 0: agree on the number.
+        let version = self.next_version()?;
         // Phase 1: every rank writes and fsyncs its file.
         let t1 = Instant::now();
-        let local = if self.inject_failure == Some(version) {
-            Err(ckpt_engine::Error::Io {
-                path: self.store.rank_dir(self.rank),
-                op: "write (injected failure)",
-                source: std::io::Error::other("injected"),
-            })
-        } else {
-            self.ck.checkpoint_numbered(version)
-        };
+        let local = self.write_local(version);
         let local_secs = t1.elapsed().as_secs_f64();
         let slowest_local_secs = self.all_max_f64(local_secs);
         // Phase 2: did everyone succeed?
-        let all_ok = self.all_min(local.is_ok() as i32) == 1;
+        let failed = failures(self.comm, local.as_ref().err().map(|e| e as &dyn Display));
         let ident: Vec<u8> = match &local {
             Ok(s) => [&s.identity.file_id[..], &s.identity.index_checksum[..]].concat(),
             Err(_) => vec![0u8; 48],
         };
         let root = self.comm.process_at_rank(0);
-        let mut committed: i32 = 0;
+        let mut commit: std::result::Result<(), ckpt_engine::Error> = Ok(());
         if self.rank == 0 {
             let mut all = vec![0u8; 48 * self.size as usize];
             root.gather_into_root(&ident[..], &mut all[..]);
-            if all_ok {
-                let ranks = all
-                    .chunks(48)
-                    .map(|c| {
-                        let mut id = Identity {
-                            file_id: [0; 16],
-                            index_checksum: [0; 32],
-                        };
-                        id.file_id.copy_from_slice(&c[..16]);
-                        id.index_checksum.copy_from_slice(&c[16..]);
-                        id
-                    })
-                    .collect();
-                let rec = CommitRecord {
-                    version,
-                    created_unix_nanos: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or(0),
-                    ranks,
-                };
-                committed = self.store.write_commit(&rec).is_ok() as i32;
+            if failed.is_empty() {
+                commit = self.store.write_commit(&commit_record(version, &all));
             }
         } else {
             root.gather_into(&ident[..]);
         }
-        // Phase 3: everyone learns the outcome.
-        root.broadcast_into(&mut committed);
-        match (committed == 1, local) {
-            (true, Ok(local)) => Ok(CommitStats {
+        if !failed.is_empty() {
+            return Err(Error::NotCommitted {
+                version,
+                failures: failed,
+            });
+        }
+        // Phase 3: everyone learns the outcome (and rank 0's reason if it could not commit).
+        let committed = failures(self.comm, commit.as_ref().err().map(|e| e as &dyn Display));
+        match local {
+            Ok(local) if committed.is_empty() => Ok(CommitStats {
                 version,
                 local,
                 total_secs: t0.elapsed().as_secs_f64(),
                 slowest_local_secs,
             }),
-            (_, Err(e)) => Err(Error::NotCommitted {
+            _ => Err(Error::NotCommitted {
                 version,
-                why: format!("this rank failed: {e}"),
-            }),
-            (false, Ok(_)) => Err(Error::NotCommitted {
-                version,
-                why: if all_ok {
-                    "rank 0 could not write the commit record".into()
-                } else {
-                    "another rank failed".into()
-                },
+                failures: committed,
             }),
         }
+    }
+
+    fn write_local(&mut self, version: u64) -> ckpt_engine::Result<ckpt_engine::CheckpointStats> {
+        #[cfg(feature = "fault-injection")]
+        if self.inject_failure == Some(version) {
+            return Err(ckpt_engine::Error::Io {
+                path: self.store.rank_dir(self.rank),
+                op: "write (injected failure)",
+                source: std::io::Error::other("injected"),
+            });
+        }
+        self.ck.checkpoint_numbered(version)
+    }
+}
+
+/// The commit record of `version` from the gathered 48-byte identities of every rank.
+fn commit_record(version: u64, all: &[u8]) -> CommitRecord {
+    let ranks = all
+        .chunks(48)
+        .map(|c| {
+            let mut id = Identity {
+                file_id: [0; 16],
+                index_checksum: [0; 32],
+            };
+            id.file_id.copy_from_slice(&c[..16]);
+            id.index_checksum.copy_from_slice(&c[16..]);
+            id
+        })
+        .collect();
+    CommitRecord {
+        version,
+        created_unix_nanos: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        ranks,
     }
 }

@@ -269,3 +269,59 @@ fn an_engine_whose_restore_failed_still_writes_correct_versions() {
         );
     }
 }
+
+/// Rewrites bytes of a header and fixes its checksum, as a newer writer would have.
+fn patch_header(path: &Path, patch: impl Fn(&mut [u8])) {
+    let mut b = std::fs::read(path).unwrap();
+    patch(&mut b[..256]);
+    let sum = blake3::hash(&b[..224]);
+    b[224..256].copy_from_slice(sum.as_bytes());
+    std::fs::write(path, &b).unwrap();
+}
+
+/// Issue 8, item 7: the compatibility policy of docs/FORMAT.md. A newer format version, an
+/// unknown incompatible flag and a non-zero reserved byte are each refused with an error that
+/// names the file; an unknown *compatible* flag is ignored.
+#[test]
+fn newer_formats_unknown_incompatible_flags_and_reserved_bytes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let states = build(dir.path(), "f", 7);
+    let v1 = dir.path().join("f.ckpt.1");
+    let pristine = std::fs::read(&v1).unwrap();
+    type Patch<'a> = &'a dyn Fn(&mut [u8]);
+    let cases: [(&str, Patch, &str); 3] = [
+        (
+            "format version 2",
+            &|h: &mut [u8]| h[8..12].copy_from_slice(&2u32.to_le_bytes()),
+            "format version 2",
+        ),
+        (
+            "incompatible flag",
+            &|h: &mut [u8]| h[106] |= 0x01, // bit 16
+            "incompatible feature flags 0x00010000",
+        ),
+        (
+            "reserved byte",
+            &|h: &mut [u8]| h[200] = 7,
+            "non-zero reserved byte at offset 200",
+        ),
+    ];
+    for (what, patch, want) in cases {
+        std::fs::write(&v1, &pristine).unwrap();
+        patch_header(&v1, patch);
+        let e = VersionFile::open(&v1).expect_err(what);
+        assert!(
+            mentions(&e, &v1) && e.to_string().contains(want),
+            "{what}: {e}"
+        );
+        let e = verify_version(&v1).expect_err(what);
+        assert!(mentions(&e, &v1), "{what}: {e}");
+        let e = restore(dir.path(), "f", 3).expect_err(what);
+        assert!(mentions(&e, &v1), "{what}: {e}");
+    }
+    // An unknown compatible flag (bit 15) changes nothing about how the file reads.
+    std::fs::write(&v1, &pristine).unwrap();
+    patch_header(&v1, |h| h[105] |= 0x80);
+    verify_version(&dir.path().join("f.ckpt.3")).unwrap();
+    assert_eq!(restore(dir.path(), "f", 3).unwrap(), states[2]);
+}

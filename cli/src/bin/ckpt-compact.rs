@@ -57,7 +57,8 @@ fn main() -> ExitCode {
                 "rewritten": r.ranks.iter().flat_map(|x| x.rewritten.iter().copied())
                     .collect::<std::collections::BTreeSet<u64>>(),
                 "spared": [],
-                "temporaries": [],
+                "temporaries": r.ranks.iter().flat_map(|x| x.temps_removed.iter().map(|t| t.display().to_string()))
+                    .collect::<Vec<_>>(),
                 "bytes_written": written,
                 "bytes_freed": freed,
                 "secs": secs,
@@ -67,8 +68,8 @@ fn main() -> ExitCode {
         let opts = CompactOptions {
             keep: a.keep.unwrap_or(usize::MAX),
             max_depth: a.max_depth,
-            pinned: Vec::new(),
             dry_run: a.dry_run,
+            ..CompactOptions::default()
         };
         let pb = if std::io::stderr().is_terminal() && !a.dry_run {
             let pb = ProgressBar::new(0);
