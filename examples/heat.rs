@@ -91,12 +91,10 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
     let r1 = (rank + 1) * n / size;
     let rows = r1 - r0;
     let tracking: Tracking = a.tracking.parse()?;
-    let config = Config {
-        tracking,
-        keep: a.keep,
-        auto_compact: a.keep.is_some(),
-        ..Config::default()
-    };
+    let mut config = Config::default().with_tracking(tracking);
+    if let Some(k) = a.keep {
+        config = config.with_retention(k);
+    }
     let mut job = Job::open(world, &a.store, "heat", config)?;
     if let Some((r, v)) = rank_version(&a.inject_fail) {
         if r as usize == rank {

@@ -14,11 +14,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 const PAGES: usize = 4096;
 
 fn cfg(t: Tracking) -> Config {
-    Config {
-        tracking: t,
-        compression_level: 0,
-        ..Config::default()
-    }
+    Config::default().with_tracking(t).with_compression_level(0)
 }
 
 fn bench(c: &mut Criterion) {

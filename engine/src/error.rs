@@ -12,6 +12,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// section (or page) that failed its check, so that an operator can tell which file to
 /// distrust without reading the source.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An operating-system call on `path` failed.
     #[error("{path}: {op} failed: {source}")]
@@ -99,6 +100,32 @@ pub enum Error {
         /// The chain name.
         name: String,
     },
+    /// A version of that number (or a newer one) exists: a committed file is never replaced.
+    #[error("{path}: cannot write this version: version {newest} exists, and numbers only grow")]
+    VersionExists {
+        /// The file that would have been written.
+        path: PathBuf,
+        /// The newest version in the store (or written by this engine).
+        newest: u64,
+    },
+    /// A checkpoint was asked for before any region was registered.
+    #[error("{dir}: no regions registered: register memory before checkpointing")]
+    NoRegions {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// A compaction kept changing the chain's files while a checkpoint retried.
+    #[error("{dir}: the files of the chain kept changing under the writer (a compaction running in a loop?); nothing was committed")]
+    Contended {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// A background task panicked (a bug in ckpt).
+    #[error("{what} panicked; please report this as a bug")]
+    Panicked {
+        /// The task.
+        what: &'static str,
+    },
     /// A requested feature is not available on this system.
     #[error("{0}")]
     Unsupported(String),
@@ -135,8 +162,11 @@ impl Error {
             | Error::MissingReference { path, .. }
             | Error::ReplacedReference { path, .. }
             | Error::RegionMismatch { path, .. }
-            | Error::Locked { path, .. } => Some(path),
-            Error::NotFound { dir, .. } => Some(dir),
+            | Error::Locked { path, .. }
+            | Error::VersionExists { path, .. } => Some(path),
+            Error::NotFound { dir, .. } | Error::NoRegions { dir } | Error::Contended { dir } => {
+                Some(dir)
+            }
             _ => None,
         }
     }

@@ -124,3 +124,24 @@ mod imp {
 }
 
 pub use imp::*;
+
+#[cfg(all(test, not(feature = "fault-injection")))]
+mod tests {
+    /// Issue 8, item 6: without the `fault-injection` feature (a production build), the
+    /// CKPT_FAULT_* variables do nothing. `scripts/test.sh` runs the engine's unit tests
+    /// alone so that this build, without the feature, is tested.
+    #[test]
+    fn a_production_build_ignores_the_fault_variables() {
+        // The other unit tests do not read these variables.
+        std::env::set_var("CKPT_FAULT_FAIL", "write-pages");
+        std::env::set_var("CKPT_FAULT_KILL", "mid-write");
+        assert!(!super::fail("write-pages"));
+        super::point("mid-write"); // would SIGKILL this test process
+        let dir = std::env::temp_dir().join(format!("ckpt-nofault-{}", std::process::id()));
+        let mut ck = crate::Checkpointer::open(&dir, "p", crate::Config::default()).expect("open");
+        ck.alloc_region::<u8>(1, 100_000).expect("alloc");
+        let r = ck.checkpoint();
+        let _ = std::fs::remove_dir_all(&dir);
+        r.expect("a production build checkpoints whatever CKPT_FAULT_* say");
+    }
+}

@@ -23,10 +23,9 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
-pub mod catalog;
-mod chain;
 mod checkpointer;
 pub mod compact;
+mod config;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -35,19 +34,19 @@ mod fault;
 pub mod format;
 mod hash;
 pub mod job;
-mod mapping;
 pub mod read;
 pub mod region;
 pub mod store;
 mod sys;
 mod track;
-mod uffd;
 mod write;
 
-pub use checkpointer::{CheckpointStats, Checkpointer, Config, RestoreStats, Tracking};
+pub use checkpointer::Checkpointer;
+pub use config::{CheckpointStats, Config, RestoreStats, Tracking};
 pub use error::{Error, Result};
 pub use format::Identity;
 pub use hash::{page_hash, GROUP_BYTES};
+pub use read::catalog;
 pub use region::RegionHandle;
 pub use store::Store;
 
@@ -55,7 +54,7 @@ pub use store::Store;
 /// `UFFD_FEATURE_WP_ASYNC` and the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7). `Err` says what is
 /// missing; `Tracking::Auto` then hashes.
 pub fn uffd_support() -> std::result::Result<(), String> {
-    uffd::available()
+    sys::uffd::available()
 }
 
 /// Hashing entry points exposed for benchmarks (feature `bench`).

@@ -492,3 +492,78 @@ fn per_rank_retention_in_a_job_is_refused() {
     let err = stderr(&out);
     assert!(err.contains("per-rank automatic compaction"), "{err}");
 }
+
+/// Issue 8, item 2: rank 1's chain directory is not listable (mode 300) — permissions that
+/// root ignores, so as root the job runs as `nobody` through setpriv. Every checkpoint must
+/// fail on every rank with rank 1's reason; the job must neither hang nor stop computing.
+#[test]
+fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let job = JobStore::new(&store, "heat").unwrap();
+    let r1 = job.rank_dir(1);
+    std::fs::create_dir_all(&r1).unwrap();
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if root {
+        for p in [
+            d.path(),
+            store.as_path(),
+            r1.parent().unwrap(),
+            &r1,
+            &job.rank_dir(0),
+        ] {
+            std::fs::create_dir_all(p).unwrap();
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+        }
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&r1, std::fs::Permissions::from_mode(0o300)).unwrap();
+    let s = store.to_str().unwrap();
+    let heat = heat_bin();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "mpirun"]);
+        c
+    } else {
+        Command::new("mpirun")
+    };
+    cmd.args(["--oversubscribe", "-np", "2"])
+        .arg(&heat)
+        .args(args(s, &[]))
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("HOME", d.path())
+        .env("TMPDIR", d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skipping: cannot run mpirun as another user ({e})");
+            return;
+        }
+    };
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the job hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert_eq!(
+        text.matches("checkpoint-failed").count(),
+        5,
+        "every checkpoint fails: {text}"
+    );
+    assert!(
+        text.contains("rank 1:")
+            && text.contains("ranks/0000/1")
+            && text.contains("Permission denied"),
+        "{text}"
+    );
+    assert_eq!(checksum(&out), reference());
+}

@@ -78,11 +78,9 @@ pub fn committed(lines: &[String]) -> Vec<(u64, String, u64)> {
 
 /// A test configuration: small pages, the given depth limit.
 pub fn config(page_size: u32, max_depth: u32) -> Config {
-    Config {
-        page_size,
-        max_chain_depth: max_depth,
-        ..Config::default()
-    }
+    Config::default()
+        .with_page_size(page_size)
+        .with_max_chain_depth(max_depth)
 }
 
 /// Exports version `v` of chain `name` with the read-only path (no regions needed) and

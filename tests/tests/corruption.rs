@@ -237,15 +237,8 @@ fn an_engine_whose_restore_failed_still_writes_correct_versions() {
     bytes[rec.offset as usize + rec.stored_len as usize / 2] ^= 0x40;
     std::fs::write(&src, &bytes).unwrap();
     for tracking in [ckpt_engine::Tracking::Hash, ckpt_engine::Tracking::Auto] {
-        let mut ck = Checkpointer::open(
-            dir.path(),
-            "c",
-            Config {
-                tracking,
-                ..Config::default()
-            },
-        )
-        .unwrap();
+        let mut ck =
+            Checkpointer::open(dir.path(), "c", Config::default().with_tracking(tracking)).unwrap();
         for (id, n) in IDS {
             let h = ck.alloc_region::<u8>(id, n).unwrap();
             ck.region_mut(&h)

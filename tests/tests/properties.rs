@@ -46,13 +46,11 @@ proptest! {
         level in prop_oneof![Just(0), Just(1), Just(3)],
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            page_size: 1 << page_exp,
-            compression_level: level,
-            min_compression_saving: 0.0,
-            max_chain_depth: max_depth,
-            ..Config::default()
-        };
+        let config = Config::default()
+            .with_page_size(1 << page_exp)
+            .with_compression_level(level)
+            .with_min_compression_saving(0.0)
+            .with_max_chain_depth(max_depth);
         let ids: Vec<(u64, usize)> = sizes.iter().enumerate().map(|(i, &n)| (i as u64 * 3 + 1, n)).collect();
         let mut ck = Checkpointer::open(dir.path(), "p", config.clone()).unwrap();
         for &(id, n) in &ids {

@@ -27,10 +27,7 @@ fn skip() -> bool {
 }
 
 fn cfg(tracking: Tracking) -> Config {
-    Config {
-        tracking,
-        ..Config::default()
-    }
+    Config::default().with_tracking(tracking)
 }
 
 /// (region id, page) of every page stored in a version file.

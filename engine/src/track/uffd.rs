@@ -10,7 +10,9 @@
 
 use std::io;
 
-use crate::uffd::{os_page_size, Uffd};
+use super::{Outcome, Tracker};
+use crate::config::Tracking;
+use crate::sys::uffd::{os_page_size, Uffd};
 
 #[derive(Debug)]
 struct Tracked {
@@ -40,33 +42,9 @@ impl UffdTracker {
         })
     }
 
-    /// Sets the number of output slots per PAGEMAP_SCAN call (tests use tiny values to
-    /// exercise the walk_end loop).
-    pub(crate) fn set_scan_vec_len(&mut self, n: usize) {
-        self.uffd.vec_len = n.max(1);
-    }
-
-    /// Starts tracking a region at `base` of `len` bytes.
-    pub(crate) fn add_region(&mut self, base: usize, len: usize) -> io::Result<()> {
-        let os = os_page_size();
-        let lo = base.div_ceil(os) * os;
-        let hi = ((base + len) / os * os).max(lo);
-        if hi > lo {
-            self.uffd.register(lo, hi - lo)?;
-        }
-        self.regions.push(Tracked {
-            base,
-            len,
-            lo,
-            hi,
-            pending: Vec::new(),
-        });
-        Ok(())
-    }
-
     /// Asks the kernel which pages of region `i` were written (re-protecting them), adds them
     /// and the untracked edge pages to the pending set, and returns that set, ascending.
-    pub(crate) fn collect(&mut self, i: usize, page_size: usize) -> io::Result<Vec<u64>> {
+    fn collect(&mut self, i: usize, page_size: usize) -> io::Result<Vec<u64>> {
         let t = &mut self.regions[i];
         let npages = t.len.div_ceil(page_size) as u64;
         let to_page = |addr: usize| ((addr - t.base) / page_size) as u64;
@@ -95,26 +73,8 @@ impl UffdTracker {
         Ok(t.pending.clone())
     }
 
-    /// Adds logical pages of region `i` to its pending set (for writes the kernel does not
-    /// see, such as RDMA).
-    pub(crate) fn mark(&mut self, i: usize, pages: impl Iterator<Item = u64>) {
-        self.regions[i].pending.extend(pages);
-    }
-
-    /// Memory held by pending page lists.
-    pub(crate) fn pending_bytes(&self) -> usize {
-        self.regions.iter().map(|t| t.pending.capacity() * 8).sum()
-    }
-
-    /// Forgets all pending pages: the checkpoint that covered them has committed.
-    pub(crate) fn committed(&mut self) {
-        for t in &mut self.regions {
-            t.pending.clear();
-        }
-    }
-
     /// Removes protection from all regions (before a restore overwrites them, so that it does
-    /// not pay a fault per page).
+    /// not pay a fault per page; and when auto mode pauses).
     pub(crate) fn unprotect_all(&self) -> io::Result<()> {
         for t in &self.regions {
             if t.hi > t.lo {
@@ -134,5 +94,63 @@ impl UffdTracker {
             t.pending.clear();
         }
         Ok(())
+    }
+}
+
+impl Tracker for UffdTracker {
+    fn mode(&self) -> Tracking {
+        Tracking::Uffd
+    }
+
+    fn add_region(&mut self, base: usize, len: usize) -> io::Result<()> {
+        let os = os_page_size();
+        let lo = base.div_ceil(os) * os;
+        let hi = ((base + len) / os * os).max(lo);
+        if hi > lo {
+            self.uffd.register(lo, hi - lo)?;
+        }
+        self.regions.push(Tracked {
+            base,
+            len,
+            lo,
+            hi,
+            pending: Vec::new(),
+        });
+        Ok(())
+    }
+
+    fn candidates(&mut self, page_size: usize) -> io::Result<Option<Vec<Vec<u64>>>> {
+        (0..self.regions.len())
+            .map(|i| self.collect(i, page_size))
+            .collect::<io::Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn mark(&mut self, region: usize, pages: std::ops::RangeInclusive<u64>) {
+        self.regions[region].pending.extend(pages);
+    }
+
+    /// Forgets all pending pages: the checkpoint that covered them has committed.
+    fn committed(&mut self, _outcome: Outcome) {
+        for t in &mut self.regions {
+            t.pending.clear();
+        }
+    }
+
+    fn before_restore(&mut self) -> io::Result<()> {
+        self.unprotect_all()
+    }
+
+    fn after_restore(&mut self) -> io::Result<()> {
+        self.rearm_all()
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.regions.iter().map(|t| t.pending.capacity() * 8).sum()
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn set_scan_vec_len(&mut self, n: usize) {
+        self.uffd.vec_len = n.max(1);
     }
 }

@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+pub mod names;
 use crate::error::{Error, Result};
 
 /// Magic bytes at offset 0 of every version file.
@@ -68,15 +69,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Draws a fresh random file id from the operating system.
-pub fn new_file_id() -> Result<FileId> {
+pub fn new_file_id() -> std::io::Result<FileId> {
     let mut id = [0u8; 16];
-    getrandom::fill(&mut id).map_err(|e| {
-        Error::io(
-            "getrandom",
-            "draw a random file id",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
+    getrandom::fill(&mut id).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(id)
 }
 
@@ -604,7 +599,7 @@ impl Index {
             let s = names_start + name_off as usize;
             let name = std::str::from_utf8(&b[s..s + name_len as usize])
                 .map_err(|_| bad(format!("file entry {i}: name is not UTF-8")))?;
-            crate::store::check_file_name(name).map_err(|e| bad(format!("file entry {i}: {e}")))?;
+            names::check_file_name(name).map_err(|e| bad(format!("file entry {i}: {e}")))?;
             files.push(FileEntry {
                 identity: Identity {
                     file_id: get_arr(b, off),

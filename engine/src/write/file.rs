@@ -146,6 +146,11 @@ impl VersionWriter {
         })
     }
 
+    /// The temporary file being written.
+    pub(crate) fn tmp_path(&self) -> &Path {
+        &self.tmp
+    }
+
     /// Streams pages into the data section. `produce` is called once and hands batches of
     /// pages to the `emit` callback it receives; each batch is compressed in parallel and passed
     /// to a writer thread, so that producing (hashing) and compressing the next batch overlap

@@ -5,6 +5,8 @@
 //! ever writes to a committed file; the compactor replaces files only by renaming new ones
 //! over them, which leaves existing mappings of the old inode intact).
 
+pub mod catalog;
+
 use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -49,7 +51,8 @@ impl VersionFile {
     /// Opens and checks a version file.
     pub fn open(path: &Path) -> Result<VersionFile> {
         let (file, _) = open_sized(path)?;
-        let map = crate::mapping::map_version(&file).map_err(|e| Error::io(path, "mmap", e))?;
+        let map =
+            crate::sys::mapping::map_version(&file).map_err(|e| Error::io(path, "mmap", e))?;
         let header = Header::decode(path, &map)?;
         let footer = Footer::decode(path, &map)?;
         if footer.file_id != header.file_id {

@@ -90,7 +90,8 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
             .map_err(|e| Error::io(&p, "create", e))?;
         f.set_len(r.byte_len)
             .map_err(|e| Error::io(&p, "set length", e))?;
-        let mut map = crate::mapping::map_new_output(&f).map_err(|e| Error::io(&p, "mmap", e))?;
+        let mut map =
+            crate::sys::mapping::map_new_output(&f).map_err(|e| Error::io(&p, "mmap", e))?;
         v.restore_region(i, &mut map)?;
         map.flush().map_err(|e| Error::io(&p, "flush", e))?;
         written.push(p);

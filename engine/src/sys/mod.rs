@@ -1,4 +1,13 @@
-//! Thin wrappers over system calls that neither std nor nix offer. FFI lives here.
+//! The operating-system interface: every system call that neither std nor nix wraps, and
+//! every `unsafe` block that touches the kernel, lives in this room, each with a `SAFETY:`
+//! comment (as rsmpi keeps its FFI in one place).
+//!
+//! - [`uffd`]: userfaultfd write-protection and the `PAGEMAP_SCAN` ioctl;
+//! - [`mapping`]: memory maps of version files and restore outputs;
+//! - [`start_writeback`]: `sync_file_range` for early writeback.
+
+pub(crate) mod mapping;
+pub(crate) mod uffd;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -23,14 +23,14 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::chain::push;
 use crate::error::{Error, Result};
 use crate::format::{
     Extent, FileEntry, Hash, Header, Identity, Index, RegionEntry, FLAG_COMPACTED, FLAG_FULL,
 };
 use crate::read::{read_header_footer, Version, VersionFile};
 use crate::store::{self, Store};
-use crate::write::{PageIn, VersionWriter};
+use crate::write::file::{PageIn, VersionWriter};
+use crate::write::index::push;
 
 /// What to keep.
 #[derive(Debug, Clone)]

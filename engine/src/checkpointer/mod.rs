@@ -1,0 +1,364 @@
+//! The application-facing engine: register regions, checkpoint, restore.
+//!
+//! [`Checkpointer`] owns the regions, the tracker, what is remembered of the parent version
+//! and the chain's writer lock. The steps of one checkpoint are in `checkpoint.rs` (plan,
+//! scan and emit, commit, after-commit bookkeeping); restore is in `restore.rs`.
+
+use std::path::Path;
+use std::ptr::NonNull;
+
+use crate::config::{CheckpointStats, Config, Tracking};
+use crate::error::{Error, Result};
+use crate::hash::RegionHashes;
+use crate::region::{self, Memory, Region, RegionHandle};
+use crate::store::{Store, WriterLock};
+use crate::track::Tracker;
+use crate::write::index::Parent;
+
+mod checkpoint;
+mod restore;
+
+/// An application's checkpoint engine for one chain (`<dir>/<name>.ckpt.<N>`).
+///
+/// ```no_run
+/// use ckpt_engine::{Checkpointer, Config};
+/// let mut ck = Checkpointer::open("/scratch/job", "sim", Config::default())?;
+/// let grid = ck.alloc_region::<f64>(1, 1 << 20)?;
+/// if ck.latest_version()?.is_some() {
+///     ck.restore(None)?; // continue from the newest version
+/// }
+/// for step in 0..100 {
+///     ck.region_mut(&grid)?.iter_mut().for_each(|x| *x += 1.0);
+///     if step % 10 == 9 {
+///         ck.checkpoint()?;
+///     }
+/// }
+/// # Ok::<(), ckpt_engine::Error>(())
+/// ```
+pub struct Checkpointer {
+    store: Store,
+    config: Config,
+    regions: Vec<Region>,
+    hashes: Vec<RegionHashes>,
+    parent: Option<Parent>,
+    last_written: u64,
+    tracker: Box<dyn Tracker>,
+    /// Checkpoints since the last audit (uffd mode).
+    since_audit: u32,
+    /// The background compaction, if one was started.
+    compactor: Option<std::thread::JoinHandle<Result<crate::compact::Report>>>,
+    /// Outcome of the last finished background compaction.
+    last_compaction: Option<Result<crate::compact::Report>>,
+    _lock: WriterLock,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Let a running compaction finish (it is crash-safe, but finishing is tidier).
+        if let Some(h) = self.compactor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("store", &self.store)
+            .field("config", &self.config)
+            .field("regions", &self.regions.len())
+            .finish()
+    }
+}
+
+impl Checkpointer {
+    /// Opens chain `name` in `dir` for writing, creating the directory if needed, and takes
+    /// the chain's writer lock. Existing versions are left alone: the first checkpoint after
+    /// `open` is a full version unless [`restore`](Self::restore) is called first.
+    pub fn open(dir: impl AsRef<Path>, name: &str, config: Config) -> Result<Checkpointer> {
+        config.check()?;
+        let tracker = crate::track::for_mode(config.tracking).map_err(|why| {
+            Error::Unsupported(format!(
+                "userfaultfd write-protect tracking is not available here ({why}); \
+                 use tracking hash or auto"
+            ))
+        })?;
+        let store = Store::new(dir.as_ref(), name)?;
+        store.create_dir()?;
+        let lock = store.lock_writer()?;
+        Ok(Checkpointer {
+            store,
+            config,
+            regions: Vec::new(),
+            hashes: Vec::new(),
+            parent: None,
+            last_written: 0,
+            tracker,
+            since_audit: 0,
+            compactor: None,
+            last_compaction: None,
+            _lock: lock,
+        })
+    }
+
+    /// The store this engine writes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration in force (the page size follows a restored checkpoint's).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The tracking mode in force: [`Tracking::Uffd`] or [`Tracking::Hash`] (never `Auto`).
+    pub fn tracking(&self) -> Tracking {
+        self.tracker.mode()
+    }
+
+    /// Declares that bytes `range` of region `id` changed in a way the page tables do not
+    /// show (an RDMA NIC writing into it, for example). The pages are hashed at the next
+    /// checkpoint. Has no effect in hash mode, which hashes everything anyway.
+    pub fn mark_dirty(&mut self, id: u64, range: std::ops::Range<usize>) -> Result<()> {
+        let i = self
+            .regions
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "not registered".into(),
+            })?;
+        let len = self.regions[i].len();
+        if range.start > range.end || range.end > len {
+            return Err(Error::Region {
+                id,
+                why: format!("range {range:?} is outside the region's {len} bytes"),
+            });
+        }
+        if !range.is_empty() {
+            let ps = self.config.page_size as usize;
+            self.tracker
+                .mark(i, (range.start / ps) as u64..=((range.end - 1) / ps) as u64);
+        }
+        Ok(())
+    }
+
+    /// Sets how many output slots one PAGEMAP_SCAN call gets (default 1024). Only useful to
+    /// test that scans larger than one output vector are handled.
+    /// (Feature `fault-injection`.)
+    #[cfg(feature = "fault-injection")]
+    pub fn set_scan_vec_len(&mut self, n: usize) {
+        self.tracker.set_scan_vec_len(n);
+    }
+
+    /// Bytes of bookkeeping the engine keeps between checkpoints: page and group hashes, the
+    /// parent's file table and extents, pending tracker pages. (The registered memory itself
+    /// is not counted.)
+    pub fn metadata_bytes(&self) -> usize {
+        let hashes: usize = self
+            .hashes
+            .iter()
+            .map(|h| {
+                h.pages.capacity() * 32
+                    + h.groups.capacity() * std::mem::size_of::<Option<[u8; 32]>>()
+            })
+            .sum();
+        let parent = self.parent.as_ref().map_or(0, |p| {
+            p.files
+                .iter()
+                .map(|f| 64 + f.name.capacity())
+                .sum::<usize>()
+                + p.extents.iter().map(|e| e.capacity() * 16).sum::<usize>()
+        });
+        hashes + parent + self.tracker.pending_bytes()
+    }
+
+    /// The newest committed version in the store, if any.
+    pub fn latest_version(&self) -> Result<Option<u64>> {
+        self.store.latest()
+    }
+
+    fn check_new_id(&self, id: u64, len: usize) -> Result<()> {
+        if self.regions.iter().any(|r| r.id == id) {
+            return Err(Error::Region {
+                id,
+                why: "already registered".into(),
+            });
+        }
+        if len == 0 {
+            return Err(Error::Region {
+                id,
+                why: "empty regions cannot be registered".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn push_region(&mut self, id: u64, mem: Memory) -> Result<()> {
+        let len = mem.bytes().len();
+        self.tracker
+            .add_region(mem.addr(), len)
+            .map_err(|e| Error::Region {
+                id,
+                why: format!("cannot write-protect for dirty tracking: {e}"),
+            })?;
+        self.regions.push(Region { id, mem });
+        self.hashes
+            .push(RegionHashes::unknown(len, self.config.page_size as usize));
+        // A new region has no parent data: the next checkpoint is a full version.
+        self.parent = None;
+        Ok(())
+    }
+
+    /// Allocates a zeroed, page-aligned region of `len` elements of `T` under `id`.
+    pub fn alloc_region<T: bytemuck::Pod>(
+        &mut self,
+        id: u64,
+        len: usize,
+    ) -> Result<RegionHandle<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "size overflows".into(),
+            })?;
+        self.check_new_id(id, bytes)?;
+        let mem = Memory::alloc(id, bytes)?;
+        self.push_region(id, mem)?;
+        Ok(RegionHandle::new(id, len))
+    }
+
+    /// Registers caller memory as region `id`.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes until this engine is dropped,
+    /// and nothing else may access that memory while a method of this engine runs (a
+    /// checkpoint reads it, a restore overwrites it).
+    pub unsafe fn register_raw(&mut self, id: u64, ptr: *mut u8, len: usize) -> Result<()> {
+        self.check_new_id(id, len)?;
+        let ptr = NonNull::new(ptr).ok_or_else(|| Error::Region {
+            id,
+            why: "null pointer".into(),
+        })?;
+        self.push_region(id, Memory::Raw { ptr, len })
+    }
+
+    /// Borrows an engine-allocated region.
+    pub fn region<T: bytemuck::Pod>(&self, h: &RegionHandle<T>) -> Result<&[T]> {
+        let i = region::find_typed(&self.regions, h)?;
+        Ok(bytemuck::cast_slice(self.regions[i].mem.bytes()))
+    }
+
+    /// Borrows an engine-allocated region mutably.
+    pub fn region_mut<T: bytemuck::Pod>(&mut self, h: &RegionHandle<T>) -> Result<&mut [T]> {
+        let i = region::find_typed(&self.regions, h)?;
+        Ok(bytemuck::cast_slice_mut(self.regions[i].mem.bytes_mut()))
+    }
+
+    /// Borrows several distinct engine-allocated regions mutably at once.
+    pub fn regions_mut<T: bytemuck::Pod, const N: usize>(
+        &mut self,
+        handles: [RegionHandle<T>; N],
+    ) -> Result<[&mut [T]; N]> {
+        region::many_mut(&mut self.regions, handles)
+    }
+
+    /// The bytes of region `id` (engine-allocated or raw).
+    pub fn region_bytes(&self, id: u64) -> Result<&[u8]> {
+        self.regions
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.mem.bytes())
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "not registered".into(),
+            })
+    }
+
+    /// The ids and byte lengths of the registered regions, in registration order.
+    pub fn regions(&self) -> Vec<(u64, usize)> {
+        self.regions.iter().map(|r| (r.id, r.len())).collect()
+    }
+
+    /// Writes the next version: `<name>.ckpt.<N>` with N one more than any version in the
+    /// store. It is a delta against the last version this engine wrote or restored, unless the
+    /// chain would get deeper than `max_chain_depth`, in which case it is a full version.
+    ///
+    /// If a compaction running at the same time removed or rewrote files the new version
+    /// would reference, the engine notices before committing (under the chain's commit lock),
+    /// re-reads its parent from disk (or falls back to a full version if the parent itself
+    /// was removed) and writes the version again.
+    pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
+        self.checkpoint_inner(None)
+    }
+
+    /// Like [`checkpoint`](Self::checkpoint), but writes version number `version`, which
+    /// must be larger than every version in the store. A coordinator (the MPI shim) uses it so
+    /// that all ranks write the same number.
+    pub fn checkpoint_numbered(&mut self, version: u64) -> Result<CheckpointStats> {
+        let floor = self.store.latest()?.unwrap_or(0).max(self.last_written);
+        if version <= floor {
+            return Err(Error::VersionExists {
+                path: self.store.path_of(version),
+                newest: floor,
+            });
+        }
+        self.checkpoint_inner(Some(version))
+    }
+
+    fn checkpoint_inner(&mut self, want: Option<u64>) -> Result<CheckpointStats> {
+        if self.regions.is_empty() {
+            return Err(Error::NoRegions {
+                dir: self.store.dir().to_path_buf(),
+            });
+        }
+        for _ in 0..4 {
+            if let Some(stats) = self.checkpoint_once(want)? {
+                self.maybe_compact();
+                return Ok(stats);
+            }
+            self.refresh_parent();
+        }
+        Err(Error::Contended {
+            dir: self.store.dir().to_path_buf(),
+        })
+    }
+
+    /// Starts a background compaction if `auto_compact` is on and none is running.
+    fn maybe_compact(&mut self) {
+        let (Some(keep), true) = (self.config.keep, self.config.auto_compact) else {
+            return;
+        };
+        if let Some(h) = self.compactor.take() {
+            if !h.is_finished() {
+                self.compactor = Some(h);
+                return;
+            }
+            self.last_compaction = Some(h.join().unwrap_or_else(|_| {
+                Err(Error::Panicked {
+                    what: "background compaction",
+                })
+            }));
+        }
+        let store = self.store.clone();
+        let opts = crate::compact::CompactOptions {
+            keep,
+            ..crate::compact::CompactOptions::default()
+        };
+        self.compactor = Some(std::thread::spawn(move || {
+            crate::compact::compact(&store, &opts, &mut |_, _| {})
+        }));
+    }
+
+    /// Waits for a running background compaction and returns the outcome of the last one.
+    pub fn wait_compaction(&mut self) -> Option<&Result<crate::compact::Report>> {
+        if let Some(h) = self.compactor.take() {
+            self.last_compaction = Some(h.join().unwrap_or_else(|_| {
+                Err(Error::Panicked {
+                    what: "background compaction",
+                })
+            }));
+        }
+        self.last_compaction.as_ref()
+    }
+}

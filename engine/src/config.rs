@@ -1,0 +1,208 @@
+//! Engine settings ([`Config`], [`Tracking`]) and what a checkpoint or restore reports
+//! ([`CheckpointStats`], [`RestoreStats`]). No I/O here.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Identity, TrackingKind};
+
+/// How the engine finds the pages that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Tracking {
+    /// userfaultfd write-protection where the kernel supports it, hashing otherwise.
+    #[default]
+    Auto,
+    /// Hash every page at every checkpoint.
+    Hash,
+    /// userfaultfd write-protection; fails where unavailable.
+    Uffd,
+}
+
+impl Tracking {
+    /// The name used on command lines and in reports: `auto`, `hash` or `uffd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tracking::Auto => "auto",
+            Tracking::Hash => "hash",
+            Tracking::Uffd => "uffd",
+        }
+    }
+}
+
+impl std::fmt::Display for Tracking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Tracking {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Tracking::Auto),
+            "hash" => Ok(Tracking::Hash),
+            "uffd" => Ok(Tracking::Uffd),
+            _ => Err(Error::Config(format!(
+                "unknown tracking mode {s:?} (expected auto, hash or uffd)"
+            ))),
+        }
+    }
+}
+
+/// Engine settings: start from [`Config::default`] and change what you need, with the
+/// `with_*` methods or by assigning the public fields.
+///
+/// ```
+/// use ckpt_engine::{Config, Tracking};
+/// let c = Config::default().with_tracking(Tracking::Hash).with_max_chain_depth(8);
+/// assert_eq!(c.max_chain_depth, 8);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Page size in bytes: a power of two from 4 KiB to 1 MiB. Default 4 KiB.
+    pub page_size: u32,
+    /// zstd level for stored pages; 0 stores pages uncompressed. Default 1.
+    pub compression_level: i32,
+    /// A batch of pages is compressed only if a sample of it shrinks by at least this
+    /// fraction; otherwise it is stored raw, saving the CPU time of compressing data that
+    /// barely compresses (dense floating-point fields often save under 10 %). 0.0 compresses
+    /// whenever it saves anything. Default 0.125.
+    pub min_compression_saving: f64,
+    /// A checkpoint that would make the chain deeper than this is written as a full version.
+    /// Default 16.
+    pub max_chain_depth: u32,
+    /// Dirty-page tracking mode. Default [`Tracking::Auto`].
+    pub tracking: Tracking,
+    /// In uffd mode, every `audit_every`-th checkpoint hashes every page and counts pages
+    /// that changed without being reported (see [`CheckpointStats::audit_misses`]).
+    /// 0 (the default) never audits.
+    pub audit_every: u32,
+    /// Retention for automatic compaction: keep this many newest versions of the lineage.
+    pub keep: Option<usize>,
+    /// With `keep` set, run a compaction in a background thread after each checkpoint (one
+    /// at a time; a checkpoint never waits for it).
+    pub auto_compact: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            page_size: 4096,
+            compression_level: 1,
+            min_compression_saving: 0.125,
+            max_chain_depth: 16,
+            tracking: Tracking::Auto,
+            audit_every: 0,
+            keep: None,
+            auto_compact: false,
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`page_size`](Self::page_size).
+    pub fn with_page_size(mut self, page_size: u32) -> Self {
+        self.page_size = page_size;
+        self
+    }
+    /// Sets [`compression_level`](Self::compression_level).
+    pub fn with_compression_level(mut self, level: i32) -> Self {
+        self.compression_level = level;
+        self
+    }
+    /// Sets [`min_compression_saving`](Self::min_compression_saving).
+    pub fn with_min_compression_saving(mut self, fraction: f64) -> Self {
+        self.min_compression_saving = fraction;
+        self
+    }
+    /// Sets [`max_chain_depth`](Self::max_chain_depth).
+    pub fn with_max_chain_depth(mut self, depth: u32) -> Self {
+        self.max_chain_depth = depth;
+        self
+    }
+    /// Sets [`tracking`](Self::tracking).
+    pub fn with_tracking(mut self, tracking: Tracking) -> Self {
+        self.tracking = tracking;
+        self
+    }
+    /// Sets [`audit_every`](Self::audit_every).
+    pub fn with_audit_every(mut self, n: u32) -> Self {
+        self.audit_every = n;
+        self
+    }
+    /// Keeps the newest `keep` versions, compacting in the background after each
+    /// checkpoint (sets [`keep`](Self::keep) and [`auto_compact`](Self::auto_compact)).
+    pub fn with_retention(mut self, keep: usize) -> Self {
+        self.keep = Some(keep);
+        self.auto_compact = true;
+        self
+    }
+
+    /// Checks every value.
+    pub(crate) fn check(&self) -> Result<()> {
+        format::check_page_size(self.page_size).map_err(Error::Config)?;
+        if self.keep == Some(0) {
+            return Err(Error::Config("keep must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.min_compression_saving) {
+            return Err(Error::Config(format!(
+                "minimum compression saving {} is outside 0..1",
+                self.min_compression_saving
+            )));
+        }
+        if !(-7..=22).contains(&self.compression_level) {
+            return Err(Error::Config(format!(
+                "compression level {} is outside -7..=22",
+                self.compression_level
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What one checkpoint did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CheckpointStats {
+    /// The version number written.
+    pub version: u64,
+    /// The version it is a delta against (`None` for a full version).
+    pub parent: Option<u64>,
+    /// The committed file.
+    pub path: PathBuf,
+    /// The committed file's identity (what other files, or a global commit record, record).
+    pub identity: Identity,
+    /// Size of the committed file.
+    pub file_bytes: u64,
+    /// Pages in all regions.
+    pub pages_total: u64,
+    /// Pages stored in the new file.
+    pub pages_stored: u64,
+    /// Bytes hashed to find the dirty pages.
+    pub hashed_bytes: u64,
+    /// Depth of the new version (0: full).
+    pub depth: u32,
+    /// How dirty pages were found for this version.
+    pub tracking: TrackingKind,
+    /// For an audit checkpoint (uffd mode, every `audit_every`-th): pages that changed
+    /// without being reported by the tracker. They were stored anyway.
+    pub audit_misses: Option<u64>,
+    /// Seconds spent finding dirty pages.
+    pub scan_secs: f64,
+    /// Seconds spent compressing, writing and committing (the rest of the checkpoint).
+    pub write_secs: f64,
+}
+
+/// What one restore did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RestoreStats {
+    /// The version restored.
+    pub version: u64,
+    /// Number of distinct files pages were read from.
+    pub files_read: usize,
+    /// Bytes restored.
+    pub bytes: u64,
+}
