@@ -334,11 +334,7 @@ impl Checkpointer {
                 self.compactor = Some(h);
                 return;
             }
-            self.last_compaction = Some(h.join().unwrap_or_else(|_| {
-                Err(Error::Panicked {
-                    what: "background compaction",
-                })
-            }));
+            self.last_compaction = Some(join_compaction(h));
         }
         let store = self.store.clone();
         let opts = crate::compact::CompactOptions {
@@ -353,12 +349,17 @@ impl Checkpointer {
     /// Waits for a running background compaction and returns the outcome of the last one.
     pub fn wait_compaction(&mut self) -> Option<&Result<crate::compact::Report>> {
         if let Some(h) = self.compactor.take() {
-            self.last_compaction = Some(h.join().unwrap_or_else(|_| {
-                Err(Error::Panicked {
-                    what: "background compaction",
-                })
-            }));
+            self.last_compaction = Some(join_compaction(h));
         }
         self.last_compaction.as_ref()
     }
+}
+
+/// The outcome of a finished background compaction.
+fn join_compaction(
+    h: std::thread::JoinHandle<Result<crate::compact::Report>>,
+) -> Result<crate::compact::Report> {
+    h.join().unwrap_or(Err(Error::Panicked {
+        what: "background compaction",
+    }))
 }
