@@ -1,6 +1,8 @@
 //! Checkpoint and restore of 64 MiB of f64 state: a full version, a 1 %-dirty delta, and a
 //! restore at depth 1 and at depth 8.
 
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`.
+
 use ckpt_engine::bench::{fill_field, Rng};
 use ckpt_engine::{Checkpointer, Config, RegionHandle};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

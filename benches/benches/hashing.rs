@@ -6,6 +6,8 @@
 //! - `dirty_1pct`: re-scan with 1 % of the pages changed;
 //! - `per_page_baseline`: one blake3 call per 4 KiB page, for comparison.
 
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`.
+
 use ckpt_engine::bench::{fill_field, Rng};
 use ckpt_engine::hashing;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

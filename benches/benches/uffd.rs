@@ -6,6 +6,8 @@
 //!
 //! Report `uffd - hash` divided by the page count (4096 pages, 16 MiB, here).
 
+#![allow(missing_docs)] // criterion_main! generates an undocumented `main`.
+
 use std::time::Duration;
 
 use ckpt_engine::{Checkpointer, Config, Tracking};

@@ -208,6 +208,7 @@ fn writes_after_fork_are_captured() {
     let (mut ck, h) = setup(dir.path(), 64);
     // SAFETY: the child only calls _exit, which is async-signal-safe.
     match unsafe { nix::unistd::fork() }.unwrap() {
+        // SAFETY: _exit is async-signal-safe and ends the child at once.
         nix::unistd::ForkResult::Child => unsafe { libc::_exit(0) },
         nix::unistd::ForkResult::Parent { child } => {
             nix::sys::wait::waitpid(child, None).unwrap();
@@ -370,6 +371,7 @@ fn writes_behind_the_page_tables_back_need_audit_or_mark_dirty() {
     // SAFETY: both maps cover the memfd we own; the test writes through `b` only between
     // checkpoints.
     let mut a = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    // SAFETY: as above: a second map of the same memfd, written only between checkpoints.
     let mut b = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
     a.iter_mut().for_each(|x| *x = 3);
     let mut c = cfg(Tracking::Uffd);
@@ -418,6 +420,7 @@ fn a_full_version_in_uffd_mode_hashes_every_page() {
     // SAFETY: both maps cover the memfd we own; the test writes through `b` only between
     // checkpoints.
     let mut a = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    // SAFETY: as above: a second map of the same memfd, written only between checkpoints.
     let mut b = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
     a.iter_mut().for_each(|x| *x = 3);
     let mut c = cfg(Tracking::Uffd);
