@@ -36,9 +36,7 @@ fn stored_pages(path: &Path) -> BTreeSet<(u64, u64)> {
     let mut out = BTreeSet::new();
     for r in &f.index.regions {
         let mut page = 0u64;
-        for e in
-            &f.index.extents[r.first_extent as usize..(r.first_extent + r.extent_count) as usize]
-        {
+        for e in f.index.extents_of(r) {
             if e.file == 0 {
                 out.extend((page..page + e.page_count as u64).map(|p| (r.id, p)));
             }

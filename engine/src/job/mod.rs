@@ -16,13 +16,19 @@ use std::path::{Path, PathBuf};
 
 use crate::compact::{self, CompactOptions};
 use crate::error::{Error, Result};
-use crate::format::{FileId, Hash, Identity};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::format::layout::{RawCommitHead, RawIdentity};
+use crate::format::Identity;
 use crate::store::{self, Store};
 
 /// File name of the job description.
 pub const META_FILE: &str = "ckpt-job";
 /// Magic of a commit record.
 pub const COMMIT_MAGIC: [u8; 8] = *b"CKPTCOMT";
+/// Format of the commit record this build writes and reads.
+pub const COMMIT_FORMAT: u32 = 1;
 /// Ranks per shard directory.
 pub const RANKS_PER_SHARD: u32 = 256;
 
@@ -41,15 +47,21 @@ impl CommitRecord {
     /// Serialises the record: magic, format (u32 = 1), world size (u32), version (u64),
     /// creation time (u64), 48 bytes per rank (file id, index checksum), blake3 of all that.
     pub fn encode(&self) -> Vec<u8> {
+        let head = RawCommitHead {
+            magic: COMMIT_MAGIC,
+            format: U32::new(COMMIT_FORMAT),
+            world_size: U32::new(self.ranks.len() as u32),
+            version: U64::new(self.version),
+            created_unix_nanos: U64::new(self.created_unix_nanos),
+        };
         let mut b = Vec::with_capacity(32 + 48 * self.ranks.len() + 32);
-        b.extend_from_slice(&COMMIT_MAGIC);
-        b.extend_from_slice(&1u32.to_le_bytes());
-        b.extend_from_slice(&(self.ranks.len() as u32).to_le_bytes());
-        b.extend_from_slice(&self.version.to_le_bytes());
-        b.extend_from_slice(&self.created_unix_nanos.to_le_bytes());
+        b.extend_from_slice(head.as_bytes());
         for r in &self.ranks {
-            b.extend_from_slice(&r.file_id);
-            b.extend_from_slice(&r.index_checksum);
+            let id = RawIdentity {
+                file_id: r.file_id,
+                index_checksum: r.index_checksum,
+            };
+            b.extend_from_slice(id.as_bytes());
         }
         let sum = blake3::hash(&b);
         b.extend_from_slice(sum.as_bytes());
@@ -59,43 +71,37 @@ impl CommitRecord {
     /// Parses and checks a record.
     pub fn decode(path: &Path, b: &[u8]) -> Result<CommitRecord> {
         let bad = |d: &str| Error::corrupt(path, "commit record", d);
-        if b.len() < 64 || b[0..8] != COMMIT_MAGIC {
-            return Err(bad("bad magic or too short"));
-        }
-        let (body, sum) = b.split_at(b.len() - 32);
+        let (body, sum) = b.split_at(b.len().saturating_sub(32));
+        let head = match RawCommitHead::ref_from_prefix(body) {
+            Ok((head, _)) if head.magic == COMMIT_MAGIC && sum.len() == 32 => head,
+            _ => return Err(bad("bad magic or too short")),
+        };
         if blake3::hash(body).as_bytes() != sum {
             return Err(bad("checksum mismatch"));
         }
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let u64_at = |o: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&b[o..o + 8]);
-            u64::from_le_bytes(a)
+        let format = head.format.get();
+        if format != COMMIT_FORMAT {
+            return Err(Error::corrupt(
+                path,
+                "commit record",
+                format!("format {format}, this build reads only format {COMMIT_FORMAT}"),
+            ));
+        }
+        let world = head.world_size.get() as usize;
+        let ranks = match <[RawIdentity]>::ref_from_bytes(&body[32..]) {
+            Ok(r) if r.len() == world => r,
+            _ => return Err(bad("length does not match the world size")),
         };
-        if u32_at(8) != 1 {
-            return Err(bad("unknown format version"));
-        }
-        let world = u32_at(12) as usize;
-        if body.len() != 32 + 48 * world {
-            return Err(bad("length does not match the world size"));
-        }
-        let ranks = (0..world)
-            .map(|r| {
-                let o = 32 + 48 * r;
-                let mut file_id: FileId = [0; 16];
-                file_id.copy_from_slice(&b[o..o + 16]);
-                let mut index_checksum: Hash = [0; 32];
-                index_checksum.copy_from_slice(&b[o + 16..o + 48]);
-                Identity {
-                    file_id,
-                    index_checksum,
-                }
-            })
-            .collect();
         Ok(CommitRecord {
-            version: u64_at(16),
-            created_unix_nanos: u64_at(24),
-            ranks,
+            version: head.version.get(),
+            created_unix_nanos: head.created_unix_nanos.get(),
+            ranks: ranks
+                .iter()
+                .map(|r| Identity {
+                    file_id: r.file_id,
+                    index_checksum: r.index_checksum,
+                })
+                .collect(),
         })
     }
 }

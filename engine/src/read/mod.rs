@@ -331,7 +331,7 @@ impl Version {
     fn resolve(&self, region: &RegionEntry, starts: &[u64], page: u64) -> Result<(usize, &Record)> {
         let main = &self.files[0];
         let k = starts.partition_point(|&s| s <= page) - 1;
-        let ext = &main.index.extents[region.first_extent as usize + k];
+        let ext = &main.index.extents_of(region)[k];
         let rec_idx = ext.first_record + (page - starts[k]);
         let file = &self.files[ext.file as usize];
         let rec = file.index.records.get(rec_idx as usize).ok_or_else(|| {
@@ -350,8 +350,7 @@ impl Version {
 
     fn starts(&self, region: &RegionEntry) -> Vec<u64> {
         let main = &self.files[0];
-        let exts = &main.index.extents
-            [region.first_extent as usize..(region.first_extent + region.extent_count) as usize];
+        let exts = main.index.extents_of(region);
         let mut starts = Vec::with_capacity(exts.len());
         let mut p = 0u64;
         for e in exts {

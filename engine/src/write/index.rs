@@ -30,10 +30,7 @@ impl Parent {
         let extents = index
             .regions
             .iter()
-            .map(|r| {
-                index.extents[r.first_extent as usize..(r.first_extent + r.extent_count) as usize]
-                    .to_vec()
-            })
+            .map(|r| index.extents_of(r).to_vec())
             .collect();
         Parent {
             parent: ParentRef { version, identity },
