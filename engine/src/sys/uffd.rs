@@ -1,126 +1,86 @@
 //! userfaultfd write-protection in asynchronous mode plus the `PAGEMAP_SCAN` ioctl: the kernel
 //! tells which pages were written since the last scan and re-protects them atomically.
 //!
-//! All FFI for dirty tracking lives in this module. Debian 12's headers lack these
-//! definitions, so the structures and constants are transcribed from the kernel's uapi
-//! (`linux/userfaultfd.h`, `linux/fs.h`, Linux ≥ 6.7).
+//! All FFI for dirty tracking lives in this module. The structures and constants come from
+//! `linux-raw-sys` (the kernel's uapi, `linux/userfaultfd.h` and `linux/fs.h`, Linux ≥ 6.7;
+//! Debian 12's C headers lack them), and the ioctl request numbers are computed by rustix's
+//! `_IOWR` equivalent from those structures, so nothing is transcribed by hand. Each ioctl has a
+//! typed wrapper; the one whose soundness depends on its argument (`PAGEMAP_SCAN`, which
+//! writes through a pointer inside it) is an `unsafe fn`.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-// --- linux/userfaultfd.h -------------------------------------------------------------------
-const UFFD_API: u64 = 0xAA;
-const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-/// Unpopulated (never touched) pages are write-protected too.
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-/// Write faults on protected pages are resolved by the kernel, which only records them.
-const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
-const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+use linux_raw_sys::general::{
+    page_region, pm_scan_arg, uffdio_api, uffdio_range, uffdio_register, uffdio_writeprotect,
+    PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING, UFFDIO_REGISTER_MODE_WP, UFFD_API,
+    UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_UNPOPULATED, UFFD_USER_MODE_ONLY,
+};
+use rustix::ioctl::opcode;
 
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
-}
-
-/// `_IOC(dir, type, nr, size)` for x86_64, arm64 and the other "generic" ioctl layouts.
-const fn ioc(dir: u64, ty: u64, nr: u64, size: usize) -> u64 {
-    (dir << 30) | ((size as u64) << 16) | (ty << 8) | nr
-}
-const IOC_WRITE: u64 = 1;
-const IOC_READ: u64 = 2;
-const UFFDIO_API_IOCTL: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    0xAA,
-    0x3F,
-    std::mem::size_of::<UffdioApi>(),
-);
-const UFFDIO_REGISTER: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    0xAA,
-    0x00,
-    std::mem::size_of::<UffdioRegister>(),
-);
-const UFFDIO_WRITEPROTECT: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    0xAA,
-    0x06,
-    std::mem::size_of::<UffdioWriteprotect>(),
-);
-
-// --- linux/fs.h ----------------------------------------------------------------------------
-/// The page was written since it was last write-protected.
-const PAGE_IS_WRITTEN: u64 = 1 << 1;
-/// Write-protect the pages that match.
-const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
-/// Fail if a page in the range is not under asynchronous write-protection.
-const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-const PAGEMAP_SCAN: u64 = ioc(
-    IOC_READ | IOC_WRITE,
-    b'f' as u64,
-    16,
-    std::mem::size_of::<PmScanArg>(),
-);
+/// `UFFDIO_WRITEPROTECT_MODE_WP` (`linux/userfaultfd.h`: bit 0 of `uffdio_writeprotect.mode`).
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+/// `_UFFDIO_API`, `_UFFDIO_REGISTER`, `_UFFDIO_WRITEPROTECT` and `UFFDIO` (the ioctl type).
+const UFFDIO: u8 = 0xAA;
+const UFFDIO_API: libc::Ioctl = opcode::read_write::<uffdio_api>(UFFDIO, 0x3F) as libc::Ioctl;
+const UFFDIO_REGISTER: libc::Ioctl =
+    opcode::read_write::<uffdio_register>(UFFDIO, 0x00) as libc::Ioctl;
+const UFFDIO_WRITEPROTECT: libc::Ioctl =
+    opcode::read_write::<uffdio_writeprotect>(UFFDIO, 0x06) as libc::Ioctl;
+/// `PAGEMAP_SCAN` (`linux/fs.h`: `_IOWR('f', 16, struct pm_scan_arg)`).
+const PAGEMAP_SCAN: libc::Ioctl = opcode::read_write::<pm_scan_arg>(b'f', 16) as libc::Ioctl;
 
 /// The kernel's page size.
 pub(crate) fn os_page_size() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
+    rustix::param::page_size()
+}
+
+/// Issues an ioctl whose argument is a `T` the kernel reads and writes.
+///
+/// # Safety
+/// `req` must be a request that takes a pointer to a `T` laid out as the kernel's uapi, and
+/// any pointer *inside* `*arg` must be valid for what the kernel does with it.
+unsafe fn ioctl<T>(fd: &impl AsRawFd, req: libc::Ioctl, arg: &mut T) -> io::Result<libc::c_int> {
+    // SAFETY: the caller guarantees `req` takes a `*mut T` and that the pointers in `*arg`
+    // are valid; `arg` itself is a valid, exclusive reference for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
     } else {
-        4096
+        Ok(rc)
     }
+}
+
+/// `UFFDIO_API`: negotiates the API version and features.
+fn uffdio_api(fd: &OwnedFd, api: &mut uffdio_api) -> io::Result<()> {
+    // SAFETY: UFFDIO_API takes a `struct uffdio_api`, which holds no pointers.
+    unsafe { ioctl(fd, UFFDIO_API, api) }.map(drop)
+}
+
+/// `UFFDIO_REGISTER`: registers a range with the userfaultfd.
+fn uffdio_register(fd: &OwnedFd, reg: &mut uffdio_register) -> io::Result<()> {
+    // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register`, which holds no pointers (the
+    // range is an address the kernel checks, never dereferenced by us).
+    unsafe { ioctl(fd, UFFDIO_REGISTER, reg) }.map(drop)
+}
+
+/// `UFFDIO_WRITEPROTECT`: write-protects or unprotects a registered range. In asynchronous
+/// mode a write to a protected page never blocks: the kernel only records it.
+fn uffdio_writeprotect(fd: &OwnedFd, wp: &mut uffdio_writeprotect) -> io::Result<()> {
+    // SAFETY: UFFDIO_WRITEPROTECT takes a `struct uffdio_writeprotect`, with no pointers.
+    unsafe { ioctl(fd, UFFDIO_WRITEPROTECT, wp) }.map(drop)
+}
+
+/// `PAGEMAP_SCAN` on `/proc/self/pagemap`: returns the number of `page_region`s written.
+///
+/// # Safety
+/// `arg.vec` must point to `arg.vec_len` writable `page_region`s that live for the call.
+unsafe fn pagemap_scan(pagemap: &File, arg: &mut pm_scan_arg) -> io::Result<usize> {
+    // SAFETY: PAGEMAP_SCAN takes a `struct pm_scan_arg`; the caller guarantees its output
+    // vector.
+    unsafe { ioctl(pagemap, PAGEMAP_SCAN, arg) }.map(|n| n as usize)
 }
 
 /// A userfaultfd in asynchronous write-protect mode and the pagemap file to scan with.
@@ -139,18 +99,6 @@ impl std::fmt::Debug for Uffd {
     }
 }
 
-fn ioctl<T>(fd: libc::c_int, req: u64, arg: &mut T) -> io::Result<libc::c_int> {
-    // SAFETY: every request used with this helper takes a pointer to a struct of type `T`, laid
-    // out as the kernel's uapi (#[repr(C)] above); `arg` is a valid, exclusive reference for the
-    // duration of the call.
-    let rc = unsafe { libc::ioctl(fd, req as _, arg as *mut T) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 impl Uffd {
     /// Opens a userfaultfd (user-mode only, so it works unprivileged) with asynchronous
     /// write-protection of populated and unpopulated pages, and `/proc/self/pagemap`.
@@ -159,7 +107,7 @@ impl Uffd {
         let raw = unsafe {
             libc::syscall(
                 libc::SYS_userfaultfd,
-                libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+                libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY as libc::c_int,
             )
         };
         if raw < 0 {
@@ -167,13 +115,13 @@ impl Uffd {
         }
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw as libc::c_int) };
-        let want = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
-        let mut api = UffdioApi {
-            api: UFFD_API,
+        let want = u64::from(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED);
+        let mut api = uffdio_api {
+            api: u64::from(UFFD_API),
             features: want,
             ioctls: 0,
         };
-        ioctl(fd.as_raw_fd(), UFFDIO_API_IOCTL, &mut api)?;
+        uffdio_api(&fd, &mut api)?;
         if api.features & want != want {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -190,28 +138,28 @@ impl Uffd {
 
     /// Registers `[start, start+len)` (page-aligned) for write-protection and protects it.
     pub(crate) fn register(&self, start: usize, len: usize) -> io::Result<()> {
-        let mut reg = UffdioRegister {
-            range: UffdioRange {
+        let mut reg = uffdio_register {
+            range: uffdio_range {
                 start: start as u64,
                 len: len as u64,
             },
-            mode: UFFDIO_REGISTER_MODE_WP,
+            mode: u64::from(UFFDIO_REGISTER_MODE_WP),
             ioctls: 0,
         };
-        ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER, &mut reg)?;
+        uffdio_register(&self.fd, &mut reg)?;
         self.protect(start, len, true)
     }
 
     /// Write-protects (or unprotects) a registered range.
     pub(crate) fn protect(&self, start: usize, len: usize, on: bool) -> io::Result<()> {
-        let mut wp = UffdioWriteprotect {
-            range: UffdioRange {
+        let mut wp = uffdio_writeprotect {
+            range: uffdio_range {
                 start: start as u64,
                 len: len as u64,
             },
             mode: if on { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
         };
-        ioctl(self.fd.as_raw_fd(), UFFDIO_WRITEPROTECT, &mut wp).map(drop)
+        uffdio_writeprotect(&self.fd, &mut wp)
     }
 
     /// Returns the runs `[start, end)` of pages written in `[start, start+len)` since the last
@@ -224,21 +172,31 @@ impl Uffd {
         out: &mut Vec<(usize, usize)>,
     ) -> io::Result<()> {
         let end = (start + len) as u64;
-        let mut vec = vec![PageRegion::default(); self.vec_len.max(1)];
+        let empty = page_region {
+            start: 0,
+            end: 0,
+            categories: 0,
+        };
+        let mut vec = vec![empty; self.vec_len.max(1)];
         let mut pos = start as u64;
         while pos < end {
-            let mut arg = PmScanArg {
-                size: std::mem::size_of::<PmScanArg>() as u64,
-                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            let mut arg = pm_scan_arg {
+                size: std::mem::size_of::<pm_scan_arg>() as u64,
+                flags: u64::from(PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC),
                 start: pos,
                 end,
+                walk_end: 0,
                 vec: vec.as_mut_ptr() as u64,
                 vec_len: vec.len() as u64,
-                category_mask: PAGE_IS_WRITTEN,
-                return_mask: PAGE_IS_WRITTEN,
-                ..PmScanArg::default()
+                max_pages: 0,
+                category_inverted: 0,
+                category_mask: u64::from(PAGE_IS_WRITTEN),
+                category_anyof_mask: 0,
+                return_mask: u64::from(PAGE_IS_WRITTEN),
             };
-            let n = ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg)? as usize;
+            // SAFETY: `arg.vec` points to `vec`, `vec.len()` writable page_regions that
+            // outlive the call.
+            let n = unsafe { pagemap_scan(&self.pagemap, &mut arg) }?;
             for r in &vec[..n.min(vec.len())] {
                 out.push((r.start as usize, r.end as usize));
             }
