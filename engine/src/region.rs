@@ -78,11 +78,19 @@ impl Region {
 }
 
 /// A typed handle to an engine-allocated region, returned by
-/// [`crate::Checkpointer::alloc_region`]. It is only a name: the memory stays inside the
-/// engine and is borrowed through [`crate::Checkpointer::region_mut`], so that no view can be
-/// alive while a checkpoint reads the memory or a restore overwrites it.
+/// [`crate::Checkpointer::alloc_region`] (or [`crate::Checkpointer::handle`]). It is only a
+/// name: the memory stays inside the engine and is borrowed through
+/// [`crate::Checkpointer::region_mut`], so that no view can be alive while a checkpoint reads
+/// the memory or a restore overwrites it.
+///
+/// A handle cannot be forged: only its engine issues it, it remembers which engine and
+/// which slot, and another engine refuses it. Looking it up is O(1).
 #[derive(Debug)]
 pub struct RegionHandle<T> {
+    /// The issuing engine's identity.
+    pub(crate) engine: u64,
+    /// The region's slot in the engine (regions are never removed).
+    pub(crate) slot: usize,
     pub(crate) id: u64,
     pub(crate) len: usize,
     _t: PhantomData<fn() -> T>,
@@ -96,18 +104,14 @@ impl<T> Clone for RegionHandle<T> {
 impl<T> Copy for RegionHandle<T> {}
 
 impl<T> RegionHandle<T> {
-    pub(crate) fn new(id: u64, len: usize) -> Self {
+    pub(crate) fn new(engine: u64, slot: usize, id: u64, len: usize) -> Self {
         RegionHandle {
+            engine,
+            slot,
             id,
             len,
             _t: PhantomData,
         }
-    }
-
-    /// A handle for region `id` of `len` elements, for tests and tools that did not allocate
-    /// the region themselves. Using it checks that such a region exists with that size.
-    pub fn from_id(id: u64, len: usize) -> Self {
-        Self::new(id, len)
     }
 
     /// The region id.
@@ -129,6 +133,7 @@ impl<T> RegionHandle<T> {
 /// Borrows several distinct regions mutably at once, as typed slices.
 pub(crate) fn many_mut<'a, T: bytemuck::Pod, const N: usize>(
     regions: &'a mut [Region],
+    engine: u64,
     handles: [RegionHandle<T>; N],
 ) -> Result<[&'a mut [T]; N]> {
     let mut idx = [0usize; N];
@@ -139,7 +144,7 @@ pub(crate) fn many_mut<'a, T: bytemuck::Pod, const N: usize>(
                 why: "requested twice in one regions_mut call".into(),
             });
         }
-        idx[k] = find_typed::<T>(regions, h)?;
+        idx[k] = find_typed::<T>(regions, engine, h)?;
     }
     let base = regions.as_mut_ptr();
     Ok(idx.map(|i| {
@@ -151,21 +156,28 @@ pub(crate) fn many_mut<'a, T: bytemuck::Pod, const N: usize>(
     }))
 }
 
-/// Finds the region a typed handle names and checks that its size matches.
-pub(crate) fn find_typed<T>(regions: &[Region], h: &RegionHandle<T>) -> Result<usize> {
-    let i = regions
-        .iter()
-        .position(|r| r.id == h.id)
+/// The slot of the region a typed handle names, in O(1): the handle must come from this
+/// engine (`engine`), and its slot must hold that region with that size.
+pub(crate) fn find_typed<T>(regions: &[Region], engine: u64, h: &RegionHandle<T>) -> Result<usize> {
+    let r = regions
+        .get(h.slot)
+        .filter(|r| h.engine == engine && r.id == h.id)
         .ok_or_else(|| Error::Region {
             id: h.id,
-            why: "not registered with this engine".into(),
+            why: "the handle was issued by another engine".into(),
         })?;
     let want = h.len.checked_mul(std::mem::size_of::<T>());
-    if want != Some(regions[i].len()) || !matches!(regions[i].mem, Memory::Owned(_)) {
+    if want != Some(r.len()) || !matches!(r.mem, Memory::Owned(_)) {
         return Err(Error::Region {
             id: h.id,
             why: "handle does not match the region registered under this id".into(),
         });
     }
-    Ok(i)
+    Ok(h.slot)
+}
+
+/// A process-unique identity for each engine, so that handles cannot cross engines.
+pub(crate) fn new_engine_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

@@ -22,7 +22,7 @@ pub fn register(ck: &mut Checkpointer, mib: usize) -> Result<(), ckpt_engine::Er
 pub fn mutate(ck: &mut Checkpointer, mib: usize, seed: u64, step: u64, writes: usize) {
     let mut rng = Rng::new(seed.wrapping_mul(1_000_003).wrapping_add(step));
     for (id, len) in regions(mib) {
-        let h = ckpt_engine::RegionHandle::<u8>::from_id(id, len);
+        let h = ck.handle::<u8>(id).unwrap();
         let data = ck.region_mut(&h).expect("region registered");
         for _ in 0..writes {
             let at = rng.below(len as u64) as usize;

@@ -37,9 +37,7 @@ fn build(dir: &Path, name: &str, seed: u64) -> Vec<Vec<Vec<u8>>> {
     for v in 0..3 {
         if v > 0 {
             for _ in 0..10 {
-                let data = ck
-                    .region_mut(&ckpt_engine::RegionHandle::<u8>::from_id(1, IDS[0].1))
-                    .unwrap();
+                let data = ck.region_mut(&ck.handle::<u8>(1).unwrap()).unwrap();
                 let at = rng.below(IDS[0].1 as u64 - 100) as usize;
                 data[at..at + 100]
                     .iter_mut()

@@ -63,7 +63,7 @@ fn write_fixture(dir: &Path) {
     for v in 1..=3u64 {
         let want = expected(v);
         for (k, &(id, _)) in REGIONS.iter().enumerate() {
-            let h = ckpt_engine::RegionHandle::<u8>::from_id(id, REGIONS[k].1);
+            let h = ck.handle::<u8>(id).unwrap();
             ck.region_mut(&h).unwrap().copy_from_slice(&want[k]);
         }
         ck.checkpoint().unwrap();

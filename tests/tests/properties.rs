@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use ckpt_engine::bench::Rng;
-use ckpt_engine::{Checkpointer, Config, RegionHandle};
+use ckpt_engine::{Checkpointer, Config};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ proptest! {
                     let mut rng = Rng::new(*seed);
                     for _ in 0..*count {
                         let (id, n) = ids[rng.below(ids.len() as u64) as usize];
-                        let data = ck.region_mut(&RegionHandle::<u8>::from_id(id, n)).unwrap();
+                        let data = ck.region_mut(&ck.handle::<u8>(id).unwrap()).unwrap();
                         let at = rng.below(n as u64) as usize;
                         let len = (rng.below(3 * (1 << page_exp)) as usize + 1).min(n - at);
                         for b in &mut data[at..at + len] {

@@ -92,7 +92,7 @@ proptest! {
                 let len = (rng.below(9000) as usize + 1).min(n - at);
                 let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                 for ck in [&mut u, &mut h] {
-                    let r = ck.region_mut(&RegionHandle::<u8>::from_id(i as u64 + 1, n)).unwrap();
+                    let r = ck.region_mut(&ck.handle::<u8>(i as u64 + 1).unwrap()).unwrap();
                     if same {
                         let copy = r[at..at + len].to_vec();
                         r[at..at + len].copy_from_slice(&copy);

@@ -49,6 +49,8 @@ pub struct Checkpointer {
     compactor: Option<std::thread::JoinHandle<Result<crate::compact::Report>>>,
     /// Outcome of the last finished background compaction.
     last_compaction: Option<Result<crate::compact::Report>>,
+    /// This engine's identity, stamped on the region handles it issues.
+    engine_id: u64,
     _lock: WriterLock,
 }
 
@@ -97,6 +99,7 @@ impl Checkpointer {
             since_audit: 0,
             compactor: None,
             last_compaction: None,
+            engine_id: region::new_engine_id(),
             _lock: lock,
         })
     }
@@ -225,15 +228,28 @@ impl Checkpointer {
         self.check_new_id(id, bytes)?;
         let mem = Memory::alloc(id, bytes)?;
         self.push_region(id, mem)?;
-        Ok(RegionHandle::new(id, len))
+        Ok(RegionHandle::new(
+            self.engine_id,
+            self.regions.len() - 1,
+            id,
+            len,
+        ))
     }
 
-    /// Registers caller memory as region `id`.
+    /// Registers caller memory as region `id` (the C and Fortran APIs' `protect`).
     ///
     /// # Safety
-    /// `ptr` must be valid for reads and writes of `len` bytes until this engine is dropped,
-    /// and nothing else may access that memory while a method of this engine runs (a
-    /// checkpoint reads it, a restore overwrites it).
+    /// - `ptr` must be valid for reads and writes of `len` bytes from this call until this
+    ///   engine is dropped: not freed, unmapped or remapped meanwhile.
+    /// - While any method of this engine runs, nothing else may access those bytes: a
+    ///   checkpoint reads them and a restore overwrites them. In particular no Rust reference
+    ///   (`&[u8]`, `&mut [u8]`, …) into the memory may be alive across such a call, since the
+    ///   engine's reads and writes would then alias it; take references between calls only.
+    ///   Other threads, and devices, must not write it during a call either (if one does,
+    ///   the version holds each page as it was at one instant, never a torn record).
+    /// - With userfaultfd tracking the engine write-protects the page-aligned interior of the
+    ///   range in asynchronous mode: writes never block or fault visibly, but the range must
+    ///   not be registered with another userfaultfd.
     pub unsafe fn register_raw(&mut self, id: u64, ptr: *mut u8, len: usize) -> Result<()> {
         self.check_new_id(id, len)?;
         let ptr = NonNull::new(ptr).ok_or_else(|| Error::Region {
@@ -243,15 +259,40 @@ impl Checkpointer {
         self.push_region(id, Memory::Raw { ptr, len })
     }
 
+    /// A handle for the engine-allocated region `id` (for code that did not keep the one
+    /// [`alloc_region`](Self::alloc_region) returned). Fails if no such region is registered,
+    /// if it is caller memory, or if its length is not a whole number of `T`s.
+    pub fn handle<T: bytemuck::Pod>(&self, id: u64) -> Result<RegionHandle<T>> {
+        let slot = self
+            .regions
+            .iter()
+            .position(|r| r.id == id)
+            .ok_or_else(|| Error::Region {
+                id,
+                why: "not registered".into(),
+            })?;
+        let bytes = self.regions[slot].len();
+        let size = std::mem::size_of::<T>().max(1);
+        let h = RegionHandle::new(self.engine_id, slot, id, bytes / size);
+        if bytes % size != 0 {
+            return Err(Error::Region {
+                id,
+                why: format!("{bytes} bytes is not a whole number of {size}-byte elements"),
+            });
+        }
+        region::find_typed(&self.regions, self.engine_id, &h)?;
+        Ok(h)
+    }
+
     /// Borrows an engine-allocated region.
     pub fn region<T: bytemuck::Pod>(&self, h: &RegionHandle<T>) -> Result<&[T]> {
-        let i = region::find_typed(&self.regions, h)?;
+        let i = region::find_typed(&self.regions, self.engine_id, h)?;
         Ok(bytemuck::cast_slice(self.regions[i].mem.bytes()))
     }
 
     /// Borrows an engine-allocated region mutably.
     pub fn region_mut<T: bytemuck::Pod>(&mut self, h: &RegionHandle<T>) -> Result<&mut [T]> {
-        let i = region::find_typed(&self.regions, h)?;
+        let i = region::find_typed(&self.regions, self.engine_id, h)?;
         Ok(bytemuck::cast_slice_mut(self.regions[i].mem.bytes_mut()))
     }
 
@@ -260,7 +301,7 @@ impl Checkpointer {
         &mut self,
         handles: [RegionHandle<T>; N],
     ) -> Result<[&mut [T]; N]> {
-        region::many_mut(&mut self.regions, handles)
+        region::many_mut(&mut self.regions, self.engine_id, handles)
     }
 
     /// The bytes of region `id` (engine-allocated or raw).

@@ -363,7 +363,13 @@ impl Version {
     /// Restores region number `i` (in region-table order) into `out`, which must have the
     /// region's length, checking every page against its hash. Returns each page's hash.
     pub fn restore_region(&self, i: usize, out: &mut [u8]) -> Result<Vec<Hash>> {
-        let region = self.regions()[i];
+        let region = *self.regions().get(i).ok_or_else(|| Error::RegionMismatch {
+            path: self.files[0].path().to_path_buf(),
+            why: format!(
+                "asked for region number {i}, the checkpoint has {}",
+                self.regions().len()
+            ),
+        })?;
         if out.len() as u64 != region.byte_len {
             return Err(Error::RegionMismatch {
                 path: self.files[0].path().to_path_buf(),

@@ -139,14 +139,14 @@ impl Store {
     /// Takes the chain's commit lock, waiting for it. Writers hold it from checking that the
     /// files their new version references still exist until the version is renamed into
     /// place; the compactor holds it for one rename or one unlink at a time.
-    pub fn lock_commit(&self) -> Result<Flock<File>> {
+    pub(crate) fn lock_commit(&self) -> Result<Flock<File>> {
         let path = self.lock_path("commit");
         let f = open_lock_file(&path)?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| Error::io(&path, "lock", e.into()))
     }
 
     /// Takes the chain's compaction lock without waiting: one compactor at a time.
-    pub fn lock_compact(&self) -> Result<Flock<File>> {
+    pub(crate) fn lock_compact(&self) -> Result<Flock<File>> {
         self.try_lock("compact", std::time::Duration::ZERO)
     }
 
