@@ -58,6 +58,19 @@ struct Args {
     stats: bool,
 }
 
+/// What `--stats` prints (rank 0), as one JSON object after `stats `.
+#[derive(serde::Serialize)]
+struct Stats {
+    ranks: usize,
+    n: usize,
+    iters_run: u64,
+    checkpoints: u32,
+    wall_secs: f64,
+    ckpt_ms_mean: f64,
+    coord_ms_mean: f64,
+    tracking: &'static str,
+}
+
 fn rank_version(s: &Option<String>) -> Option<(u32, u64)> {
     let (r, v) = s.as_deref()?.split_once(':')?;
     Some((r.parse().ok()?, v.parse().ok()?))
@@ -220,16 +233,17 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
         println!("checksum {}", blake3::hash(&all).to_hex());
         if a.stats {
             let c = ckpts.max(1) as f64;
-            println!(
-                "stats {{\"ranks\":{size},\"n\":{n},\"iters_run\":{},\"checkpoints\":{ckpts},\"wall_secs\":{wall:.6},\"ckpt_ms_mean\":{:.3},\"coord_ms_mean\":{:.3},\"tracking\":\"{}\"}}",
-                a.iters + 1 - start,
-                1e3 * total / c,
-                1e3 * coord / c,
-                match job.checkpointer().tracking() {
-                    Tracking::Uffd => "uffd",
-                    _ => "hash",
-                }
-            );
+            let stats = Stats {
+                ranks: size,
+                n,
+                iters_run: a.iters + 1 - start,
+                checkpoints: ckpts,
+                wall_secs: wall,
+                ckpt_ms_mean: 1e3 * total / c,
+                coord_ms_mean: 1e3 * coord / c,
+                tracking: job.checkpointer().tracking().name(),
+            };
+            println!("stats {}", serde_json::to_string(&stats)?);
         }
     } else {
         world.process_at_rank(0).send(&mine[..]);

@@ -225,3 +225,27 @@ fn bench_reports_the_documented_fields() {
         "{j}"
     );
 }
+
+/// `--json` works anywhere on the line, errors are one JSON document, and the OS reason is
+/// given once, not repeated by the cause chain.
+#[test]
+fn errors_name_the_path_and_give_the_os_reason_once() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope");
+    let m = missing.to_str().unwrap();
+    for args in [vec!["--json", "ls", m], vec!["ls", m, "--json"]] {
+        let (code, j, stderr) = ckpt(&args);
+        assert_eq!(code, 2, "{stderr}");
+        let msg = j["error"].as_str().unwrap();
+        assert!(msg.contains(m), "{msg}");
+        assert_eq!(msg.matches("os error 2").count(), 1, "{msg}");
+        assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    }
+    // An unknown tracking mode is refused by the argument parser, naming the choices.
+    let (code, _, stderr) = ckpt(&["bench", "--dir", m, "--tracking", "nope"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("auto") && stderr.contains("uffd"),
+        "{stderr}"
+    );
+}

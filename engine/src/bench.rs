@@ -61,7 +61,7 @@ impl Default for BenchParams {
 }
 
 /// Measured results. Times are seconds, sizes bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchReport {
     /// Registered state.
     pub state_bytes: u64,
@@ -104,6 +104,25 @@ pub struct BenchReport {
     pub compact_secs: Option<f64>,
     /// With `compact_keep`: bytes the compaction wrote.
     pub compact_bytes_written: Option<u64>,
+    /// Ratios of the figures above, measured within this run.
+    pub ratios: BenchRatios,
+}
+
+/// Ratios of a [`BenchReport`]'s figures (both terms from the same run).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRatios {
+    /// Compaction time over the full checkpoint's.
+    pub compact_over_full_secs: Option<f64>,
+    /// Bytes the compaction wrote over the full version's size.
+    pub compact_bytes_over_full: Option<f64>,
+    /// Median delta checkpoint time over the full one's.
+    pub delta_over_full: f64,
+    /// Median delta file size over the state size.
+    pub delta_bytes_over_state: f64,
+    /// Full checkpoint time over a raw write + fsync of the same bytes.
+    pub full_over_baseline: f64,
+    /// Restore time of the newest version over the first's.
+    pub restore_newest_over_first: f64,
 }
 
 /// SplitMix64: small, fast, good enough to pick pages and make noise.
@@ -329,6 +348,16 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         ok_compacted = restore(last.version, &last_state)?.1;
     }
 
+    let delta_secs = median(&mut delta_secs);
+    let delta_bytes = median(&mut delta_bytes) as u64;
+    let ratios = BenchRatios {
+        compact_over_full_secs: compact_secs.map(|c| c / full_secs),
+        compact_bytes_over_full: compact_bytes_written.map(|b| b as f64 / first.file_bytes as f64),
+        delta_over_full: delta_secs / full_secs,
+        delta_bytes_over_state: delta_bytes as f64 / state_bytes as f64,
+        full_over_baseline: full_secs / baseline_write_secs,
+        restore_newest_over_first: restore_newest_secs / restore_first_secs,
+    };
     Ok(BenchReport {
         state_bytes,
         versions: p.versions,
@@ -339,8 +368,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         full_secs,
         full_bytes: first.file_bytes,
         full_scan_secs: first.scan_secs,
-        delta_secs: median(&mut delta_secs),
-        delta_bytes: median(&mut delta_bytes) as u64,
+        delta_secs,
+        delta_bytes,
         delta_scan_secs: median(&mut delta_scan),
         baseline_write_secs,
         restore_newest_secs,
@@ -350,5 +379,6 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         verified: ok_newest && ok_first && ok_compacted,
         compact_secs,
         compact_bytes_written,
+        ratios,
     })
 }

@@ -11,7 +11,7 @@ use crate::read::{Version, VersionFile};
 use crate::store::Store;
 
 /// One committed version as listed by [`list`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct VersionInfo {
     /// Version number.
     pub version: u64,
@@ -45,6 +45,153 @@ pub fn list(store: &Store) -> Result<Vec<VersionInfo>> {
             })
         })
         .collect()
+}
+
+/// What `ckpt inspect` shows of one version file, from [`inspect`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileSummary {
+    /// The file inspected.
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Chain name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// Random file id (hex).
+    pub file_id: String,
+    /// The version it is a delta against.
+    pub parent: Option<ParentSummary>,
+    /// Whether it references no other file.
+    pub full: bool,
+    /// Delta steps to the nearest full version.
+    pub depth: u32,
+    /// Page size.
+    pub page_size: u32,
+    /// How dirty pages were found: `hash`, `uffd` or `compactor`.
+    pub tracking: &'static str,
+    /// zstd level of its pages.
+    pub compression_level: i32,
+    /// When it was written, nanoseconds since the Unix epoch.
+    pub created_unix_nanos: u64,
+    /// Its regions.
+    pub regions: Vec<RegionSummary>,
+    /// Pages of all regions.
+    pub pages_total: u64,
+    /// Pages stored in this file.
+    pub pages_stored: u64,
+    /// Pages found in other files.
+    pub pages_referenced: u64,
+    /// Uncompressed bytes of the pages stored here.
+    pub stored_raw_bytes: u64,
+    /// Bytes of the data section.
+    pub data_bytes: u64,
+    /// Bytes of the index section.
+    pub index_bytes: u64,
+    /// `stored_raw_bytes / data_bytes`.
+    pub compression_ratio: f64,
+    /// The other files its pages live in.
+    pub references: Vec<ReferenceSummary>,
+}
+
+/// A parent, in a [`FileSummary`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ParentSummary {
+    /// Its version.
+    pub version: u64,
+    /// Its file id (hex).
+    pub file_id: String,
+    /// Its index checksum (hex).
+    pub index_checksum: String,
+}
+
+/// A region, in a [`FileSummary`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionSummary {
+    /// Region id.
+    pub id: u64,
+    /// Length in bytes.
+    pub bytes: u64,
+    /// Pages covering it.
+    pub pages: u64,
+    /// Extents mapping them.
+    pub extents: u64,
+}
+
+/// A referenced file, in a [`FileSummary`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReferenceSummary {
+    /// Its file name.
+    pub file: String,
+    /// Its version.
+    pub version: u64,
+    /// Its file id (hex).
+    pub file_id: String,
+}
+
+/// Opens and checks one version file (not the files it references) and summarises it.
+pub fn inspect(path: &Path) -> Result<FileSummary> {
+    use crate::format::hex;
+    let f = VersionFile::open(path)?;
+    let h = &f.header;
+    let pages_total: u64 = f
+        .index
+        .regions
+        .iter()
+        .map(|r| r.page_count(h.page_size))
+        .sum();
+    let pages_stored = f.index.records.len() as u64;
+    Ok(FileSummary {
+        file: path.display().to_string(),
+        bytes: f.size(),
+        name: h.name.clone(),
+        version: h.version,
+        file_id: hex(&h.file_id),
+        parent: h.parent.map(|p| ParentSummary {
+            version: p.version,
+            file_id: hex(&p.identity.file_id),
+            index_checksum: hex(&p.identity.index_checksum),
+        }),
+        full: h.flags & FLAG_FULL != 0,
+        depth: h.depth,
+        page_size: h.page_size,
+        tracking: h.tracking.as_str(),
+        compression_level: h.compression_level,
+        created_unix_nanos: h.created_unix_nanos,
+        regions: f
+            .index
+            .regions
+            .iter()
+            .map(|r| RegionSummary {
+                id: r.id,
+                bytes: r.byte_len,
+                pages: r.page_count(h.page_size),
+                extents: r.extent_count,
+            })
+            .collect(),
+        pages_total,
+        pages_stored,
+        pages_referenced: pages_total - pages_stored.min(pages_total),
+        stored_raw_bytes: f.footer.stored_raw_bytes,
+        data_bytes: f.footer.data_len,
+        index_bytes: f.footer.index_len,
+        compression_ratio: if f.footer.data_len > 0 {
+            f.footer.stored_raw_bytes as f64 / f.footer.data_len as f64
+        } else {
+            1.0
+        },
+        references: f
+            .index
+            .files
+            .iter()
+            .skip(1)
+            .map(|e| ReferenceSummary {
+                file: e.name.clone(),
+                version: e.version,
+                file_id: hex(&e.identity.file_id),
+            })
+            .collect(),
+    })
 }
 
 /// Fully checks one version: its file (header, footer, index, every stored page against its

@@ -1,0 +1,114 @@
+//! What the `ckpt` and `ckpt-compact` binaries share: argument groups, the progress bar,
+//! and how a command's outcome becomes output and an exit status.
+//!
+//! ```no_run
+//! use ckpt_cli::{finish, progress_bar};
+//! let pb = progress_bar(10, "verify", false);
+//! pb.finish_and_clear();
+//! let code = finish(false, Ok(true));
+//! # let _ = code;
+//! ```
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A store directory and, when it holds several chains, which one.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Store directory (a chain's directory, or a job store).
+    pub dir: PathBuf,
+    /// Chain name (optional when DIR holds one chain).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// Dirty-page tracking modes, as command-line values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackingArg {
+    /// userfaultfd where the kernel supports it, hashing otherwise.
+    Auto,
+    /// Hash every page.
+    Hash,
+    /// userfaultfd write-protection (fails where unavailable).
+    Uffd,
+}
+
+impl From<TrackingArg> for ckpt_engine::Tracking {
+    fn from(t: TrackingArg) -> Self {
+        match t {
+            TrackingArg::Auto => ckpt_engine::Tracking::Auto,
+            TrackingArg::Hash => ckpt_engine::Tracking::Hash,
+            TrackingArg::Uffd => ckpt_engine::Tracking::Uffd,
+        }
+    }
+}
+
+/// A progress bar on stderr when it is a terminal and output is not JSON; hidden otherwise.
+pub fn progress_bar(len: u64, msg: &str, json: bool) -> ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Prints `doc` as one JSON document on stdout (with `--json`), or runs `human`.
+pub fn emit<T: serde::Serialize>(json: bool, doc: &T, human: impl FnOnce()) {
+    if json {
+        match serde_json::to_string(doc) {
+            Ok(s) => println!("{s}"),
+            Err(e) => println!("{}", serde_json::json!({ "error": e.to_string() })),
+        }
+    } else {
+        human();
+    }
+}
+
+/// The exit status of a command: 0 when it succeeded, 1 when it ran but found a problem
+/// (`Ok(false)`: a file that does not verify), 2 on an error, which is printed once on
+/// stderr and, with `--json`, as `{"error": ...}` on stdout.
+pub fn finish(json: bool, outcome: anyhow::Result<bool>) -> ExitCode {
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            let msg = message(&e);
+            if json {
+                println!("{}", serde_json::json!({ "error": msg }));
+            }
+            eprintln!("{}: error: {msg}", program());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// An error and its causes, each cause once: engine errors already include their OS reason
+/// in their own text, so a cause whose text is already there is not repeated.
+pub fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    msg
+}
+
+fn program() -> String {
+    std::env::args()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "ckpt".into())
+}
