@@ -31,11 +31,17 @@ mod error;
 pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
+#[cfg(feature = "internals")]
 pub mod format;
+#[cfg(not(feature = "internals"))]
+mod format;
 mod hash;
 pub mod job;
+#[cfg(feature = "internals")]
 pub mod read;
-pub mod region;
+#[cfg(not(feature = "internals"))]
+mod read;
+mod region;
 pub mod store;
 mod sys;
 mod track;
@@ -44,7 +50,8 @@ mod write;
 pub use checkpointer::Checkpointer;
 pub use config::{CheckpointStats, Config, RestoreStats, Tracking};
 pub use error::{Error, Result};
-pub use format::Identity;
+pub use format::{Identity, TrackingKind};
+#[cfg(feature = "internals")]
 pub use hash::{page_hash, GROUP_BYTES};
 pub use read::catalog;
 pub use region::RegionHandle;

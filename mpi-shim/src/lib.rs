@@ -43,7 +43,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ckpt_engine::job::{CommitRecord, JobStore};
-use ckpt_engine::read::Version;
 use ckpt_engine::{Checkpointer, Config, Identity};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::topology::Communicator;
@@ -350,7 +349,7 @@ impl<'c, C: Communicator> Job<'c, C> {
         }
         let mut tried: Vec<(u64, Vec<RankFailure>)> = Vec::new();
         for &v in listed.iter().rev() {
-            let here = self.check_here(v);
+            let here = self.store.check_rank(v, self.rank, self.size);
             let mut f = failures(self.comm, here.as_ref().err().map(|e| e as &dyn Display));
             if f.is_empty() {
                 let restored = self.ck.restore(Some(v));
@@ -385,32 +384,6 @@ impl<'c, C: Communicator> Job<'c, C> {
             dir: self.store.dir().to_path_buf(),
             tried,
         })
-    }
-
-    /// Whether this rank's file for version `v` exists, opens with every file it references,
-    /// and is the one the commit record names; if not, why, naming the file.
-    fn check_here(&self, v: u64) -> std::result::Result<(), String> {
-        let rec = self.store.read_commit(v).map_err(|e| e.to_string())?;
-        if rec.ranks.len() != self.size as usize {
-            return Err(format!(
-                "the commit record of version {v} names {} ranks, the job has {}",
-                rec.ranks.len(),
-                self.size
-            ));
-        }
-        let path = self
-            .store
-            .rank_store(self.rank)
-            .map_err(|e| e.to_string())?
-            .path_of(v);
-        let version = Version::open(&path).map_err(|e| e.to_string())?;
-        if !version.file().satisfies(&rec.ranks[self.rank as usize]) {
-            return Err(format!(
-                "{}: not the file that the commit record of version {v} names",
-                path.display()
-            ));
-        }
-        Ok(())
     }
 
     /// The version number a new collective checkpoint gets: above every version on every

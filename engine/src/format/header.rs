@@ -7,8 +7,9 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::layout::{RawFooter, RawHeader};
 use super::{
-    check_page_size, FileId, Hash, Identity, ParentRef, TrackingKind, FLAGS_INCOMPAT, FOOTER_LEN,
-    FOOTER_MAGIC, FORMAT_VERSION, HEADER_LEN, HEADER_MAGIC, KNOWN_INCOMPAT, MAX_NAME_LEN,
+    check_page_size, FileId, Hash, Identity, ParentRef, TrackingKind, FLAGS_COMPAT, FLAGS_INCOMPAT,
+    FOOTER_LEN, FOOTER_MAGIC, FORMAT_VERSION, HEADER_LEN, HEADER_MAGIC, KNOWN_INCOMPAT,
+    MAX_NAME_LEN,
 };
 use crate::error::{Error, Result};
 
@@ -108,7 +109,8 @@ impl Header {
             )));
         }
         let flags = raw.flags.get();
-        let unknown = flags & FLAGS_INCOMPAT & !KNOWN_INCOMPAT;
+        // Unknown compatible bits are ignored; unknown incompatible bits refuse the file.
+        let unknown = (flags & !FLAGS_COMPAT) & FLAGS_INCOMPAT & !KNOWN_INCOMPAT;
         if unknown != 0 {
             return Err(bad(format!(
                 "incompatible feature flags {unknown:#010x} that this build does not \

@@ -90,6 +90,7 @@ pub struct Index {
 
 impl Index {
     /// Serialises the index section.
+    #[cfg(any(test, feature = "internals"))]
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(self.encoded_len());
         // Writing into a Vec cannot fail.

@@ -254,36 +254,51 @@ impl JobStore {
         store::atomic_write_new(&dir, &self.commit_name(rec.version), &rec.encode())
     }
 
-    /// Fully checks committed version `v` on every rank: the commit record, and each rank's
-    /// file (every page, every reference) being the one the record names.
-    pub fn verify_commit(&self, v: u64, world_size: u32) -> Result<()> {
+    /// Whether rank `rank`'s file for committed version `v` exists, opens with every file it
+    /// references, and is the one the commit record names (a job of `world_size` ranks).
+    /// This is what a restart asks of each rank before restoring `v`; `Err` names the file
+    /// and what is wrong with it.
+    pub fn check_rank(&self, v: u64, rank: u32, world_size: u32) -> Result<()> {
+        self.check_rank_file(v, rank, world_size).map(drop)
+    }
+
+    /// [`check_rank`](Self::check_rank), returning the rank's file.
+    fn check_rank_file(&self, v: u64, rank: u32, world_size: u32) -> Result<PathBuf> {
         let rec = self.read_commit(v)?;
-        let path = self.commits_dir().join(self.commit_name(v));
+        let record = self.commits_dir().join(self.commit_name(v));
         if rec.ranks.len() != world_size as usize {
             return Err(Error::corrupt(
-                &path,
+                &record,
                 "commit record",
                 format!("names {} ranks, the job has {world_size}", rec.ranks.len()),
             ));
         }
-        for (rank, want) in rec.ranks.iter().enumerate() {
-            let file = self.rank_store(rank as u32)?.path_of(v);
-            if !file.exists() {
-                return Err(Error::MissingReference {
-                    path,
-                    missing: file,
-                });
-            }
+        let path = self.rank_store(rank)?.path_of(v);
+        if !path.exists() {
+            return Err(Error::MissingReference {
+                path: record,
+                missing: path,
+            });
+        }
+        let version = crate::read::Version::open(&path)?;
+        let want = &rec.ranks[rank as usize];
+        if !version.file().satisfies(want) {
+            return Err(Error::ReplacedReference {
+                path: record,
+                referenced: path,
+                expected: crate::format::hex(&want.file_id),
+                found: crate::format::hex(&version.file().header.file_id),
+            });
+        }
+        Ok(path)
+    }
+
+    /// Fully checks committed version `v` on every rank: the commit record, and each rank's
+    /// file (every page, every reference) being the one the record names.
+    pub fn verify_commit(&self, v: u64, world_size: u32) -> Result<()> {
+        for rank in 0..world_size {
+            let file = self.check_rank_file(v, rank, world_size)?;
             crate::catalog::verify_version(&file)?;
-            let f = crate::read::VersionFile::open(&file)?;
-            if !f.satisfies(want) {
-                return Err(Error::ReplacedReference {
-                    path,
-                    referenced: file,
-                    expected: crate::format::hex(&want.file_id),
-                    found: crate::format::hex(&f.header.file_id),
-                });
-            }
         }
         Ok(())
     }

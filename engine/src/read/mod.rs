@@ -103,11 +103,6 @@ impl VersionFile {
                 || self.index.superseded.contains(&want.index_checksum))
     }
 
-    /// Stored (on-disk) bytes of the data section.
-    pub fn data_bytes(&self) -> u64 {
-        self.footer.data_len
-    }
-
     /// The stored (possibly compressed) bytes of a record of this file.
     pub fn stored_bytes(&self, rec: &Record) -> &[u8] {
         &self.map[rec.offset as usize..(rec.offset + rec.stored_len as u64) as usize]

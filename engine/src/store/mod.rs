@@ -217,7 +217,7 @@ pub(crate) fn lock_exclusive_now(path: &Path, name: &str) -> Result<Flock<File>>
 /// Creates directory `dir` and any missing parents, each mode 0700 (whatever the umask
 /// allows), and fsyncs the parent of each directory it creates, so that a power loss cannot
 /// lose a directory that holds committed files. Existing directories are left as they are.
-pub fn create_dir_durable(dir: &Path) -> Result<()> {
+pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let mut missing = Vec::new();
     let mut cur = Some(dir);
@@ -261,7 +261,7 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
 }
 
 /// Names of the chains present in `dir`, sorted.
-pub fn chains_in(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn chains_in(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = list_dir(dir)?
         .iter()
         .filter_map(|f| parse_version_file_name(f))
@@ -287,7 +287,7 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 /// Writes `bytes` as the new file `dir/name` atomically: a temporary file (mode 0600) is
 /// written and fsynced, renamed to `name` without replacing anything, and the directory is
 /// fsynced. Fails if `name` exists.
-pub fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     check_file_name(name).map_err(Error::Config)?;
     let mut r = [0u8; 6];
@@ -328,7 +328,7 @@ pub(crate) fn create_new_file(path: &Path) -> Result<File> {
 }
 
 /// fsyncs a directory, making renames and unlinks in it durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
     d.sync_all()
         .map_err(|e| Error::io(dir, "fsync directory", e))?;
