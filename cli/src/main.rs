@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(long)]
         version: Option<u64>,
     },
-    /// Write each region of a version to OUTDIR/region-<id>.bin.
+    /// Write each region of a version to `OUTDIR/region-<id>.bin`.
     Restore {
         #[command(flatten)]
         store: StoreArgs,

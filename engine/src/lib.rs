@@ -7,19 +7,33 @@
 //! [`Checkpointer::restore`] rebuilds any committed version; every page is resolved in one
 //! hop, so restore cost does not grow with the chain's depth.
 //!
-//! The on-disk format is specified in `docs/FORMAT.md`.
+//! The on-disk format is specified in `docs/FORMAT.md`; the code map is
+//! `docs/ARCHITECTURE.md`.
 //!
-//! Modules, in the direction data flows:
-//! - [`region`]: memory the application registers;
-//! - `track`, `uffd`: which pages may have changed (userfaultfd write-protection);
-//! - `hash`: which pages changed;
-//! - `write`: the new file, committed atomically;
-//! - [`store`]: naming, listing and locking in a directory;
-//! - [`read`]: opening, checking and resolving versions;
-//! - [`catalog`]: listing, verifying and exporting for tools;
-//! - [`compact`]: retention and garbage collection, crash-safe;
-//! - [`format`]: the byte layout shared by all of them.
-#![warn(missing_docs)]
+//! Rooms, in the direction data flows: `region` (registered memory) → `track` (which pages
+//! may have changed: hash, userfaultfd, auto) → `hash` (which did) → `write` (the new file,
+//! committed atomically) → [`store`] (naming, listing, locking). Beside them: `read` and
+//! [`catalog`] (opening, checking, resolving versions), [`compact`] (retention, crash-safe),
+//! [`job`] (a multi-rank job's layout, no MPI), `format` (the bytes) and `sys` (every system
+//! call).
+//!
+//! ```no_run
+//! use ckpt_engine::{Checkpointer, Config, Tracking};
+//!
+//! let mut ck = Checkpointer::open("/scratch/job", "sim", Config::default().with_tracking(Tracking::Auto))?;
+//! let grid = ck.alloc_region::<f64>(1, 1 << 20)?;
+//! if let Some(v) = ck.latest_version()? {
+//!     ck.restore(Some(v))?; // restart: continue from the newest version
+//! }
+//! for step in 0..100 {
+//!     ck.region_mut(&grid)?.iter_mut().for_each(|x| *x += 1.0);
+//!     if step % 10 == 9 {
+//!         let s = ck.checkpoint()?;
+//!         assert!(s.pages_stored <= s.pages_total);
+//!     }
+//! }
+//! # Ok::<(), ckpt_engine::Error>(())
+//! ```
 
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -1,5 +1,15 @@
 //! Shared helpers for ckpt's integration tests: a deterministic workload whose state after
 //! any sequence of steps can be recomputed, and hashing of region contents.
+//!
+//! ```no_run
+//! use ckpt_engine::Checkpointer;
+//! let dir = std::env::temp_dir().join("ckpt-tests-example");
+//! let mut ck = Checkpointer::open(&dir, "w", ckpt_tests::config(4096, 16))?;
+//! ckpt_tests::register(&mut ck, 1)?;
+//! ckpt_tests::mutate(&mut ck, 1, 7, 1, 10);
+//! ck.checkpoint()?;
+//! # Ok::<(), ckpt_engine::Error>(())
+//! ```
 
 use ckpt_engine::bench::Rng;
 use ckpt_engine::{Checkpointer, Config};
@@ -91,7 +101,12 @@ pub fn export_hash(
     v: u64,
 ) -> Result<String, ckpt_engine::Error> {
     let store = ckpt_engine::Store::new(dir, name)?;
-    let out = tempfile_dir();
+    let tmp = tempfile::tempdir().map_err(|e| ckpt_engine::Error::Io {
+        path: std::env::temp_dir(),
+        op: "create a temporary directory",
+        source: e,
+    })?;
+    let out = tmp.path().join("export");
     let (_, files) = ckpt_engine::catalog::export(&store, Some(v), &out)?;
     let mut all = Vec::new();
     for f in files {
@@ -102,22 +117,7 @@ pub fn export_hash(
         })?;
         all.extend_from_slice(&ckpt_engine::page_hash(&bytes));
     }
-    let _ = std::fs::remove_dir_all(&out);
     Ok(ckpt_engine::format::hex(&ckpt_engine::page_hash(&all)))
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let mut r = [0u8; 8];
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    r.copy_from_slice(&(n as u64).to_le_bytes());
-    std::env::temp_dir().join(format!(
-        "ckpt-export-{}-{}",
-        std::process::id(),
-        ckpt_engine::format::hex(&r)
-    ))
 }
 
 /// Copies every file of directory `from` into a fresh directory `to`.

@@ -103,8 +103,8 @@ impl Store {
             .collect())
     }
 
-    /// Creates the directory (and missing parents) if needed, durably: see
-    /// [`create_dir_durable`].
+    /// Creates the directory (and missing parents) if needed, durably: each new directory
+    /// mode 0700, its parent fsynced after the `mkdir`.
     pub fn create_dir(&self) -> Result<()> {
         create_dir_durable(&self.dir)
     }
