@@ -5,6 +5,8 @@
 //! the one remembered from the parent, and hashes the pages of a group one by one only when
 //! the group changed. Groups are processed in parallel with rayon.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::format::Hash;
@@ -28,19 +30,42 @@ pub(crate) struct RegionHashes {
 pub(crate) struct DirtyPage {
     /// Page index within the region.
     pub(crate) page: u64,
-    /// blake3 of `bytes`.
+    /// blake3 of the copy.
     pub(crate) hash: Hash,
-    /// The page as it was read once, for both the hash and the stored bytes: a writer that
+    /// The page as it was read once, for both the hash and the stored bytes (`copy[at..at +
+    /// len]`, the copy being shared by the pages of a group read together): a writer that
     /// changes the page meanwhile (another thread, RDMA) cannot make a record whose bytes
-    /// differ from its hash. Emptied once the page is written.
-    pub(crate) bytes: Vec<u8>,
+    /// differ from its hash. Dropped once the page is written.
+    copy: Option<Arc<[u8]>>,
+    at: usize,
+    len: usize,
+}
+
+impl DirtyPage {
+    /// The bytes the hash was computed from (empty once dropped).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.copy
+            .as_deref()
+            .and_then(|c| c.get(self.at..self.at + self.len))
+            .unwrap_or(&[])
+    }
+
+    /// Frees the copy once the page has been written.
+    pub(crate) fn drop_copy(&mut self) {
+        self.copy = None;
+    }
 }
 
 /// Reads a page once: a private copy and its hash.
-fn read_page(page: &[u8]) -> (Vec<u8>, Hash) {
-    let copy = page.to_vec();
-    let h = page_hash(&copy);
-    (copy, h)
+fn read_page(p: u64, page: &[u8]) -> DirtyPage {
+    let copy: Arc<[u8]> = Arc::from(page);
+    DirtyPage {
+        page: p,
+        hash: page_hash(&copy),
+        len: copy.len(),
+        at: 0,
+        copy: Some(copy),
+    }
 }
 
 /// Result of scanning one region.
@@ -123,25 +148,41 @@ pub(crate) fn scan_groups(
         .map(|(k, chunk)| {
             let g = groups.start + k;
             let skip_group = !want_groups && known.groups[g].is_none();
-            let gh = if skip_group {
-                None
-            } else {
-                Some(page_hash(chunk))
-            };
             let mut hashed = if skip_group { 0 } else { chunk.len() as u64 };
             let mut dirty = Vec::new();
-            let all = every_page || !known.pages_known;
-            if known.groups[g] != gh || gh.is_none() || all {
+            if every_page || !known.pages_known {
+                // Every page is stored: read the group once, and take the group hash and
+                // every page hash from that one copy.
+                let copy: Arc<[u8]> = Arc::from(chunk);
+                let gh = (!skip_group).then(|| page_hash(&copy));
+                hashed += chunk.len() as u64;
+                for (k, page) in copy.chunks(page_size).enumerate() {
+                    dirty.push(DirtyPage {
+                        page: (g * ppg + k) as u64,
+                        hash: page_hash(page),
+                        at: k * page_size,
+                        len: page.len(),
+                        copy: Some(Arc::clone(&copy)),
+                    });
+                }
+                return (g, gh, dirty, hashed);
+            }
+            // The group hash is read before the pages, so a write racing with the scan can
+            // only make the remembered group hash older than the pages (a later rescan), never
+            // newer.
+            let gh = (!skip_group).then(|| page_hash(chunk));
+            if known.groups[g] != gh || gh.is_none() {
                 hashed += chunk.len() as u64;
                 for (k, page) in chunk.chunks(page_size).enumerate() {
                     let p = g * ppg + k;
-                    let (bytes, h) = read_page(page);
-                    if all || known.pages[p] != h {
-                        dirty.push(DirtyPage {
-                            page: p as u64,
-                            hash: h,
-                            bytes,
-                        });
+                    if known.pages[p] == page_hash(page) {
+                        continue;
+                    }
+                    // Changed: read it once more into a copy, which is hashed and stored.
+                    let d = read_page(p as u64, page);
+                    if known.pages[p] != d.hash {
+                        hashed += d.len as u64;
+                        dirty.push(d);
                     }
                 }
             }
@@ -183,12 +224,8 @@ pub(crate) fn scan_candidates(
         .filter_map(|&p| {
             let start = p as usize * page_size;
             let end = (start + page_size).min(data.len());
-            let (bytes, h) = read_page(&data[start..end]);
-            (!known.pages_known || known.pages[p as usize] != h).then_some(DirtyPage {
-                page: p,
-                hash: h,
-                bytes,
-            })
+            let d = read_page(p, &data[start..end]);
+            (!known.pages_known || known.pages[p as usize] != d.hash).then_some(d)
         })
         .collect();
     let ppg = pages_per_group(page_size);

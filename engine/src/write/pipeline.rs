@@ -95,7 +95,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                     .map(|d| {
                         region_stored.push(d.page);
                         PageIn {
-                            bytes: &d.bytes,
+                            bytes: d.bytes(),
                             hash: d.hash,
                             stored: None,
                         }
@@ -112,7 +112,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                     emit(&pages)?;
                 }
                 drop(pages);
-                scan.dirty.iter_mut().for_each(|d| d.bytes = Vec::new());
+                scan.dirty.iter_mut().for_each(|d| d.drop_copy());
                 region_scan.extend(scan);
                 g = end;
             }
