@@ -479,12 +479,5 @@ fn commit_record(version: u64, all: &[u8]) -> CommitRecord {
             id
         })
         .collect();
-    CommitRecord {
-        version,
-        created_unix_nanos: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-        ranks,
-    }
+    CommitRecord::new(version, ranks)
 }

@@ -353,6 +353,21 @@ fn caller_memory_edges_are_always_hashed() {
     drop(ck);
 }
 
+/// Two mappings of one memfd of `len` bytes: writes through the second do not touch the
+/// first's page tables, like a NIC writing by DMA.
+fn two_maps(len: usize) -> (memmap2::MmapMut, memmap2::MmapMut) {
+    let fd =
+        nix::sys::memfd::memfd_create(c"ckpt-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    nix::unistd::ftruncate(&fd, len as i64).unwrap();
+    let file = std::fs::File::from(fd);
+    // SAFETY: both maps cover the memfd we own; the tests write through the second only
+    // between checkpoints.
+    let a = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    // SAFETY: as above: a second map of the same memfd.
+    let b = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    (a, b)
+}
+
 #[test]
 fn writes_behind_the_page_tables_back_need_audit_or_mark_dirty() {
     if skip() {
@@ -361,16 +376,8 @@ fn writes_behind_the_page_tables_back_need_audit_or_mark_dirty() {
     // Two mappings of one memfd: writes through the second do not touch the first's page
     // tables, like a NIC writing by DMA.
     let dir = tempfile::tempdir().unwrap();
-    let fd =
-        nix::sys::memfd::memfd_create(c"ckpt-test", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let len = 32 * 4096;
-    nix::unistd::ftruncate(&fd, len as i64).unwrap();
-    let file = std::fs::File::from(fd);
-    // SAFETY: both maps cover the memfd we own; the test writes through `b` only between
-    // checkpoints.
-    let mut a = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
-    // SAFETY: as above: a second map of the same memfd, written only between checkpoints.
-    let mut b = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    let (mut a, mut b) = two_maps(len);
     a.iter_mut().for_each(|x| *x = 3);
     let mut c = cfg(Tracking::Uffd);
     c.audit_every = 4;
@@ -410,16 +417,8 @@ fn a_full_version_in_uffd_mode_hashes_every_page() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let fd =
-        nix::sys::memfd::memfd_create(c"ckpt-full", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let len = 32 * 4096;
-    nix::unistd::ftruncate(&fd, len as i64).unwrap();
-    let file = std::fs::File::from(fd);
-    // SAFETY: both maps cover the memfd we own; the test writes through `b` only between
-    // checkpoints.
-    let mut a = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
-    // SAFETY: as above: a second map of the same memfd, written only between checkpoints.
-    let mut b = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    let (mut a, mut b) = two_maps(len);
     a.iter_mut().for_each(|x| *x = 3);
     let mut c = cfg(Tracking::Uffd);
     c.max_chain_depth = 1;

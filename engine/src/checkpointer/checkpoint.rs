@@ -1,7 +1,7 @@
 //! The steps of one checkpoint: plan, scan and emit, commit, after-commit bookkeeping.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use super::Checkpointer;
 use crate::config::CheckpointStats;
@@ -54,12 +54,6 @@ fn picture_valid(dir: &Path, parent: &Parent) -> bool {
     })
 }
 
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl Checkpointer {
     /// The parent picture in force: `None` when the next version must be full.
     fn usable_parent(&self) -> Option<&Parent> {
@@ -105,7 +99,7 @@ impl Checkpointer {
                 TrackingKind::Hash
             },
             compression_level: self.config.compression_level,
-            created_unix_nanos: now_nanos(),
+            created_unix_nanos: format::unix_nanos(),
             name: self.store.name().to_string(),
         };
         let dst = self.store.path_of(version);

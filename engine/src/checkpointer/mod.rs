@@ -123,14 +123,7 @@ impl Checkpointer {
     /// show (an RDMA NIC writing into it, for example). The pages are hashed at the next
     /// checkpoint. Has no effect in hash mode, which hashes everything anyway.
     pub fn mark_dirty(&mut self, id: u64, range: std::ops::Range<usize>) -> Result<()> {
-        let i = self
-            .regions
-            .iter()
-            .position(|r| r.id == id)
-            .ok_or_else(|| Error::Region {
-                id,
-                why: "not registered".into(),
-            })?;
+        let i = self.slot_of(id)?;
         let len = self.regions[i].len();
         if range.start > range.end || range.end > len {
             return Err(Error::Region {
@@ -259,18 +252,22 @@ impl Checkpointer {
         self.push_region(id, Memory::Raw { ptr, len })
     }
 
-    /// A handle for the engine-allocated region `id` (for code that did not keep the one
-    /// [`alloc_region`](Self::alloc_region) returned). Fails if no such region is registered,
-    /// if it is caller memory, or if its length is not a whole number of `T`s.
-    pub fn handle<T: bytemuck::Pod>(&self, id: u64) -> Result<RegionHandle<T>> {
-        let slot = self
-            .regions
+    /// The slot of region `id`.
+    fn slot_of(&self, id: u64) -> Result<usize> {
+        self.regions
             .iter()
             .position(|r| r.id == id)
             .ok_or_else(|| Error::Region {
                 id,
                 why: "not registered".into(),
-            })?;
+            })
+    }
+
+    /// A handle for the engine-allocated region `id` (for code that did not keep the one
+    /// [`alloc_region`](Self::alloc_region) returned). Fails if no such region is registered,
+    /// if it is caller memory, or if its length is not a whole number of `T`s.
+    pub fn handle<T: bytemuck::Pod>(&self, id: u64) -> Result<RegionHandle<T>> {
+        let slot = self.slot_of(id)?;
         let bytes = self.regions[slot].len();
         let size = std::mem::size_of::<T>().max(1);
         let h = RegionHandle::new(self.engine_id, slot, id, bytes / size);
@@ -306,14 +303,7 @@ impl Checkpointer {
 
     /// The bytes of region `id` (engine-allocated or raw).
     pub fn region_bytes(&self, id: u64) -> Result<&[u8]> {
-        self.regions
-            .iter()
-            .find(|r| r.id == id)
-            .map(|r| r.mem.bytes())
-            .ok_or_else(|| Error::Region {
-                id,
-                why: "not registered".into(),
-            })
+        Ok(self.regions[self.slot_of(id)?].mem.bytes())
     }
 
     /// The ids and byte lengths of the registered regions, in registration order.

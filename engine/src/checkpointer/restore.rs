@@ -60,20 +60,7 @@ impl Checkpointer {
     /// On error the contents of the regions are unspecified and the engine forgets its
     /// parent, so the next checkpoint is a full version.
     pub fn restore(&mut self, version: Option<u64>) -> Result<RestoreStats> {
-        let version = match version {
-            Some(v) => v,
-            None => self.store.latest()?.ok_or_else(|| Error::NotFound {
-                dir: self.store.dir().to_path_buf(),
-                what: format!("no versions of chain {:?} to restore", self.store.name()),
-            })?,
-        };
-        let path = self.store.path_of(version);
-        if !path.exists() {
-            return Err(Error::NotFound {
-                dir: self.store.dir().to_path_buf(),
-                what: format!("no version {version} of chain {:?}", self.store.name()),
-            });
-        }
+        let (version, path) = self.store.resolve(version)?;
         let v = Version::open(&path)?;
         let ps = v.page_size();
         let order = self.region_order(&v)?;

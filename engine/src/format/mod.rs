@@ -71,6 +71,14 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Now, in nanoseconds since the Unix epoch: the time stamp written into headers and commit
+/// records (0 if the clock is before 1970).
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Draws a fresh random file id from the operating system.
 pub fn new_file_id() -> std::io::Result<FileId> {
     let mut id = [0u8; 16];

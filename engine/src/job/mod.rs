@@ -44,6 +44,15 @@ pub struct CommitRecord {
 }
 
 impl CommitRecord {
+    /// The record of `version`, committed now, naming each rank's file.
+    pub fn new(version: u64, ranks: Vec<Identity>) -> CommitRecord {
+        CommitRecord {
+            version,
+            created_unix_nanos: crate::format::unix_nanos(),
+            ranks,
+        }
+    }
+
     /// Serialises the record: magic, format (u32 = 1), world size (u32), version (u64),
     /// creation time (u64), 48 bytes per rank (file id, index checksum), blake3 of all that.
     pub fn encode(&self) -> Vec<u8> {

@@ -208,20 +208,7 @@ pub fn verify_version(path: &Path) -> Result<()> {
 /// Writes each region of `version` (newest if `None`) to `out/region-<id>.bin` (mode 0600).
 /// Returns the version and the files written.
 pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, Vec<PathBuf>)> {
-    let version = match version {
-        Some(v) => v,
-        None => store.latest()?.ok_or_else(|| Error::NotFound {
-            dir: store.dir().to_path_buf(),
-            what: format!("no versions of chain {:?}", store.name()),
-        })?,
-    };
-    let path = store.path_of(version);
-    if !path.exists() {
-        return Err(Error::NotFound {
-            dir: store.dir().to_path_buf(),
-            what: format!("no version {version} of chain {:?}", store.name()),
-        });
-    }
+    let (version, path) = store.resolve(version)?;
     let v = Version::open(&path)?;
     crate::store::create_dir_durable(out)?;
     let mut written = Vec::new();

@@ -88,6 +88,26 @@ impl Store {
         Ok(v)
     }
 
+    /// Version `version`, or the newest if `None`, and its file: [`Error::NotFound`] if the
+    /// chain has no versions or not that one.
+    pub fn resolve(&self, version: Option<u64>) -> Result<(u64, PathBuf)> {
+        let version = match version {
+            Some(v) => v,
+            None => self.latest()?.ok_or_else(|| Error::NotFound {
+                dir: self.dir.clone(),
+                what: format!("no versions of chain {:?}", self.name),
+            })?,
+        };
+        let path = self.path_of(version);
+        if !path.exists() {
+            return Err(Error::NotFound {
+                dir: self.dir.clone(),
+                what: format!("no version {version} of chain {:?}", self.name),
+            });
+        }
+        Ok((version, path))
+    }
+
     /// The newest committed version, if any.
     pub fn latest(&self) -> Result<Option<u64>> {
         Ok(self.versions()?.last().copied())
@@ -153,21 +173,27 @@ impl Store {
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`
     /// so that no listing ever mistakes them for a committed version.
     pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
-        let mut r = [0u8; 6];
-        getrandom::fill(&mut r).map_err(|e| {
-            Error::io(
-                &self.dir,
-                "draw a temporary name",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        Ok(self.dir.join(format!(
-            ".{}.tmp.{}.{}",
-            version_file_name(&self.name, version),
-            std::process::id(),
-            crate::format::hex(&r)
-        )))
+        temp_name(&self.dir, &version_file_name(&self.name, version))
     }
+}
+
+/// A fresh temporary name in `dir` for the file `name`: `.<name>.tmp.<pid>.<random hex>`.
+/// It starts with `.`, so no listing mistakes it for a committed file, and the pid tells
+/// whose it is.
+fn temp_name(dir: &Path, name: &str) -> Result<PathBuf> {
+    let mut r = [0u8; 6];
+    getrandom::fill(&mut r).map_err(|e| {
+        Error::io(
+            dir,
+            "draw a temporary name",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        crate::format::hex(&r)
+    )))
 }
 
 /// Opens (creating, mode 0600) a lock file, never following a symlink planted at its name.
@@ -290,19 +316,7 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 pub(crate) fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     check_file_name(name).map_err(Error::Config)?;
-    let mut r = [0u8; 6];
-    getrandom::fill(&mut r).map_err(|e| {
-        Error::io(
-            dir,
-            "draw a temporary name",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{}",
-        std::process::id(),
-        crate::format::hex(&r)
-    ));
+    let tmp = temp_name(dir, name)?;
     let result = (|| {
         let mut f = create_new_file(&tmp)?;
         f.write_all(bytes)
