@@ -134,6 +134,12 @@ fn verify_job(
         Some(v) => vec![v],
         None => job.commits()?,
     };
+    if versions.is_empty() {
+        bail!(
+            "{}: job store with no committed version: nothing to verify",
+            dir.display()
+        );
+    }
     let pb = progress_bar(versions.len() as u64, "verify", json_mode);
     let mut all_ok = true;
     let mut rows = Vec::new();

@@ -249,3 +249,71 @@ fn errors_name_the_path_and_give_the_os_reason_once() {
         "{stderr}"
     );
 }
+
+/// Hostile and careless inputs (issue 12): a version file renamed to another number, a
+/// directory given to inspect, impossible bench sizes. Each is a clear error, never a panic
+/// or the wrong version.
+#[test]
+fn renamed_versions_directories_and_impossible_sizes_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    make_store(d.path());
+    let v3 = d.path().join("sim.ckpt.3");
+    let v4 = d.path().join("sim.ckpt.4");
+    std::fs::rename(&v3, &v4).unwrap();
+    let ds = d.path().to_str().unwrap();
+    let (code, j, _) = ckpt(&["verify", ds, "--json"]);
+    assert_eq!(code, 1, "a renamed version must not verify: {j}");
+    let bad = &j["files"].as_array().unwrap()[2];
+    assert!(
+        bad["error"].as_str().unwrap().contains("holds version 3"),
+        "{bad}"
+    );
+    let out = d.path().join("out");
+    let (code, _, stderr) = ckpt(&[
+        "restore",
+        ds,
+        "--version",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "restore must refuse it: {stderr}");
+    assert!(stderr.contains("sim.ckpt.4"), "{stderr}");
+    std::fs::rename(&v4, &v3).unwrap();
+
+    let (code, _, stderr) = ckpt(&["inspect", ds]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+
+    let b = d.path().join("b");
+    let b = b.to_str().unwrap();
+    for args in [
+        vec!["bench", "--dir", b, "--page-size", "0", "--state-mib", "1"],
+        vec!["bench", "--dir", b, "--state-mib", "17592186044420"],
+    ] {
+        let (code, _, stderr) = ckpt(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// `ckpt verify` on a job store with no commit record fails: there is nothing it could vouch
+/// for.
+#[test]
+fn verify_of_a_job_store_without_commits_fails() {
+    let d = tempfile::tempdir().unwrap();
+    ckpt_engine::job::JobStore::new(d.path(), "heat")
+        .unwrap()
+        .write_meta(2)
+        .unwrap();
+    let (code, j, _) = ckpt(&["verify", d.path().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 2);
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("no committed version"),
+        "{j}"
+    );
+}

@@ -221,6 +221,18 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     if p.state_mib == 0 {
         return Err(Error::Config("state size must be at least 1 MiB".into()));
     }
+    // Before any arithmetic with them: a page size of 0 would divide by zero, and a state
+    // size that overflows would silently bench a wrapped-around size.
+    crate::format::check_page_size(p.page_size).map_err(Error::Config)?;
+    if p.state_mib
+        .checked_mul(1 << 20)
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
+        return Err(Error::Config(format!(
+            "state size {} MiB is larger than this machine can address",
+            p.state_mib
+        )));
+    }
     crate::store::create_dir_durable(&p.dir)?;
     let store = crate::Store::new(&p.dir, BENCH_CHAIN)?;
     if store.latest()?.is_some() {

@@ -126,6 +126,16 @@ pub enum Error {
         /// The task.
         what: &'static str,
     },
+    /// A store belongs to another chain than the one asked for.
+    #[error("{path}: this store holds chain {found:?}, not {wanted:?}")]
+    ChainMismatch {
+        /// The file that says which chain the store holds.
+        path: PathBuf,
+        /// The chain it holds.
+        found: String,
+        /// The chain asked for.
+        wanted: String,
+    },
     /// A requested feature is not available on this system.
     #[error("{0}")]
     Unsupported(String),
@@ -163,7 +173,8 @@ impl Error {
             | Error::ReplacedReference { path, .. }
             | Error::RegionMismatch { path, .. }
             | Error::Locked { path, .. }
-            | Error::VersionExists { path, .. } => Some(path),
+            | Error::VersionExists { path, .. }
+            | Error::ChainMismatch { path, .. } => Some(path),
             Error::NotFound { dir, .. } | Error::NoRegions { dir } | Error::Contended { dir } => {
                 Some(dir)
             }

@@ -122,7 +122,7 @@ pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
     let mut want_id: Option<[u8; 16]> = None;
     while let Some(v) = cur {
         let path = store.path_of(v);
-        if !path.exists() {
+        if !store::exists(&path)? {
             break;
         }
         let (h, _) = read_header_footer(&path)?;

@@ -155,7 +155,7 @@ impl JobStore {
     /// Opens the job store in `dir` if there is one (it has a `ckpt-job` file).
     pub fn detect(dir: &Path) -> Result<Option<(JobStore, JobMeta)>> {
         let meta_path = dir.join(META_FILE);
-        if !meta_path.exists() {
+        if !store::exists(&meta_path)? {
             return Ok(None);
         }
         let meta = read_meta(&meta_path)?;
@@ -175,17 +175,16 @@ impl JobStore {
     /// Reads `ckpt-job`, if present.
     pub fn meta(&self) -> Result<Option<JobMeta>> {
         let p = self.dir.join(META_FILE);
-        if !p.exists() {
+        if !store::exists(&p)? {
             return Ok(None);
         }
         let m = read_meta(&p)?;
         if m.name != self.name {
-            return Err(Error::Config(format!(
-                "{}: the job store holds chain {:?}, not {:?}",
-                p.display(),
-                m.name,
-                self.name
-            )));
+            return Err(Error::ChainMismatch {
+                path: p,
+                found: m.name,
+                wanted: self.name.clone(),
+            });
         }
         Ok(Some(m))
     }
@@ -222,7 +221,7 @@ impl JobStore {
     /// Versions that have a commit record, ascending.
     pub fn commits(&self) -> Result<Vec<u64>> {
         let dir = self.commits_dir();
-        if !dir.exists() {
+        if !store::exists(&dir)? {
             return Ok(Vec::new());
         }
         let prefix = format!("{}.commit.", self.name);
@@ -283,7 +282,7 @@ impl JobStore {
             ));
         }
         let path = self.rank_store(rank)?.path_of(v);
-        if !path.exists() {
+        if !store::exists(&path)? {
             return Err(Error::MissingReference {
                 path: record,
                 missing: path,
@@ -340,7 +339,7 @@ impl JobStore {
         let mut idle = true;
         for rank in 0..meta.world_size {
             let s = self.rank_store(rank)?;
-            if !s.dir().exists() {
+            if !store::exists(s.dir())? {
                 continue;
             }
             match s.try_lock_writer_now()? {
@@ -391,7 +390,7 @@ impl JobStore {
         }
         for rank in 0..meta.world_size {
             let s = self.rank_store(rank)?;
-            if !s.dir().exists() {
+            if !store::exists(s.dir())? {
                 continue;
             }
             let opts = CompactOptions {

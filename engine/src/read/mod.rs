@@ -54,6 +54,7 @@ impl VersionFile {
         let map =
             crate::sys::mapping::map_version(&file).map_err(|e| Error::io(path, "mmap", e))?;
         let header = Header::decode(path, &map)?;
+        check_name(path, &header)?;
         let footer = Footer::decode(path, &map)?;
         if footer.file_id != header.file_id {
             return Err(Error::corrupt(
@@ -212,10 +213,15 @@ impl VersionFile {
 /// Opens a file and checks it is long enough to be a version file.
 fn open_sized(path: &Path) -> Result<(File, u64)> {
     let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
+    let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
+    if !meta.is_file() {
+        return Err(Error::corrupt(
+            path,
+            "file",
+            "not a regular file (a version file is <name>.ckpt.<N>; for a directory use ls or verify)",
+        ));
+    }
+    let len = meta.len();
     if len < (HEADER_LEN + FOOTER_LEN) as u64 {
         return Err(Error::corrupt(
             path,
@@ -224,6 +230,27 @@ fn open_sized(path: &Path) -> Result<(File, u64)> {
         ));
     }
     Ok((file, len))
+}
+
+/// A committed version file's header must name the chain and version its file name says: a
+/// file renamed to another number, or copied in from another chain, is refused rather than
+/// restored as the wrong version. (Temporary names are not checked.)
+fn check_name(path: &Path, header: &Header) -> Result<()> {
+    let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+        return Ok(());
+    };
+    match crate::format::names::parse_version_file_name(file) {
+        Some((name, v)) if name != header.name || v != header.version => Err(Error::corrupt(
+            path,
+            "header",
+            format!(
+                "holds version {} of chain {:?}, but the file is named {file} (renamed, or \
+                 copied from another chain?)",
+                header.version, header.name
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads and checks only a file's header and footer (two small reads): enough to learn its
@@ -238,6 +265,7 @@ pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
     file.read_exact_at(&mut t, len - FOOTER_LEN as u64)
         .map_err(|e| Error::io(path, "read footer", e))?;
     let header = Header::decode(path, &h)?;
+    check_name(path, &header)?;
     let footer = Footer::decode_tail(path, &t, len)?;
     if footer.file_id != header.file_id {
         return Err(Error::corrupt(
@@ -266,7 +294,7 @@ impl Version {
         let mut files = vec![main.clone()];
         for entry in main.index.files.iter().skip(1) {
             let rpath = dir.join(&entry.name);
-            if !rpath.exists() {
+            if !crate::store::exists(&rpath)? {
                 return Err(Error::MissingReference {
                     path: path.to_path_buf(),
                     missing: rpath,

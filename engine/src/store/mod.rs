@@ -99,7 +99,7 @@ impl Store {
             })?,
         };
         let path = self.path_of(version);
-        if !path.exists() {
+        if !exists(&path)? {
             return Err(Error::NotFound {
                 dir: self.dir.clone(),
                 what: format!("no version {version} of chain {:?}", self.name),
@@ -174,6 +174,16 @@ impl Store {
     /// so that no listing ever mistakes them for a committed version.
     pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
         temp_name(&self.dir, &version_file_name(&self.name, version))
+    }
+}
+
+/// Whether `path` exists: `Ok(false)` only when it does not; any other failure to look
+/// (permissions, I/O) is an error naming the path, never taken for "not there".
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, "stat", e)),
     }
 }
 
@@ -315,7 +325,10 @@ fn list_dir(dir: &Path) -> Result<Vec<String>> {
 /// fsynced. Fails if `name` exists.
 pub(crate) fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    check_file_name(name).map_err(Error::Config)?;
+    check_file_name(name).map_err(|_| Error::InvalidName {
+        name: name.to_string(),
+        why: "not a plain file name",
+    })?;
     let tmp = temp_name(dir, name)?;
     let result = (|| {
         let mut f = create_new_file(&tmp)?;
