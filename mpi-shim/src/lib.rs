@@ -390,7 +390,7 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// rank's disk and above the newest commit record (a compaction may have removed rank
     /// files, never a newer commit record's number).
     fn next_version(&self) -> Result<u64> {
-        let mut floor = self.ck.latest_version().map(|l| l.unwrap_or(0));
+        let mut floor = self.ck.version_floor();
         if self.rank == 0 {
             floor = floor.and_then(|f| {
                 let c = self.store.commits()?;

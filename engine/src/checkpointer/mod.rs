@@ -174,6 +174,12 @@ impl Checkpointer {
         self.store.latest()
     }
 
+    /// The number every new version must exceed: the newest in the store, or the newest this
+    /// engine wrote if a compaction has removed it since (numbers are never reused).
+    pub fn version_floor(&self) -> Result<u64> {
+        Ok(self.store.latest()?.unwrap_or(0).max(self.last_written))
+    }
+
     fn check_new_id(&self, id: u64, len: usize) -> Result<()> {
         if self.regions.iter().any(|r| r.id == id) {
             return Err(Error::Region {
@@ -327,7 +333,7 @@ impl Checkpointer {
     /// must be larger than every version in the store. A coordinator (the MPI shim) uses it so
     /// that all ranks write the same number.
     pub fn checkpoint_numbered(&mut self, version: u64) -> Result<CheckpointStats> {
-        let floor = self.store.latest()?.unwrap_or(0).max(self.last_written);
+        let floor = self.version_floor()?;
         if version <= floor {
             return Err(Error::VersionExists {
                 path: self.store.path_of(version),
