@@ -550,6 +550,11 @@ fn ckpt_compact_understands_job_stores() {
     assert!(bad["error"].as_str().unwrap().contains(&named), "{bad}");
     std::fs::write(job.rank_store(1).unwrap().path_of(2), saved).unwrap();
     assert_eq!(verify(dir.path()).0, Some(0));
+    // A crashed commit-record write left a temporary in commits/; the job is not running.
+    let commit_tmp = dir
+        .path()
+        .join("commits/.sim.commit.4.tmp.999999999.00aa11bb22cc");
+    std::fs::write(&commit_tmp, b"torn").unwrap();
     let out = Command::new(COMPACT)
         .arg(dir.path())
         .args(["--keep", "2", "--json"])
@@ -564,6 +569,15 @@ fn ckpt_compact_understands_job_stores() {
     assert_eq!(j["kept"], serde_json::json!([2, 3]));
     assert_eq!(j["removed"], serde_json::json!([1]));
     assert_eq!(job.commits().unwrap(), vec![2, 3]);
+    assert!(!commit_tmp.exists(), "the dead commit temporary is removed");
+    let temps = j["temporaries"].as_array().unwrap();
+    assert!(
+        temps.iter().any(|t| t
+            .as_str()
+            .unwrap()
+            .ends_with(".sim.commit.4.tmp.999999999.00aa11bb22cc")),
+        "and reported: {j}"
+    );
     for r in 0..2 {
         let s = job.rank_store(r).unwrap();
         assert_eq!(s.versions().unwrap(), vec![2, 3], "rank {r}");

@@ -38,3 +38,72 @@ fn restoring_a_region_number_that_does_not_exist_is_an_error() {
     let e = v.restore_region(1, &mut buf).unwrap_err();
     assert!(e.to_string().contains("region number 1"), "{e}");
 }
+
+/// Issue 12: temporary files of crashed writers do not pile up. Opening a chain (which takes
+/// its writer lock) removes those whose process is gone, and leaves a live process's.
+#[test]
+fn opening_a_chain_removes_dead_writers_temporaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join(".t.ckpt.5.tmp.999999999.0a0b0c0d0e0f");
+    let live = dir
+        .path()
+        .join(format!(".t.ckpt.6.tmp.{}.0a0b0c0d0e0f", std::process::id()));
+    std::fs::write(&dead, b"half a version").unwrap();
+    std::fs::write(&live, b"a compaction in progress").unwrap();
+    let ck = Checkpointer::open(dir.path(), "t", Config::default()).unwrap();
+    assert!(!dead.exists(), "a dead writer's temporary must go");
+    assert!(live.exists(), "a live process's temporary must stay");
+    drop(ck);
+}
+
+/// Issue 12: a restore writes temporary files and renames them into place only when every
+/// page verified, so a failed restore leaves an earlier good output intact; a symlink planted
+/// at an output name is replaced, never followed.
+#[test]
+fn a_failed_restore_keeps_the_previous_output_and_symlinks_are_not_followed() {
+    use ckpt_engine::catalog::export;
+    use ckpt_engine::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck =
+        Checkpointer::open(dir.path(), "r", Config::default().with_compression_level(0)).unwrap();
+    let h = ck.alloc_region::<u8>(1, 64 * 1024).unwrap();
+    ck.region_mut(&h)
+        .unwrap()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
+    let good = ck.region(&h).unwrap().to_vec();
+    let s = ck.checkpoint().unwrap();
+    drop(ck);
+    let store = Store::new(dir.path(), "r").unwrap();
+    let out = dir.path().join("out");
+    let (_, files) = export(&store, None, &out).unwrap();
+    assert_eq!(std::fs::read(&files[0]).unwrap(), good);
+
+    // Corrupt a stored page (raw: compression is off), then restore over the good output.
+    let mut bytes = std::fs::read(&s.path).unwrap();
+    bytes[256 + 5000] ^= 0xFF;
+    std::fs::write(&s.path, &bytes).unwrap();
+    let e = export(&store, None, &out).unwrap_err();
+    assert!(e.to_string().contains("r.ckpt.1"), "{e}");
+    assert_eq!(
+        std::fs::read(&files[0]).unwrap(),
+        good,
+        "the good output survives"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary is left behind");
+    bytes[256 + 5000] ^= 0xFF;
+    std::fs::write(&s.path, &bytes).unwrap();
+
+    // A symlink at the output name pointing at another file.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"do not touch").unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    std::os::unix::fs::symlink(&victim, &files[0]).unwrap();
+    export(&store, None, &out).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"do not touch");
+    let meta = std::fs::symlink_metadata(&files[0]).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(std::fs::read(&files[0]).unwrap(), good);
+}

@@ -76,7 +76,11 @@ fn run(a: &Args) -> ckpt_engine::Result<Summary> {
                 .collect(),
             removed: r.commits_removed.clone(),
             spared: Vec::new(),
-            temporaries: ranks.iter().flat_map(|x| paths(&x.temps_removed)).collect(),
+            temporaries: ranks
+                .iter()
+                .flat_map(|x| paths(&x.temps_removed))
+                .chain(paths(&r.commit_temps_removed))
+                .collect(),
             bytes_written: ranks.iter().map(|x| x.bytes_written).sum(),
             bytes_freed: ranks.iter().map(|x| x.bytes_freed).sum(),
             secs: ranks.iter().map(|x| x.secs).sum(),

@@ -11,7 +11,7 @@ use crate::config::{CheckpointStats, Config, Tracking};
 use crate::error::{Error, Result};
 use crate::hash::RegionHashes;
 use crate::region::{self, Memory, Region, RegionHandle};
-use crate::store::{Store, WriterLock};
+use crate::store::{self, Store, WriterLock};
 use crate::track::Tracker;
 use crate::write::index::Parent;
 
@@ -88,6 +88,20 @@ impl Checkpointer {
         let store = Store::new(dir.as_ref(), name)?;
         store.create_dir()?;
         let lock = store.lock_writer()?;
+        // Holding the writer lock, a temporary file of this chain whose process is gone is a
+        // crashed checkpoint's: remove it, so that crashes do not pile them up. (A live
+        // process's may be a compactor's revision in progress.)
+        for t in store
+            .temp_files()?
+            .into_iter()
+            .filter(|t| !store::temp_owner_alive(t))
+        {
+            match std::fs::remove_file(&t) {
+                Ok(()) => tracing::info!("removed {}, left by a crashed checkpoint", t.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&t, "remove a stale temporary file", e)),
+            }
+        }
         Ok(Checkpointer {
             store,
             config,

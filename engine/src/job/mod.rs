@@ -140,6 +140,9 @@ pub struct JobCompactReport {
     pub commits_removed: Vec<u64>,
     /// Per-rank compaction reports.
     pub ranks: Vec<compact::Report>,
+    /// Temporary files of crashed commit-record writes removed from `commits/` (only when no
+    /// process of the job runs).
+    pub commit_temps_removed: Vec<PathBuf>,
 }
 
 impl JobStore {
@@ -381,7 +384,12 @@ impl JobStore {
                 }
             }
         }
-        if !dry_run && !report.commits_removed.is_empty() {
+        if idle && !dry_run && store::exists(&self.commits_dir())? {
+            report.commit_temps_removed = self.remove_dead_temporaries(&self.commits_dir())?;
+        }
+        if !dry_run
+            && !(report.commits_removed.is_empty() && report.commit_temps_removed.is_empty())
+        {
             store::sync_dir(&self.commits_dir())?;
         }
         if kept.is_empty() {
@@ -406,6 +414,26 @@ impl JobStore {
         }
         drop(writers);
         Ok(report)
+    }
+}
+
+impl JobStore {
+    /// Removes the temporary files (`.<file>.tmp.<pid>.<hex>`) in `dir` whose process is
+    /// gone; returns them.
+    fn remove_dead_temporaries(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let prefix = format!(".{}.commit.", self.name);
+        let mut removed = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))? {
+            let e = e.map_err(|e| Error::io(dir, "read directory", e))?;
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let p = e.path();
+            if name.starts_with(&prefix) && name.contains(".tmp.") && !store::temp_owner_alive(&p) {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+                removed.push(p);
+            }
+        }
+        Ok(removed)
     }
 }
 

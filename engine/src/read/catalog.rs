@@ -1,8 +1,6 @@
 //! Read-only operations on a store for tools: list versions, verify files, export a version
 //! to plain files. None of them takes the writer lock.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -205,30 +203,44 @@ pub fn verify_version(path: &Path) -> Result<()> {
     v.verify_references()
 }
 
+/// Temporary outputs, removed unless they were renamed into place.
+struct TempFiles(Vec<(PathBuf, PathBuf)>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.0 {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 /// Writes each region of `version` (newest if `None`) to `out/region-<id>.bin` (mode 0600).
 /// Returns the version and the files written.
 pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, Vec<PathBuf>)> {
     let (version, path) = store.resolve(version)?;
     let v = Version::open(&path)?;
     crate::store::create_dir_durable(out)?;
-    let mut written = Vec::new();
+    // Every region goes to a new temporary file (O_EXCL: a symlink planted under any name is
+    // never followed), with its space reserved first (a full disk is ENOSPC, never SIGBUS).
+    // Only when every page of every region has verified are they renamed over the outputs,
+    // so a failed restore leaves an earlier good output as it was.
+    let mut temps = TempFiles(Vec::new());
     for (i, r) in v.regions().iter().enumerate() {
-        let p = out.join(format!("region-{}.bin", r.id));
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| Error::io(&p, "create", e))?;
-        f.set_len(r.byte_len)
-            .map_err(|e| Error::io(&p, "set length", e))?;
+        let final_path = out.join(format!("region-{}.bin", r.id));
+        let tmp = crate::store::temp_name(out, &format!("region-{}.bin", r.id))?;
+        let f = crate::store::create_new_file(&tmp)?;
+        temps.0.push((tmp.clone(), final_path));
+        crate::sys::reserve(&f, r.byte_len).map_err(|e| Error::io(&tmp, "reserve space", e))?;
         let mut map =
-            crate::sys::mapping::map_new_output(&f).map_err(|e| Error::io(&p, "mmap", e))?;
+            crate::sys::mapping::map_new_output(&f).map_err(|e| Error::io(&tmp, "mmap", e))?;
         v.restore_region(i, &mut map)?;
-        map.flush().map_err(|e| Error::io(&p, "flush", e))?;
-        written.push(p);
+        map.flush().map_err(|e| Error::io(&tmp, "flush", e))?;
     }
+    let mut written = Vec::new();
+    for (tmp, final_path) in std::mem::take(&mut temps.0) {
+        std::fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, "rename", e))?;
+        written.push(final_path);
+    }
+    crate::store::sync_dir(out)?;
     Ok((version, written))
 }

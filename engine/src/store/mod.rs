@@ -190,7 +190,7 @@ pub(crate) fn exists(path: &Path) -> Result<bool> {
 /// A fresh temporary name in `dir` for the file `name`: `.<name>.tmp.<pid>.<random hex>`.
 /// It starts with `.`, so no listing mistakes it for a committed file, and the pid tells
 /// whose it is.
-fn temp_name(dir: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn temp_name(dir: &Path, name: &str) -> Result<PathBuf> {
     let mut r = [0u8; 6];
     getrandom::fill(&mut r).map_err(|e| {
         Error::io(
@@ -204,6 +204,20 @@ fn temp_name(dir: &Path, name: &str) -> Result<PathBuf> {
         std::process::id(),
         crate::format::hex(&r)
     )))
+}
+
+/// Whether the process that named temporary file `path` (`….tmp.<pid>.<hex>`) still runs.
+/// Unparseable names count as alive: only a temporary known to be dead is garbage.
+pub(crate) fn temp_owner_alive(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .and_then(|f| f.rsplit('.').nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) => pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists(),
+        None => true,
+    }
 }
 
 /// Opens (creating, mode 0600) a lock file, never following a symlink planted at its name.

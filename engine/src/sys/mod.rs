@@ -32,3 +32,22 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Re
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Reserves `len` bytes of disk for `file` (`posix_fallocate`), so that writing through a
+/// mapping of it cannot run out of space (which would be SIGBUS, not an error).
+pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: posix_fallocate takes a valid descriptor (borrowed from `file` for the call) and
+    // plain integers; it touches no memory of ours.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // File systems without fallocate: fall back to setting the length (sparse).
+        libc::EOPNOTSUPP => file.set_len(len as u64),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}

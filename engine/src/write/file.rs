@@ -132,10 +132,10 @@ fn compress_batch<'a>(
 impl VersionWriter {
     /// Creates the temporary file (mode 0600) and writes the header.
     pub(crate) fn create(tmp: PathBuf, dst: PathBuf, header: Header) -> Result<VersionWriter> {
-        let mut file = store::create_new_file(&tmp)?;
-        file.write_all(&header.encode())
-            .map_err(|e| Error::io(&tmp, "write header", e))?;
-        Ok(VersionWriter {
+        let file = store::create_new_file(&tmp)?;
+        // The writer exists from here on, so that its drop removes the temporary file even if
+        // writing the header fails.
+        let mut w = VersionWriter {
             file: Some(file),
             tmp,
             dst,
@@ -143,7 +143,13 @@ impl VersionWriter {
             offset: HEADER_LEN as u64,
             stored_raw: 0,
             data_hash: blake3::Hasher::new(),
-        })
+        };
+        let encoded = w.header.encode();
+        if let Some(f) = w.file.as_mut() {
+            f.write_all(&encoded)
+                .map_err(|e| Error::io(&w.tmp, "write header", e))?;
+        }
+        Ok(w)
     }
 
     /// The temporary file being written.
