@@ -387,9 +387,8 @@ impl JobStore {
         if idle && !dry_run && store::exists(&self.commits_dir())? {
             report.commit_temps_removed = self.remove_dead_temporaries(&self.commits_dir())?;
         }
-        if !dry_run
-            && !(report.commits_removed.is_empty() && report.commit_temps_removed.is_empty())
-        {
+        let changed = !report.commits_removed.is_empty() || !report.commit_temps_removed.is_empty();
+        if !dry_run && changed {
             store::sync_dir(&self.commits_dir())?;
         }
         if kept.is_empty() {
