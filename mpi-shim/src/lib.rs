@@ -274,7 +274,9 @@ impl<'c, C: Communicator> Job<'c, C> {
         let ck = agree(
             comm,
             "open this rank's chain",
-            Checkpointer::open(store.rank_dir(rank), name, config),
+            store
+                .checked_rank_dir(rank)
+                .and_then(|d| Checkpointer::open(d, name, config)),
         )?;
         Ok(Job {
             comm,

@@ -107,3 +107,28 @@ fn a_failed_restore_keeps_the_previous_output_and_symlinks_are_not_followed() {
     assert!(meta.file_type().is_file());
     assert_eq!(std::fs::read(&files[0]).unwrap(), good);
 }
+
+/// Issue 12: a planted `ranks -> elsewhere` (or `commits -> elsewhere`) in a job store is
+/// refused, not followed.
+#[test]
+fn symlinked_job_store_directories_are_refused() {
+    use ckpt_engine::job::{CommitRecord, JobStore};
+    let d = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let job = JobStore::new(d.path(), "heat").unwrap();
+    job.write_meta(1).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), d.path().join("ranks")).unwrap();
+    let e = job.checked_rank_dir(0).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    std::fs::remove_file(d.path().join("ranks")).unwrap();
+    let dir = job.checked_rank_dir(0).unwrap();
+    let mut ck = Checkpointer::open(&dir, "heat", Config::default()).unwrap();
+    ck.alloc_region::<u8>(1, 4096).unwrap();
+    let s = ck.checkpoint().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), d.path().join("commits")).unwrap();
+    let e = job
+        .write_commit(&CommitRecord::new(s.version, vec![s.identity]))
+        .unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}

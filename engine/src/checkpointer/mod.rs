@@ -87,6 +87,7 @@ impl Checkpointer {
         })?;
         let store = Store::new(dir.as_ref(), name)?;
         store.create_dir()?;
+        store.warn_if_shared()?;
         let lock = store.lock_writer()?;
         // Holding the writer lock, a temporary file of this chain whose process is gone is a
         // crashed checkpoint's: remove it, so that crashes do not pile them up. (A live

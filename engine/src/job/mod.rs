@@ -207,6 +207,17 @@ impl JobStore {
             .join(rank.to_string())
     }
 
+    /// Rank `rank`'s chain directory, checked for writing: `ranks/`, its shard and the rank's
+    /// directory, where they exist, are real directories, not symbolic links.
+    pub fn checked_rank_dir(&self, rank: u32) -> Result<PathBuf> {
+        let dir = self.rank_dir(rank);
+        let shard = dir.parent().unwrap_or(&self.dir);
+        for p in [&self.dir.join("ranks"), shard, &dir] {
+            store::no_symlink(p)?;
+        }
+        Ok(dir)
+    }
+
     /// Rank `rank`'s chain.
     pub fn rank_store(&self, rank: u32) -> Result<Store> {
         Store::new(self.rank_dir(rank), &self.name)
@@ -254,6 +265,7 @@ impl JobStore {
     /// Writes a commit record atomically: this is the commit point of a job version.
     pub fn write_commit(&self, rec: &CommitRecord) -> Result<()> {
         let dir = self.commits_dir();
+        store::no_symlink(&dir)?;
         store::create_dir_durable(&dir)?;
         if crate::fault::fail("write-commit") {
             return Err(Error::io(

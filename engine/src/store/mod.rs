@@ -76,6 +76,25 @@ impl Store {
         self.dir.join(version_file_name(&self.name, version))
     }
 
+    /// Warns (through `tracing`) when others may write the store directory: anyone who can
+    /// could plant files or links in it. (ckpt creates its directories mode 0700.)
+    pub(crate) fn warn_if_shared(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&self.dir)
+            .map_err(|e| Error::io(&self.dir, "stat", e))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            tracing::warn!(
+                "{}: the store directory is writable by others (mode {:o}); anyone who can \
+                 write it can plant files in it. Use a directory only you can write (0700).",
+                self.dir.display(),
+                mode & 0o7777
+            );
+        }
+        Ok(())
+    }
+
     /// Committed version numbers of this chain, ascending.
     pub fn versions(&self) -> Result<Vec<u64>> {
         let mut v: Vec<u64> = list_dir(&self.dir)?
@@ -183,6 +202,24 @@ pub(crate) fn exists(path: &Path) -> Result<bool> {
     match fs::symlink_metadata(path) {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(path, "stat", e)),
+    }
+}
+
+/// Refuses `path` if it is a symbolic link: directories and files inside a store are never
+/// reached through one (a planted `ranks -> elsewhere` must not redirect a job's writes).
+pub(crate) fn no_symlink(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::io(
+            path,
+            "open",
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is a symbolic link; ckpt never follows one inside a store",
+            ),
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, "stat", e)),
     }
 }
