@@ -450,29 +450,69 @@ impl JobStore {
 
 fn read_meta(p: &Path) -> Result<JobMeta> {
     let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, "read", e))?;
-    let bad = |d: &str| Error::corrupt(p, "job description", d);
+    let bad = |d: String| Error::corrupt(p, "job description", d);
     let mut lines = text.lines();
-    if lines.next() != Some("ckpt-job 1") {
-        return Err(bad("first line is not `ckpt-job 1`"));
+    match lines.next() {
+        Some("ckpt-job 1") => {}
+        Some(first) if first.starts_with("ckpt-job ") => {
+            return Err(bad(format!(
+                "{first:?}: a newer job-store format than this build reads (`ckpt-job 1`)"
+            )))
+        }
+        _ => return Err(bad("first line is not `ckpt-job 1`".into())),
     }
     let mut name = None;
     let mut world = None;
     for l in lines {
         match l.split_once(' ') {
             Some(("name", n)) => name = Some(n.to_string()),
-            Some(("world_size", w)) => world = w.parse().ok(),
+            Some(("world_size", w)) => {
+                world = Some(w.parse::<u32>().ok().filter(|&w| w > 0).ok_or_else(|| {
+                    bad(format!(
+                        "world_size {w:?} is not a positive number of ranks"
+                    ))
+                })?)
+            }
+            // Unknown lines are informative (docs/FORMAT.md, "Compatibility").
             _ => {}
         }
     }
     Ok(JobMeta {
-        name: name.ok_or_else(|| bad("no name"))?,
-        world_size: world.ok_or_else(|| bad("no world_size"))?,
+        name: name.ok_or_else(|| bad("no name line".into()))?,
+        world_size: world.ok_or_else(|| bad("no world_size line".into()))?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_descriptions_are_checked_line_by_line() {
+        let d = std::env::temp_dir().join(format!("ckpt-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(META_FILE);
+        let cases = [
+            (
+                "ckpt-job 1\nname heat\nworld_size x2\n",
+                "world_size \"x2\"",
+            ),
+            ("ckpt-job 1\nname heat\nworld_size 0\n", "world_size \"0\""),
+            ("ckpt-job 1\nname heat\n", "no world_size"),
+            (
+                "ckpt-job 2\nname heat\nworld_size 2\n",
+                "newer job-store format",
+            ),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&p, text).unwrap();
+            let e = read_meta(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("ckpt-job"), "{text:?}: {e}");
+        }
+        std::fs::write(&p, "ckpt-job 1\nname heat\nworld_size 2\nfuture yes\n").unwrap();
+        assert_eq!(read_meta(&p).unwrap().world_size, 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn commit_record_roundtrip_and_checksum() {
