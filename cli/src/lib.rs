@@ -46,6 +46,32 @@ impl From<TrackingArg> for ckpt_engine::Tracking {
     }
 }
 
+/// `println!` for command output that does not panic when stdout is a closed pipe
+/// (`ckpt ls DIR | head -1`): the process then exits at once, with status 141 as if killed by
+/// SIGPIPE; any other write error ends it with status 2 and a message.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_line(::std::format_args!($($arg)*))
+    };
+}
+
+/// The implementation of [`out!`].
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("{}: error: cannot write the output: {e}", program());
+        std::process::exit(2);
+    }
+}
+
 /// A progress bar on stderr when it is a terminal and output is not JSON; hidden otherwise.
 pub fn progress_bar(len: u64, msg: &str, json: bool) -> ProgressBar {
     if json || !std::io::stderr().is_terminal() {
@@ -63,8 +89,8 @@ pub fn progress_bar(len: u64, msg: &str, json: bool) -> ProgressBar {
 pub fn emit<T: serde::Serialize>(json: bool, doc: &T, human: impl FnOnce()) {
     if json {
         match serde_json::to_string(doc) {
-            Ok(s) => println!("{s}"),
-            Err(e) => println!("{}", serde_json::json!({ "error": e.to_string() })),
+            Ok(s) => out!("{s}"),
+            Err(e) => out!("{}", serde_json::json!({ "error": e.to_string() })),
         }
     } else {
         human();
@@ -81,7 +107,7 @@ pub fn finish(json: bool, outcome: anyhow::Result<bool>) -> ExitCode {
         Err(e) => {
             let msg = message(&e);
             if json {
-                println!("{}", serde_json::json!({ "error": msg }));
+                out!("{}", serde_json::json!({ "error": msg }));
             }
             eprintln!("{}: error: {msg}", program());
             ExitCode::from(2)

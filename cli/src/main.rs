@@ -108,13 +108,13 @@ fn ls_job(dir: &Path, job: &JobStore, world: u32, json_mode: bool) -> Result<boo
     let commits = job.commits()?;
     let doc = json!({"name": job.name(), "job": {"world_size": world, "committed": commits}});
     emit(json_mode, &doc, || {
-        println!(
+        ckpt_cli::out!(
             "job store {} (chain {}, {world} ranks)",
             dir.display(),
             job.name()
         );
-        println!("committed versions: {commits:?}");
-        println!(
+        ckpt_cli::out!("committed versions: {commits:?}");
+        ckpt_cli::out!(
             "each rank's chain: {}/ranks/<rank / 256>/<rank>",
             dir.display()
         );
@@ -163,8 +163,10 @@ fn verify_job(
     emit(json_mode, &doc, || {
         for (v, r) in &rows {
             match r {
-                Ok(()) => println!("ok   version {v} on all {world} ranks ({})", dir.display()),
-                Err(e) => println!("BAD  version {v}: {e}"),
+                Ok(()) => {
+                    ckpt_cli::out!("ok   version {v} on all {world} ranks ({})", dir.display())
+                }
+                Err(e) => ckpt_cli::out!("BAD  version {v}: {e}"),
             }
         }
     });
@@ -180,16 +182,23 @@ fn ls(a: StoreArgs, json_mode: bool) -> Result<bool> {
     let list = catalog::list(&store)?;
     let doc = json!({"name": store.name(), "versions": list});
     emit(json_mode, &doc, || {
-        println!("chain {} in {}", store.name(), dir.display());
-        println!(
+        ckpt_cli::out!("chain {} in {}", store.name(), dir.display());
+        ckpt_cli::out!(
             "{:>8} {:>8} {:>6} {:>14}  file",
-            "version", "parent", "depth", "bytes"
+            "version",
+            "parent",
+            "depth",
+            "bytes"
         );
         for v in &list {
             let parent = v.parent.map_or("-".to_string(), |p| p.to_string());
-            println!(
+            ckpt_cli::out!(
                 "{:>8} {:>8} {:>6} {:>14}  {}",
-                v.version, parent, v.depth, v.bytes, v.file
+                v.version,
+                parent,
+                v.depth,
+                v.bytes,
+                v.file
             );
         }
     });
@@ -199,35 +208,44 @@ fn ls(a: StoreArgs, json_mode: bool) -> Result<bool> {
 fn inspect(file: PathBuf, json_mode: bool) -> Result<bool> {
     let s = catalog::inspect(&file)?;
     emit(json_mode, &s, || {
-        println!("{}: version {} of chain {:?}", s.file, s.version, s.name);
-        println!("  file id      {}", s.file_id);
+        ckpt_cli::out!("{}: version {} of chain {:?}", s.file, s.version, s.name);
+        ckpt_cli::out!("  file id      {}", s.file_id);
         match &s.parent {
-            Some(p) => println!(
+            Some(p) => ckpt_cli::out!(
                 "  parent       version {} (file id {})",
-                p.version, p.file_id
+                p.version,
+                p.file_id
             ),
-            None => println!("  parent       none"),
+            None => ckpt_cli::out!("  parent       none"),
         }
         let kind = if s.full { "full" } else { "delta" };
-        println!("  kind         {kind} (depth {})", s.depth);
-        println!("  page size    {}", s.page_size);
-        println!("  tracking     {}", s.tracking);
-        println!(
+        ckpt_cli::out!("  kind         {kind} (depth {})", s.depth);
+        ckpt_cli::out!("  page size    {}", s.page_size);
+        ckpt_cli::out!("  tracking     {}", s.tracking);
+        ckpt_cli::out!(
             "  pages        {} total, {} stored here, {} referenced",
-            s.pages_total, s.pages_stored, s.pages_referenced
+            s.pages_total,
+            s.pages_stored,
+            s.pages_referenced
         );
-        println!(
+        ckpt_cli::out!(
             "  bytes        {} file, {} data, {} index; compression ratio {:.3}",
-            s.bytes, s.data_bytes, s.index_bytes, s.compression_ratio
+            s.bytes,
+            s.data_bytes,
+            s.index_bytes,
+            s.compression_ratio
         );
         for r in &s.regions {
-            println!(
+            ckpt_cli::out!(
                 "  region {:>6}  {} bytes, {} pages, {} extents",
-                r.id, r.bytes, r.pages, r.extents
+                r.id,
+                r.bytes,
+                r.pages,
+                r.extents
             );
         }
         for e in &s.references {
-            println!("  references   {} (version {})", e.file, e.version);
+            ckpt_cli::out!("  references   {} (version {})", e.file, e.version);
         }
     });
     Ok(true)
@@ -277,8 +295,8 @@ fn verify(a: StoreArgs, version: Option<u64>, json_mode: bool) -> Result<bool> {
     emit(json_mode, &doc, || {
         for (_, p, r) in &results {
             match r {
-                Ok(()) => println!("ok   {}", p.display()),
-                Err(e) => println!("BAD  {}: {e}", p.display()),
+                Ok(()) => ckpt_cli::out!("ok   {}", p.display()),
+                Err(e) => ckpt_cli::out!("BAD  {}: {e}", p.display()),
             }
         }
     });
@@ -296,9 +314,9 @@ fn restore(a: StoreArgs, version: Option<u64>, out: PathBuf, json_mode: bool) ->
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
     let doc = json!({"name": store.name(), "version": v, "files": names, "secs": secs});
     emit(json_mode, &doc, || {
-        println!("restored version {v} of {} in {secs:.3}s:", store.name());
+        ckpt_cli::out!("restored version {v} of {} in {secs:.3}s:", store.name());
         for f in &names {
-            println!("  {f}");
+            ckpt_cli::out!("  {f}");
         }
     });
     Ok(true)
@@ -322,7 +340,7 @@ fn run_bench(a: BenchArgs, json_mode: bool) -> Result<bool> {
     let r = bench::run(&params, &mut |done, _| pb.set_position(done)).context("bench failed")?;
     pb.finish_and_clear();
     emit(json_mode, &r, || {
-        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        ckpt_cli::out!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     });
     Ok(r.verified)
 }

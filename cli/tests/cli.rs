@@ -317,3 +317,28 @@ fn verify_of_a_job_store_without_commits_fails() {
         "{j}"
     );
 }
+
+/// `ckpt ls DIR | head -1` (a reader that closes the pipe early) ends quietly, no panic.
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    use std::io::Read;
+    let d = tempfile::tempdir().unwrap();
+    make_store(d.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(["verify", d.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(141), "{err}");
+}

@@ -129,21 +129,23 @@ fn main() -> ExitCode {
     let outcome = run(&a).map(|s| {
         emit(a.json, &s, || {
             let verb = if a.dry_run { "would" } else { "did" };
-            println!("ckpt-compact {} ({verb}):", a.store.dir.display());
-            println!("  keep     {:?}", s.kept);
-            println!("  rewrite  {:?}", s.rewritten);
-            println!("  remove   {:?}", s.removed);
+            ckpt_cli::out!("ckpt-compact {} ({verb}):", a.store.dir.display());
+            ckpt_cli::out!("  keep     {:?}", s.kept);
+            ckpt_cli::out!("  rewrite  {:?}", s.rewritten);
+            ckpt_cli::out!("  remove   {:?}", s.removed);
             if !s.spared.is_empty() {
-                println!(
+                ckpt_cli::out!(
                     "  spared   {:?} (still referenced by a version committed meanwhile)",
                     s.spared
                 );
             }
-            println!("  temporaries {:?}", s.temporaries);
+            ckpt_cli::out!("  temporaries {:?}", s.temporaries);
             if !a.dry_run {
-                println!(
+                ckpt_cli::out!(
                     "  wrote {} bytes, freed {} bytes in {:.3}s",
-                    s.bytes_written, s.bytes_freed, s.secs
+                    s.bytes_written,
+                    s.bytes_freed,
+                    s.secs
                 );
             }
         });
