@@ -53,6 +53,13 @@ struct Args {
     /// which a job refuses: use `ckpt-compact` on the job store).
     #[arg(long)]
     keep: Option<usize>,
+    /// Checkpoint at once when any rank gets SIGUSR1 (or SIGTERM): Slurm's
+    /// `--signal=B:USR1@N` before the time limit.
+    #[arg(long)]
+    signal_checkpoint: bool,
+    /// With --signal-checkpoint: stop after the signal's checkpoint.
+    #[arg(long)]
+    exit_on_signal: bool,
     /// Print timing statistics as JSON (rank 0).
     #[arg(long)]
     stats: bool,
@@ -107,6 +114,12 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
     let mut config = Config::default().with_tracking(tracking);
     if let Some(k) = a.keep {
         config = config.with_retention(k);
+    }
+    if a.signal_checkpoint {
+        ckpt_engine::signals::install(&[
+            ckpt_engine::signals::SIGUSR1,
+            ckpt_engine::signals::SIGTERM,
+        ])?;
     }
     let mut job = Job::open(world, &a.store, "heat", config)?;
     if let Some((r, v)) = rank_version(&a.inject_fail) {
@@ -189,7 +202,10 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
             }
         }
         g[n..(rows + 1) * n].copy_from_slice(&scratch);
-        if a.ckpt_every > 0 && it % a.ckpt_every == 0 {
+        let due = a.ckpt_every > 0 && it % a.ckpt_every == 0;
+        // A signal on any rank (Slurm's pre-timeout USR1) checkpoints every rank at once.
+        let asked = a.signal_checkpoint && job.checkpoint_requested();
+        if due || asked {
             job.checkpointer().region_mut(&state)?[0] = it;
             if let Some((r, v)) = rank_version(&a.kill_in_write) {
                 let next = job.checkpointer().latest_version()?.unwrap_or(0) + 1;
@@ -202,6 +218,15 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                     ckpts += 1;
                     coord += s.coordination_secs();
                     total += s.total_secs;
+                    if asked && rank == 0 {
+                        println!("signal-checkpoint {} at iteration {it}", s.version);
+                    }
+                    if asked && a.exit_on_signal {
+                        if rank == 0 {
+                            println!("exiting after signal-checkpoint {}", s.version);
+                        }
+                        break;
+                    }
                 }
                 Err(e) => {
                     if rank == 0 {
@@ -209,6 +234,12 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                     }
                 }
             }
+        }
+        if job.should_exit() {
+            if rank == 0 {
+                println!("halted at iteration {it}");
+            }
+            break;
         }
     }
     let wall = t_run.elapsed().as_secs_f64();

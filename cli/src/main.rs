@@ -63,6 +63,14 @@ enum Cmd {
     },
     /// Benchmark checkpoint and restore on synthetic state; leaves the files in --dir.
     Bench(BenchArgs),
+    /// Ask a running MPI job to stop cleanly after its next checkpoint (SCR's halt).
+    Halt {
+        /// The job store.
+        dir: PathBuf,
+        /// Withdraw a halt request instead.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 /// Arguments of `ckpt bench`.
@@ -345,6 +353,29 @@ fn run_bench(a: BenchArgs, json_mode: bool) -> Result<bool> {
     Ok(r.verified)
 }
 
+fn halt(dir: &Path, clear: bool, json_mode: bool) -> Result<bool> {
+    let Some((job, _)) = JobStore::detect(dir)? else {
+        bail!("{}: not a job store (no ckpt-job file)", dir.display());
+    };
+    if clear {
+        job.clear_halt()?;
+    } else {
+        job.request_halt()?;
+    }
+    let doc = json!({"dir": dir.display().to_string(), "halt_requested": job.halt_requested()?});
+    emit(json_mode, &doc, || {
+        if clear {
+            ckpt_cli::out!("{}: halt request withdrawn", dir.display());
+        } else {
+            ckpt_cli::out!(
+                "{}: the job will stop after its next checkpoint",
+                dir.display()
+            );
+        }
+    });
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
@@ -358,6 +389,7 @@ fn main() -> ExitCode {
             out,
         } => restore(store, version, out, json),
         Cmd::Bench(args) => run_bench(args, json),
+        Cmd::Halt { dir, clear } => halt(&dir, clear, json),
     };
     finish(json, res)
 }

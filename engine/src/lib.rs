@@ -56,6 +56,7 @@ pub mod read;
 #[cfg(not(feature = "internals"))]
 mod read;
 mod region;
+pub mod signals;
 pub mod store;
 mod sys;
 mod track;

@@ -567,3 +567,195 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
     );
     assert_eq!(checksum(&out), reference());
 }
+
+/// The pid of the heat process that is MPI rank `rank` of the job whose store is `store`
+/// (found through /proc: its command line names the store, its environment the rank).
+fn rank_pid(store: &str, rank: u32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !cmd.contains("heat") || !cmd.contains(store) || cmd.starts_with("mpirun") {
+            continue;
+        }
+        let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Spawns `mpirun -np 2 heat ...` in its own process group, returning the child.
+fn spawn_heat2(extra: &[&str]) -> std::process::Child {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "-np", "2"])
+        .arg(heat_bin())
+        .args(extra)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().expect("run mpirun")
+}
+
+/// Waits for `child` up to `secs`, killing its process group if it does not finish.
+fn wait_heat(child: std::process::Child, secs: u64) -> Output {
+    let t = Instant::now();
+    let pid = child.id() as i32;
+    let mut child = child;
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(secs) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("heat did not finish in {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Issue 10: SIGUSR1 delivered to one rank only (as a scheduler's warning may be) makes every
+/// rank checkpoint at the same iteration; with --exit-on-signal the job then stops cleanly,
+/// and the rerun resumes from that checkpoint with the uninterrupted checksum.
+#[test]
+fn a_signal_to_one_rank_checkpoints_every_rank_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap().to_string();
+    let n_iters = "100000000";
+    let child = spawn_heat2(&[
+        "--store",
+        &s,
+        "--n",
+        "32",
+        "--iters",
+        n_iters,
+        "--ckpt-every",
+        "100000",
+        "--signal-checkpoint",
+        "--exit-on-signal",
+    ]);
+    let t = Instant::now();
+    let pid = loop {
+        if let Some(p) = rank_pid(&s, 1) {
+            break p;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "rank 1 never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let it compute past start-up, then warn rank 1 only.
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let out = wait_heat(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: u64 = line(&out, "exiting after signal-checkpoint ")
+        .unwrap_or_else(|| {
+            panic!(
+                "no signal checkpoint: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+        .parse()
+        .unwrap();
+    assert_eq!(commits(d.path()).last().copied(), Some(v));
+    verify_all_commits(d.path());
+    let it: u64 = line(&out, "signal-checkpoint ")
+        .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Both ranks' files of v hold the same iteration (the rerun would diverge otherwise).
+    let iters = (it + 30).to_string();
+    let rerun = mpirun(
+        2,
+        &[
+            "--store",
+            &s,
+            "--n",
+            "32",
+            "--iters",
+            &iters,
+            "--ckpt-every",
+            "0",
+        ],
+    );
+    assert_eq!(line(&rerun, "restarted-from ").unwrap(), v.to_string());
+    let r = tempfile::tempdir().unwrap();
+    let refr = mpirun(
+        0,
+        &[
+            "--store",
+            r.path().to_str().unwrap(),
+            "--n",
+            "32",
+            "--iters",
+            &iters,
+            "--ckpt-every",
+            "0",
+        ],
+    );
+    assert_eq!(checksum(&rerun), checksum(&refr));
+}
+
+/// Issue 10: `ckpt halt DIR` stops a running job cleanly after its next checkpoint, and the
+/// request is withdrawn so that a resubmitted job runs to the end.
+#[test]
+fn halt_stops_the_job_after_its_next_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap().to_string();
+    let child = spawn_heat2(&[
+        "--store",
+        &s,
+        "--n",
+        "32",
+        "--iters",
+        "100000000",
+        "--ckpt-every",
+        "50",
+    ]);
+    let t = Instant::now();
+    while newest_commit(d.path()) < 2 {
+        assert!(t.elapsed() < Duration::from_secs(60), "no commit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ckpt = heat_bin().parent().unwrap().parent().unwrap().join("ckpt");
+    if ckpt.exists() {
+        let out = Command::new(&ckpt).args(["halt", &s]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        JobStore::new(d.path(), "heat")
+            .unwrap()
+            .request_halt()
+            .unwrap();
+    }
+    let out = wait_heat(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        line(&out, "halted at iteration ").is_some(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!JobStore::new(d.path(), "heat")
+        .unwrap()
+        .halt_requested()
+        .unwrap());
+    verify_all_commits(d.path());
+}

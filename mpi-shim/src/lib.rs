@@ -208,6 +208,8 @@ pub struct Job<'c, C: Communicator> {
     ck: Checkpointer,
     rank: u32,
     size: u32,
+    /// A halt request was honoured at the last checkpoint: the job should stop.
+    halted: bool,
     #[cfg(feature = "fault-injection")]
     inject_failure: Option<u64>,
 }
@@ -284,6 +286,7 @@ impl<'c, C: Communicator> Job<'c, C> {
             ck,
             rank,
             size,
+            halted: false,
             #[cfg(feature = "fault-injection")]
             inject_failure: None,
         })
@@ -309,6 +312,40 @@ impl<'c, C: Communicator> Job<'c, C> {
     #[cfg(feature = "fault-injection")]
     pub fn inject_failure(&mut self, version: u64) {
         self.inject_failure = Some(version);
+    }
+
+    /// Whether a checkpoint was requested on *any* rank since the last call: by a signal
+    /// (see [`ckpt_engine::signals`]; Slurm's `--signal=B:USR1@N` reaches only some
+    /// processes) or by [`ckpt_engine::signals::request_checkpoint`]. Collective: every rank
+    /// calls it at the same point (once per iteration, say), and every rank gets the same
+    /// answer, so all checkpoint at the same iteration. Costs one small all-reduce.
+    pub fn checkpoint_requested(&self) -> bool {
+        let mine = u64::from(ckpt_engine::signals::checkpoint_requested());
+        self.all_max_u64(mine) == 1
+    }
+
+    /// Whether the job should stop now: a halt request (`ckpt halt DIR`) was found at the
+    /// last committed checkpoint. The same on every rank; no communication.
+    pub fn should_exit(&self) -> bool {
+        self.halted
+    }
+
+    /// After a commit: rank 0 looks for a halt request, every rank learns the answer, and a
+    /// request that will be honoured is withdrawn so that a resubmitted job runs.
+    fn check_halt(&mut self) -> Result<()> {
+        let local = if self.rank == 0 {
+            self.store.halt_requested()
+        } else {
+            Ok(false)
+        };
+        let asked = agree(self.comm, "read the halt request", local)?;
+        self.halted = self.all_max_u64(u64::from(asked)) == 1;
+        if self.halted && self.rank == 0 {
+            if let Err(e) = self.store.clear_halt() {
+                tracing::warn!("halting, but could not withdraw the halt request: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn all_max_u64(&self, x: u64) -> u64 {
@@ -441,12 +478,15 @@ impl<'c, C: Communicator> Job<'c, C> {
         // Phase 3: everyone learns the outcome (and rank 0's reason if it could not commit).
         let committed = failures(self.comm, commit.as_ref().err().map(|e| e as &dyn Display));
         match local {
-            Ok(local) if committed.is_empty() => Ok(CommitStats {
-                version,
-                local,
-                total_secs: t0.elapsed().as_secs_f64(),
-                slowest_local_secs,
-            }),
+            Ok(local) if committed.is_empty() => {
+                self.check_halt()?;
+                Ok(CommitStats {
+                    version,
+                    local,
+                    total_secs: t0.elapsed().as_secs_f64(),
+                    slowest_local_secs,
+                })
+            }
             _ => Err(Error::NotCommitted {
                 version,
                 failures: committed,

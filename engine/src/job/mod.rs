@@ -25,6 +25,8 @@ use crate::store::{self, Store};
 
 /// File name of the job description.
 pub const META_FILE: &str = "ckpt-job";
+/// File name of a halt request (`ckpt halt`).
+pub const HALT_FILE: &str = "halt";
 /// Magic of a commit record.
 pub const COMMIT_MAGIC: [u8; 8] = *b"CKPTCOMT";
 /// Format of the commit record this build writes and reads.
@@ -205,6 +207,32 @@ impl JobStore {
             .join("ranks")
             .join(format!("{:04}", rank / RANKS_PER_SHARD))
             .join(rank.to_string())
+    }
+
+    /// Asks the running job to stop cleanly after its next checkpoint (SCR's halt): writes
+    /// `DIR/halt` atomically. Asking twice is harmless.
+    pub fn request_halt(&self) -> Result<()> {
+        match store::atomic_write_new(&self.dir, HALT_FILE, b"halt after the next checkpoint\n") {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a halt has been requested (and not yet honoured).
+    pub fn halt_requested(&self) -> Result<bool> {
+        store::exists(&self.dir.join(HALT_FILE))
+    }
+
+    /// Withdraws a halt request (the job honoured it, or the operator changed their mind).
+    pub fn clear_halt(&self) -> Result<()> {
+        let p = self.dir.join(HALT_FILE);
+        match std::fs::remove_file(&p) {
+            Ok(()) => store::sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&p, "remove", e)),
+        }
     }
 
     /// Rank `rank`'s chain directory, checked for writing: `ranks/`, its shard and the rank's
