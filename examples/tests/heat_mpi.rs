@@ -43,18 +43,9 @@ fn mpirun_env(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("run mpirun (is OpenMPI installed?)");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            panic!("mpirun {args:?} did not finish in 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().expect("run mpirun (is OpenMPI installed?)");
+    wait_heat(child, 120)
 }
 
 fn line(out: &Output, prefix: &str) -> Option<String> {
@@ -493,9 +484,10 @@ fn per_rank_retention_in_a_job_is_refused() {
     assert!(err.contains("per-rank automatic compaction"), "{err}");
 }
 
-/// Issue 8, item 2: rank 1's chain directory is not listable (mode 300) — permissions that
-/// root ignores, so as root the job runs as `nobody` through setpriv. Every checkpoint must
-/// fail on every rank with rank 1's reason; the job must neither hang nor stop computing.
+/// Issue 8, item 2: rank 1's chain directory becomes unlistable (mode 300) while the job
+/// runs — permissions that root ignores, so as root the job runs as `nobody` through setpriv.
+/// Every later checkpoint must fail on every rank with rank 1's reason; the job must neither
+/// hang nor stop computing, and ends with the uninterrupted checksum.
 #[test]
 fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -503,7 +495,6 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
     let store = d.path().join("store");
     let job = JobStore::new(&store, "heat").unwrap();
     let r1 = job.rank_dir(1);
-    std::fs::create_dir_all(&r1).unwrap();
     let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
     if root {
         for p in [
@@ -518,9 +509,17 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
         }
         std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    std::fs::set_permissions(&r1, std::fs::Permissions::from_mode(0o300)).unwrap();
     let s = store.to_str().unwrap();
-    let heat = heat_bin();
+    let run_args = [
+        "--store",
+        s,
+        "--n",
+        "48",
+        "--iters",
+        "20000",
+        "--ckpt-every",
+        "10",
+    ];
     let mut cmd = if root {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "mpirun"]);
@@ -529,14 +528,14 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
         Command::new("mpirun")
     };
     cmd.args(["--oversubscribe", "-np", "2"])
-        .arg(&heat)
-        .args(args(s, &[]))
+        .arg(heat_bin())
+        .args(run_args)
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("HOME", d.path())
         .env("TMPDIR", d.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("skipping: cannot run mpirun as another user ({e})");
@@ -544,28 +543,27 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
         }
     };
     let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("the job hung");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    while newest_commit(&store) < 1 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no first commit");
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let out = child.wait_with_output().unwrap();
+    std::fs::set_permissions(&r1, std::fs::Permissions::from_mode(0o300)).unwrap();
+    let out = wait_heat(child, 120);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
-    assert_eq!(
-        text.matches("checkpoint-failed").count(),
-        5,
-        "every checkpoint fails: {text}"
-    );
+    let failed = text.matches("checkpoint-failed").count();
+    assert!(failed > 0, "checkpoints after the chmod must fail: {text}");
     assert!(
         text.contains("rank 1:")
             && text.contains("ranks/0000/1")
             && text.contains("Permission denied"),
         "{text}"
     );
-    assert_eq!(checksum(&out), reference());
+    let r = tempfile::tempdir().unwrap();
+    let mut ref_args = run_args;
+    ref_args[1] = r.path().to_str().unwrap();
+    ref_args[7] = "0";
+    assert_eq!(checksum(&out), checksum(&mpirun(0, &ref_args)));
 }
 
 /// The pid of the heat process that is MPI rank `rank` of the job whose store is `store`
@@ -604,12 +602,37 @@ fn spawn_heat2(extra: &[&str]) -> std::process::Child {
     cmd.spawn().expect("run mpirun")
 }
 
-/// Waits for `child` up to `secs`, killing its process group if it does not finish.
-fn wait_heat(child: std::process::Child, secs: u64) -> Output {
+/// Waits for `child` up to `secs`, killing its process group if it does not finish. Its
+/// output is read meanwhile, so that a chatty job never blocks on a full pipe.
+fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
+    use std::io::Read;
+    let drain = |p: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let t = Instant::now();
     let pid = child.id() as i32;
-    let mut child = child;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if t.elapsed() > Duration::from_secs(secs) {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid),
@@ -618,8 +641,12 @@ fn wait_heat(child: std::process::Child, secs: u64) -> Output {
             panic!("heat did not finish in {secs} s");
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
 }
 
 /// Issue 10: SIGUSR1 delivered to one rank only (as a scheduler's warning may be) makes every

@@ -126,9 +126,8 @@ fn sigkill_during_checkpoint_never_leaves_a_partial_version() {
             "version {v}"
         );
     }
-    // The fault-injected kills left temporary files behind, and nothing else.
-    assert!(
-        !store.temp_files().unwrap().is_empty(),
-        "kills before the rename leave temporaries"
-    );
+    // Kills before the rename leave a temporary file, but they do not pile up: each writer
+    // that opens the chain removes those of dead writers, so at most the last one remains.
+    let temps = store.temp_files().unwrap();
+    assert!(temps.len() <= 1, "temporaries piled up: {temps:?}");
 }
