@@ -58,6 +58,8 @@ if [ ! -s "$base" ]; then
 fi
 
 root=$(mktemp -d /var/tmp/ckpt-fresh.XXXXXX)
+# A system's root is 0755 (mktemp made it 0700): tests that run as another user need it.
+chmod 755 "$root"
 mounts=()
 cleanup() {
     local i

@@ -535,7 +535,7 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
         .env("TMPDIR", d.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let child = match cmd.spawn() {
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("skipping: cannot run mpirun as another user ({e})");
@@ -544,6 +544,14 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
     };
     let t0 = Instant::now();
     while newest_commit(&store) < 1 {
+        if child.try_wait().unwrap().is_some() {
+            let out = wait_heat(child, 10);
+            panic!(
+                "heat ended before its first commit: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                stderr(&out)
+            );
+        }
         assert!(t0.elapsed() < Duration::from_secs(60), "no first commit");
         std::thread::sleep(Duration::from_millis(5));
     }

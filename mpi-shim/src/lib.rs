@@ -331,21 +331,31 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     /// After a commit: rank 0 looks for a halt request, every rank learns the answer, and a
-    /// request that will be honoured is withdrawn so that a resubmitted job runs.
-    fn check_halt(&mut self) -> Result<()> {
+    /// request that will be honoured is withdrawn so that a resubmitted job runs. The version
+    /// is committed whatever happens here: a request that cannot be read is reported and
+    /// looked for again at the next checkpoint.
+    fn check_halt(&mut self) {
         let local = if self.rank == 0 {
             self.store.halt_requested()
         } else {
             Ok(false)
         };
-        let asked = agree(self.comm, "read the halt request", local)?;
+        let asked = match agree(self.comm, "read the halt request", local) {
+            Ok(asked) => asked,
+            Err(e) => {
+                if self.rank == 0 {
+                    tracing::warn!("{e}; the job carries on");
+                }
+                false
+            }
+        };
+        // Only rank 0 looked: every rank takes its answer.
         self.halted = self.all_max_u64(u64::from(asked)) == 1;
         if self.halted && self.rank == 0 {
             if let Err(e) = self.store.clear_halt() {
                 tracing::warn!("halting, but could not withdraw the halt request: {e}");
             }
         }
-        Ok(())
     }
 
     fn all_max_u64(&self, x: u64) -> u64 {
@@ -479,7 +489,7 @@ impl<'c, C: Communicator> Job<'c, C> {
         let committed = failures(self.comm, commit.as_ref().err().map(|e| e as &dyn Display));
         match local {
             Ok(local) if committed.is_empty() => {
-                self.check_halt()?;
+                self.check_halt();
                 Ok(CommitStats {
                     version,
                     local,
