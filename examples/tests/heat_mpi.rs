@@ -90,6 +90,24 @@ fn reference() -> String {
     checksum(&out)
 }
 
+/// The checksum of an uninterrupted run without checkpoints, on an N x N grid for ITERS
+/// iterations.
+fn reference_for(n: &str, iters: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().to_str().unwrap();
+    let args = [
+        "--store",
+        store,
+        "--n",
+        n,
+        "--iters",
+        iters,
+        "--ckpt-every",
+        "0",
+    ];
+    checksum(&mpirun(0, &args))
+}
+
 fn commits(dir: &Path) -> Vec<u64> {
     JobStore::new(dir, "heat").unwrap().commits().unwrap()
 }
@@ -346,21 +364,7 @@ fn job_store_compaction_beside_a_live_job_loses_nothing() {
         newest.to_string(),
         "the restart must resume from the newest committed version"
     );
-    let r = tempfile::tempdir().unwrap();
-    let refr = mpirun(
-        0,
-        &[
-            "--store",
-            r.path().to_str().unwrap(),
-            "--n",
-            "32",
-            "--iters",
-            &iters,
-            "--ckpt-every",
-            "0",
-        ],
-    );
-    assert_eq!(checksum(&out), checksum(&refr));
+    assert_eq!(checksum(&out), reference_for("32", &iters));
 }
 
 /// Runs heat at np = 2 under a 10 s limit per run and returns the output.
@@ -567,11 +571,7 @@ fn an_unlistable_rank_directory_fails_checkpoints_on_every_rank_without_a_hang()
             && text.contains("Permission denied"),
         "{text}"
     );
-    let r = tempfile::tempdir().unwrap();
-    let mut ref_args = run_args;
-    ref_args[1] = r.path().to_str().unwrap();
-    ref_args[7] = "0";
-    assert_eq!(checksum(&out), checksum(&mpirun(0, &ref_args)));
+    assert_eq!(checksum(&out), reference_for(run_args[3], run_args[5]));
 }
 
 /// The pid of the heat process that is MPI rank `rank` of the job whose store is `store`
@@ -729,21 +729,7 @@ fn a_signal_to_one_rank_checkpoints_every_rank_at_once() {
         ],
     );
     assert_eq!(line(&rerun, "restarted-from ").unwrap(), v.to_string());
-    let r = tempfile::tempdir().unwrap();
-    let refr = mpirun(
-        0,
-        &[
-            "--store",
-            r.path().to_str().unwrap(),
-            "--n",
-            "32",
-            "--iters",
-            &iters,
-            "--ckpt-every",
-            "0",
-        ],
-    );
-    assert_eq!(checksum(&rerun), checksum(&refr));
+    assert_eq!(checksum(&rerun), reference_for("32", &iters));
 }
 
 /// Issue 10: `ckpt halt DIR` stops a running job cleanly after its next checkpoint, and the
