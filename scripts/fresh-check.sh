@@ -58,8 +58,6 @@ if [ ! -s "$base" ]; then
 fi
 
 root=$(mktemp -d /var/tmp/ckpt-fresh.XXXXXX)
-# A system's root is 0755 (mktemp made it 0700): tests that run as another user need it.
-chmod 755 "$root"
 mounts=()
 cleanup() {
     local i
@@ -81,6 +79,9 @@ bind() { # bind SRC DST [ro]
 }
 
 tar -C "$root" -xf "$base" || setup_fail "cannot unpack $base"
+# A system's root is 0755 (mktemp, and the archive's top entry, make it 0700): tests that run
+# as another user need to traverse it.
+chmod 755 "$root"
 mount -t proc proc "$root/proc" && mounts+=("$root/proc")
 bind /sys "$root/sys" ro
 bind /dev "$root/dev"
