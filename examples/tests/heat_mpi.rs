@@ -266,26 +266,16 @@ fn verify_all_commits(dir: &Path) {
 fn job_store_compaction_beside_a_live_job_loses_nothing() {
     let d = tempfile::tempdir().unwrap();
     let s = d.path().to_str().unwrap().to_string();
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-np", "2"])
-        .arg(heat_bin())
-        .args([
-            "--store",
-            &s,
-            "--n",
-            "32",
-            "--iters",
-            "100000000",
-            "--ckpt-every",
-            "1",
-        ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().expect("run mpirun");
+    let mut child = spawn_heat2(&[
+        "--store",
+        &s,
+        "--n",
+        "32",
+        "--iters",
+        "100000000",
+        "--ckpt-every",
+        "1",
+    ]);
     let t0 = Instant::now();
     while newest_commit(d.path()) < 3 {
         assert!(

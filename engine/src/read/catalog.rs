@@ -237,10 +237,13 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
         map.flush().map_err(|e| Error::io(&tmp, "flush", e))?;
     }
     let mut written = Vec::new();
-    for (tmp, final_path) in std::mem::take(&mut temps.0) {
-        std::fs::rename(&tmp, &final_path).map_err(|e| Error::io(&final_path, "rename", e))?;
-        written.push(final_path);
+    for (tmp, final_path) in &temps.0 {
+        std::fs::rename(tmp, final_path).map_err(|e| Error::io(final_path, "rename", e))?;
+        written.push(final_path.clone());
     }
+    // All renamed: nothing left for the guard to remove (on an early return above it removes
+    // the temporaries not yet renamed).
+    temps.0.clear();
     crate::store::sync_dir(out)?;
     Ok((version, written))
 }
