@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use ckpt_engine::{Config, Tracking};
-use ckpt_mpi::Job;
+use ckpt::Job;
 use clap::Parser;
 use mpi::collective::CommunicatorCollectives;
 use mpi::point_to_point::{Destination, Source};

@@ -84,6 +84,9 @@ pub struct Config {
     /// With `keep` set, run a compaction in a background thread after each checkpoint (one
     /// at a time; a checkpoint never waits for it).
     pub auto_compact: bool,
+    /// How version files are named: `<name>.ckpt.<N>` (the default) or VeloC's
+    /// `<name>-<V>.dat` (the VeloC interface names its chains `<name>-<rank>`).
+    pub naming: crate::store::Naming,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             audit_every: 0,
             keep: None,
             auto_compact: false,
+            naming: crate::store::Naming::Ckpt,
         }
     }
 }
@@ -137,6 +141,12 @@ impl Config {
     pub fn with_retention(mut self, keep: usize) -> Self {
         self.keep = Some(keep);
         self.auto_compact = true;
+        self
+    }
+
+    /// Names version files the `naming` way (sets [`naming`](Self::naming)).
+    pub fn with_naming(mut self, naming: crate::store::Naming) -> Self {
+        self.naming = naming;
         self
     }
 

@@ -143,7 +143,7 @@ pub enum Error {
 
 impl Error {
     /// Builds an [`Error::Io`].
-    pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, op: &'static str, source: io::Error) -> Self {
         Error::Io {
             path: path.into(),
             op,

@@ -4,7 +4,7 @@
 //!
 //! The handler only sets an atomic flag (through `signal-hook`, whose handlers are
 //! async-signal-safe); the application asks [`checkpoint_requested`] at a safe point, where
-//! a checkpoint can run. In an MPI job, `ckpt_mpi::Job::checkpoint_requested` makes the
+//! a checkpoint can run. In an MPI job, `ckpt::Job::checkpoint_requested` makes the
 //! request rank-wide.
 //!
 //! ```no_run

@@ -27,7 +27,7 @@
 //! use ckpt_engine::Config;
 //! let universe = mpi::initialize().ok_or("MPI init failed")?;
 //! let world = universe.world();
-//! let mut job = ckpt_mpi::Job::open(&world, "/scratch/job42", "heat", Config::default())?;
+//! let mut job = ckpt::Job::open(&world, "/scratch/job42", "heat", Config::default())?;
 //! let grid = job.checkpointer().alloc_region::<f64>(1, 1 << 20)?;
 //! if let Some(v) = job.restart()? {
 //!     println!("restarted from version {v}");
@@ -37,6 +37,9 @@
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod c;
+pub mod config;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -121,6 +124,14 @@ pub enum Error {
     /// A setting that a job cannot honour.
     #[error("{0}")]
     Config(String),
+    /// The version asked for was never committed (or its commit record is gone).
+    #[error("{dir}: version {version} has no commit record (never committed on every rank, or compacted away)")]
+    NoSuchVersion {
+        /// The job store.
+        dir: PathBuf,
+        /// The version asked for.
+        version: u64,
+    },
 }
 
 /// Result alias.
@@ -382,6 +393,31 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// commit records cannot be listed, every rank returns an error: a store that cannot be
     /// read is never mistaken for an empty one.
     pub fn restart(&mut self) -> Result<Option<u64>> {
+        self.find_committed(None, true)
+    }
+
+    /// The version [`restart`](Self::restart) would restore, without restoring it: the
+    /// newest version with a commit record whose files check out on every rank, or `None`
+    /// if no version was ever committed. Collective.
+    pub fn restart_test(&mut self) -> Result<Option<u64>> {
+        self.find_committed(None, false)
+    }
+
+    /// Restores committed version `version` on every rank. Fails on every rank if it has no
+    /// commit record or cannot be restored on some rank. Collective.
+    pub fn restart_version(&mut self, version: u64) -> Result<()> {
+        match self.find_committed(Some(version), true)? {
+            Some(_) => Ok(()),
+            None => Err(Error::NoSuchVersion {
+                dir: self.store.dir().to_path_buf(),
+                version,
+            }),
+        }
+    }
+
+    /// Tries the committed versions (only `only`, if given), newest first, and returns the
+    /// first whose files check out (and, with `restore`, restore) on every rank.
+    fn find_committed(&mut self, only: Option<u64>, restore: bool) -> Result<Option<u64>> {
         // Rank 0 lists the commit records and broadcasts them, so that all ranks try the same
         // candidates in the same order.
         let listed = if self.rank == 0 {
@@ -396,11 +432,14 @@ impl<'c, C: Communicator> Job<'c, C> {
         if n > 0 {
             self.comm.process_at_rank(0).broadcast_into(&mut listed[..]);
         }
+        if let Some(want) = only {
+            listed.retain(|&v| v == want);
+        }
         let mut tried: Vec<(u64, Vec<RankFailure>)> = Vec::new();
         for &v in listed.iter().rev() {
             let here = self.store.check_rank(v, self.rank, self.size);
             let mut f = failures(self.comm, here.as_ref().err().map(|e| e as &dyn Display));
-            if f.is_empty() {
+            if f.is_empty() && restore {
                 let restored = self.ck.restore(Some(v));
                 f = failures(
                     self.comm,

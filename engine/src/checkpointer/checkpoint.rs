@@ -8,7 +8,6 @@ use crate::config::CheckpointStats;
 use crate::error::{Error, Result};
 use crate::format::{self, FileEntry, Header, Identity, Index, TrackingKind, FLAG_FULL};
 use crate::read::Version;
-use crate::store;
 use crate::track::Outcome;
 use crate::write::file::VersionWriter;
 use crate::write::index::{build_index, Parent, RegionPlan};
@@ -159,7 +158,7 @@ impl Checkpointer {
                 index_checksum: [0; 32],
             },
             version: plan.version,
-            name: store::version_file_name(self.store.name(), plan.version),
+            name: self.store.file_name(plan.version),
         };
         let mut writer = writer;
         writer.sync_data()?;

@@ -85,7 +85,7 @@ impl Checkpointer {
                  use tracking hash or auto"
             ))
         })?;
-        let store = Store::new(dir.as_ref(), name)?;
+        let store = Store::with_naming(dir.as_ref(), name, config.naming)?;
         store.create_dir()?;
         store.warn_if_shared()?;
         let lock = store.lock_writer()?;
@@ -273,6 +273,24 @@ impl Checkpointer {
         self.push_region(id, Memory::Raw { ptr, len })
     }
 
+    /// Stops checkpointing region `id` (the C API's `unprotect`): the engine forgets it and,
+    /// for caller memory, no longer touches it, so the caller may free it afterwards. The
+    /// next checkpoint is a full version.
+    pub fn unregister(&mut self, id: u64) -> Result<()> {
+        let slot = self.slot_of(id)?;
+        self.tracker
+            .remove_region(slot)
+            .map_err(|e| Error::Region {
+                id,
+                why: format!("cannot stop dirty tracking: {e}"),
+            })?;
+        self.regions.remove(slot);
+        self.hashes.remove(slot);
+        // (Handles of later regions now name the wrong slot; `find_typed` refuses them.)
+        self.parent = None;
+        Ok(())
+    }
+
     /// The slot of region `id`.
     fn slot_of(&self, id: u64) -> Result<usize> {
         self.regions
@@ -353,6 +371,21 @@ impl Checkpointer {
             return Err(Error::VersionExists {
                 path: self.store.path_of(version),
                 newest: floor,
+            });
+        }
+        self.checkpoint_inner(Some(version))
+    }
+
+    /// Like [`checkpoint_numbered`](Self::checkpoint_numbered), but `version` only has to be
+    /// free: no file of that number may exist, while newer versions may. For coordinators
+    /// whose applications choose version numbers themselves (the VeloC interface). Numbers of
+    /// versions a compaction removed must not be reused: that is the caller's duty here.
+    pub fn checkpoint_at(&mut self, version: u64) -> Result<CheckpointStats> {
+        let path = self.store.path_of(version);
+        if version == 0 || store::exists(&path)? {
+            return Err(Error::VersionExists {
+                path,
+                newest: self.version_floor()?,
             });
         }
         self.checkpoint_inner(Some(version))

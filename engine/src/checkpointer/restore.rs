@@ -1,6 +1,8 @@
 //! Restore: rebuild a committed version into the registered regions.
 
 use super::Checkpointer;
+use std::path::Path;
+
 use crate::config::RestoreStats;
 use crate::error::{Error, Result};
 use crate::hash::RegionHashes;
@@ -60,18 +62,69 @@ impl Checkpointer {
     /// On error the contents of the regions are unspecified and the engine forgets its
     /// parent, so the next checkpoint is a full version.
     pub fn restore(&mut self, version: Option<u64>) -> Result<RestoreStats> {
-        let (version, path) = self.store.resolve(version)?;
-        let v = Version::open(&path)?;
+        let (_, path) = self.store.resolve(version)?;
+        self.restore_inner(&path, None)
+    }
+
+    /// Restores the version held in file `path`, a version file of this chain that may lie
+    /// in another directory (a copy on other storage, say). As [`restore`](Self::restore),
+    /// except that the next checkpoint is a full version when `path` is not in this store's
+    /// directory: a delta here must not reference files that exist only there.
+    pub fn restore_path(&mut self, path: &Path) -> Result<RestoreStats> {
+        self.restore_inner(path, None)
+    }
+
+    /// Restores only regions `ids` from the version in file `path`; other registered
+    /// regions keep their contents. Each id must be registered and stored with the same size.
+    /// The next checkpoint is a full version.
+    pub fn restore_regions(&mut self, path: &Path, ids: &[u64]) -> Result<RestoreStats> {
+        self.restore_inner(path, Some(ids))
+    }
+
+    /// The ids and byte lengths of the regions stored in version file `path`.
+    pub fn regions_in(path: &Path) -> Result<Vec<(u64, u64)>> {
+        let f = crate::read::VersionFile::open(path)?;
+        Ok(f.index.regions.iter().map(|r| (r.id, r.byte_len)).collect())
+    }
+
+    fn restore_inner(&mut self, path: &Path, only: Option<&[u64]>) -> Result<RestoreStats> {
+        let v = Version::open(path)?;
+        let header = &v.file().header;
+        if header.name != self.store.name() {
+            return Err(Error::ChainMismatch {
+                path: path.to_path_buf(),
+                found: header.name.clone(),
+                wanted: self.store.name().to_string(),
+            });
+        }
+        let version = header.version;
         let ps = v.page_size();
-        let order = self.region_order(&v)?;
+        // For each registered region: its index in the version, or None to leave it alone.
+        let order: Vec<Option<usize>> = match only {
+            None => self.region_order(&v)?.into_iter().map(Some).collect(),
+            Some(ids) => self.selected_order(&v, ids)?,
+        };
+        if only.is_some() && ps != self.config.page_size as usize {
+            return Err(Error::RegionMismatch {
+                path: path.to_path_buf(),
+                why: format!(
+                    "a selective restore needs the engine's page size ({}), but the version's is {ps}",
+                    self.config.page_size
+                ),
+            });
+        }
         self.parent = None;
         self.tracker
             .before_restore()
-            .map_err(|e| Error::io(&path, "remove write-protection before restore", e))?;
+            .map_err(|e| Error::io(path, "remove write-protection before restore", e))?;
         let mut bytes = 0u64;
         let mut new_hashes = Vec::with_capacity(self.regions.len());
-        for (r, &i) in self.regions.iter_mut().zip(&order) {
+        for ((r, i), old) in self.regions.iter_mut().zip(&order).zip(&self.hashes) {
             let out = r.mem.bytes_mut();
+            let Some(i) = *i else {
+                new_hashes.push(old.clone());
+                continue;
+            };
             bytes += out.len() as u64;
             let pages = v.restore_region(i, out)?;
             let mut h = RegionHashes::unknown(out.len(), ps);
@@ -83,16 +136,54 @@ impl Checkpointer {
         // contents, so they stay truthful whatever the restore overwrote).
         self.config.page_size = ps as u32;
         self.hashes = new_hashes;
-        // The regions now hold exactly the restored version: nothing is dirty.
+        // The regions now hold exactly the restored version: nothing is dirty. (After a
+        // selective restore the next checkpoint is full, so the others need no tracking.)
         self.tracker
             .after_restore()
-            .map_err(|e| Error::io(&path, "write-protect after restore", e))?;
-        self.parent = Some(self.parent_from_version(&v, version)?);
+            .map_err(|e| Error::io(path, "write-protect after restore", e))?;
+        let here = path.parent().map(|d| same_dir(d, self.store.dir()));
+        if only.is_none() && here == Some(true) {
+            self.parent = Some(self.parent_from_version(&v, version)?);
+        }
         Ok(RestoreStats {
             version,
             files_read: v.files().len(),
             bytes,
         })
+    }
+
+    /// For each registered region, its index in the version if its id is in `ids`.
+    fn selected_order(&self, v: &Version, ids: &[u64]) -> Result<Vec<Option<usize>>> {
+        let path = v.file().path();
+        let mismatch = |why: String| Error::RegionMismatch {
+            path: path.to_path_buf(),
+            why,
+        };
+        if let Some(id) = ids.iter().find(|id| !self.regions.iter().any(|r| r.id == **id)) {
+            return Err(mismatch(format!("region {id} is not registered")));
+        }
+        self.regions
+            .iter()
+            .map(|r| {
+                if !ids.contains(&r.id) {
+                    return Ok(None);
+                }
+                let i = v
+                    .regions()
+                    .iter()
+                    .position(|e| e.id == r.id)
+                    .ok_or_else(|| mismatch(format!("region {} is not in the checkpoint", r.id)))?;
+                let stored = v.regions()[i].byte_len;
+                if stored != r.len() as u64 {
+                    return Err(mismatch(format!(
+                        "region {} is {stored} bytes in the checkpoint but {} bytes registered",
+                        r.id,
+                        r.len()
+                    )));
+                }
+                Ok(Some(i))
+            })
+            .collect()
     }
 
     /// The parent picture of version `version` (already opened), with extents listed in the
@@ -104,5 +195,17 @@ impl Checkpointer {
             Parent::from_index(&file.index, version, file.identity(), file.header.depth);
         parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
         Ok(parent)
+    }
+}
+
+/// Whether two directory paths name the same directory (an empty path is `.`).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| {
+        let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+        std::fs::canonicalize(p).ok()
+    };
+    match (norm(a), norm(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
     }
 }

@@ -140,7 +140,7 @@ pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
     }
     let kept_names: HashSet<String> = kept
         .iter()
-        .map(|&v| store::version_file_name(store.name(), v))
+        .map(|&v| store.file_name(v))
         .collect();
     let mut rewrite = Vec::new();
     for &v in &kept {
@@ -246,7 +246,7 @@ fn run_round(
     let kept: HashSet<String> = plan
         .kept
         .iter()
-        .map(|&v| store::version_file_name(store.name(), v))
+        .map(|&v| store.file_name(v))
         .collect();
 
     // 2. Rewrite, oldest first. `pool` maps page contents to a record of an already rewritten
@@ -266,7 +266,7 @@ fn run_round(
     let mut spared: Vec<u64> = Vec::new();
     for &r in plan.remove.iter().rev() {
         let path = store.path_of(r);
-        let name = store::version_file_name(store.name(), r);
+        let name = store.file_name(r);
         let lock = store.lock_commit()?;
         // Versions committed since the plan (and versions we had to spare) may reference
         // garbage: what they reference stays.

@@ -9,7 +9,7 @@ use crate::format::{
     Extent, FileEntry, Hash, Header, Identity, Index, RegionEntry, FLAG_COMPACTED, FLAG_FULL,
 };
 use crate::read::{read_header_footer, Version, VersionFile};
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::write::file::{PageIn, VersionWriter};
 use crate::write::index::push;
 
@@ -34,7 +34,7 @@ pub(super) fn rewrite_one(
     let path = store.path_of(v);
     let old = Version::open(&path)?;
     let f = old.file();
-    let self_name = store::version_file_name(store.name(), v);
+    let self_name = store.file_name(v);
     let flatten = max_depth.is_some_and(|d| f.header.depth > d);
     let keep_ref = |name: &str| !flatten && name != self_name && kept.contains(name);
 

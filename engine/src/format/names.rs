@@ -40,6 +40,62 @@ pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// How a store names its version files. Part of the format: a version file's file table
+/// names the files it references, and a committed file's name must match its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[non_exhaustive]
+pub enum Naming {
+    /// `<chain>.ckpt.<N>`: ckpt's own naming (DragonFly's checkpt(1)). Versions from 1.
+    #[default]
+    Ckpt,
+    /// `<chain>-<N-1>.dat`: VeloC's per-rank file names (`<name>-<rank>-<version>.dat`, with
+    /// chain `<name>-<rank>`). VeloC numbers versions from 0 and ckpt from 1, so file
+    /// `x-0-0.dat` holds ckpt version 1.
+    Dat,
+}
+
+impl Naming {
+    /// The file name of ckpt version `version` (at least 1) of chain `chain`.
+    pub fn file_name(self, chain: &str, version: u64) -> String {
+        match self {
+            Naming::Ckpt => version_file_name(chain, version),
+            Naming::Dat => format!("{chain}-{}.dat", version.saturating_sub(1)),
+        }
+    }
+
+    /// Parses a file name of this naming into `(chain, ckpt version)`; `None` for any other
+    /// file name, including temporary files (which start with `.`).
+    pub fn parse(self, file: &str) -> Option<(&str, u64)> {
+        match self {
+            Naming::Ckpt => parse_version_file_name(file),
+            Naming::Dat => {
+                if file.starts_with('.') {
+                    return None;
+                }
+                let stem = file.strip_suffix(".dat")?;
+                let pos = stem.rfind('-')?;
+                let (chain, num) = (&stem[..pos], &stem[pos + 1..]);
+                if chain.is_empty()
+                    || num.is_empty()
+                    || !num.bytes().all(|b| b.is_ascii_digit())
+                    || (num.len() > 1 && num.starts_with('0'))
+                {
+                    return None;
+                }
+                let n: u64 = num.parse().ok()?;
+                Some((chain, n.checked_add(1)?))
+            }
+        }
+    }
+
+    /// Parses a version file name of any naming into `(chain, ckpt version, naming)`.
+    pub fn parse_any(file: &str) -> Option<(&str, u64, Naming)> {
+        [Naming::Ckpt, Naming::Dat]
+            .into_iter()
+            .find_map(|n| n.parse(file).map(|(c, v)| (c, v, n)))
+    }
+}
+
 /// The file name of version `version` of chain `name`: `<name>.ckpt.<version>`.
 pub fn version_file_name(name: &str, version: u64) -> String {
     format!("{name}.ckpt.{version}")

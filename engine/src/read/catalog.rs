@@ -36,7 +36,7 @@ pub fn list(store: &Store) -> Result<Vec<VersionInfo>> {
             Ok(VersionInfo {
                 version: v,
                 parent: f.header.parent.map(|p| p.version),
-                file: crate::store::version_file_name(store.name(), v),
+                file: store.file_name(v),
                 bytes: f.size(),
                 depth: f.header.depth,
                 full: f.header.flags & FLAG_FULL != 0,
@@ -246,4 +246,28 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
     temps.0.clear();
     crate::store::sync_dir(out)?;
     Ok((version, written))
+}
+
+/// Opens version file `path` and every file it references, checking each one's identity:
+/// `Ok` exactly when the version is complete and restorable from that directory (record
+/// checksums are checked at restore; see [`verify_version`] for a full check). Returns the
+/// names of the files it needs, itself first, with the identity each must have.
+pub fn check_complete(path: &Path) -> Result<Vec<(String, crate::Identity)>> {
+    let v = Version::open(path)?;
+    let mut out = Vec::new();
+    for (i, e) in v.file().index.files.iter().enumerate() {
+        let identity = if i == 0 {
+            v.file().identity()
+        } else {
+            e.identity
+        };
+        out.push((e.name.clone(), identity));
+    }
+    Ok(out)
+}
+
+/// Whether the version file at `path` is the file with identity `want` (or a compactor's
+/// revision of it). `Ok(false)` if it is another file; an error if it cannot be read.
+pub fn satisfies(path: &Path, want: &crate::Identity) -> Result<bool> {
+    Ok(VersionFile::open(path)?.satisfies(want))
 }

@@ -239,8 +239,8 @@ fn check_name(path: &Path, header: &Header) -> Result<()> {
     let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
         return Ok(());
     };
-    match crate::format::names::parse_version_file_name(file) {
-        Some((name, v)) if name != header.name || v != header.version => Err(Error::corrupt(
+    match crate::format::names::Naming::parse_any(file) {
+        Some((name, v, _)) if name != header.name || v != header.version => Err(Error::corrupt(
             path,
             "header",
             format!(

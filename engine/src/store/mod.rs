@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg, RenameFlags};
 use crate::error::{Error, Result};
 
 pub use crate::format::names::{
-    check_chain_name, check_file_name, parse_version_file_name, version_file_name,
+    check_chain_name, check_file_name, parse_version_file_name, version_file_name, Naming,
 };
 
 /// One chain in one directory.
@@ -19,6 +19,7 @@ pub use crate::format::names::{
 pub struct Store {
     dir: PathBuf,
     name: String,
+    naming: Naming,
 }
 
 /// Holds the writer lock of a chain for as long as it lives.
@@ -30,10 +31,16 @@ pub struct WriterLock {
 impl Store {
     /// Names a chain in a directory. Checks the name; does not touch the disk.
     pub fn new(dir: impl Into<PathBuf>, name: &str) -> Result<Store> {
+        Store::with_naming(dir, name, Naming::Ckpt)
+    }
+
+    /// Names a chain in a directory whose files are named the `naming` way.
+    pub fn with_naming(dir: impl Into<PathBuf>, name: &str, naming: Naming) -> Result<Store> {
         check_chain_name(name)?;
         Ok(Store {
             dir: dir.into(),
             name: name.to_string(),
+            naming,
         })
     }
 
@@ -42,20 +49,29 @@ impl Store {
     pub fn discover(dir: impl Into<PathBuf>, name: Option<&str>) -> Result<Store> {
         let dir = dir.into();
         if let Some(n) = name {
-            return Store::new(dir, n);
+            // An unreadable directory fails later, at the first use, with its own error.
+            let Ok(chains) = chains_in(&dir) else {
+                return Store::new(dir, n);
+            };
+            let naming = chains
+                .iter()
+                .find(|(c, _)| c == n)
+                .map_or(Naming::Ckpt, |(_, naming)| *naming);
+            return Store::with_naming(dir, n, naming);
         }
         let chains = chains_in(&dir)?;
         match chains.as_slice() {
-            [one] => Store::new(dir, one),
+            [(one, naming)] => Store::with_naming(dir, one, *naming),
             [] => Err(Error::NotFound {
                 dir,
-                what: "no checkpoint files (<name>.ckpt.<N>) found".into(),
+                what: "no checkpoint files (<name>.ckpt.<N>, or VeloC's <name>-<rank>-<V>.dat) found"
+                    .into(),
             }),
             many => Err(Error::NotFound {
                 dir,
                 what: format!(
                     "holds several chains ({}); choose one with --name",
-                    many.join(", ")
+                    many.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             }),
         }
@@ -71,9 +87,19 @@ impl Store {
         &self.name
     }
 
+    /// How the store names its files.
+    pub fn naming(&self) -> Naming {
+        self.naming
+    }
+
+    /// The file name of version `version`.
+    pub fn file_name(&self, version: u64) -> String {
+        self.naming.file_name(&self.name, version)
+    }
+
     /// Path of version `version`'s file.
     pub fn path_of(&self, version: u64) -> PathBuf {
-        self.dir.join(version_file_name(&self.name, version))
+        self.dir.join(self.file_name(version))
     }
 
     /// Warns (through `tracing`) when others may write the store directory: anyone who can
@@ -99,7 +125,7 @@ impl Store {
     pub fn versions(&self) -> Result<Vec<u64>> {
         let mut v: Vec<u64> = list_dir(&self.dir)?
             .iter()
-            .filter_map(|f| parse_version_file_name(f))
+            .filter_map(|f| self.naming.parse(f))
             .filter(|(n, _)| *n == self.name)
             .map(|(_, v)| v)
             .collect();
@@ -134,10 +160,16 @@ impl Store {
 
     /// Leftover temporary files of this chain (from crashed checkpoints or compactions).
     pub fn temp_files(&self) -> Result<Vec<PathBuf>> {
-        let prefix = format!(".{}.ckpt.", self.name);
+        // `.<file name>.tmp.<pid>.<hex>`, where the file name is one of this chain's.
+        let ours = |f: &str| {
+            f.strip_prefix('.')
+                .and_then(|f| f.split_once(".tmp."))
+                .and_then(|(file, _)| self.naming.parse(file))
+                .is_some_and(|(n, _)| n == self.name)
+        };
         Ok(list_dir(&self.dir)?
             .into_iter()
-            .filter(|f| f.starts_with(&prefix) && f.contains(".tmp."))
+            .filter(|f| ours(f))
             .map(|f| self.dir.join(f))
             .collect())
     }
@@ -192,7 +224,7 @@ impl Store {
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`
     /// so that no listing ever mistakes them for a committed version.
     pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
-        temp_name(&self.dir, &version_file_name(&self.name, version))
+        temp_name(&self.dir, &self.file_name(version))
     }
 }
 
@@ -301,6 +333,12 @@ pub(crate) fn lock_exclusive_now(path: &Path, name: &str) -> Result<Flock<File>>
     lock_exclusive(path, name, std::time::Duration::ZERO)
 }
 
+/// Creates directory `dir` and any missing parents, durably and mode 0700 (see
+/// [`create_dir_durable`]); existing directories are left as they are.
+pub fn create_dir(dir: &Path) -> Result<()> {
+    create_dir_durable(dir)
+}
+
 /// Creates directory `dir` and any missing parents, each mode 0700 (whatever the umask
 /// allows), and fsyncs the parent of each directory it creates, so that a power loss cannot
 /// lose a directory that holds committed files. Existing directories are left as they are.
@@ -347,12 +385,12 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Names of the chains present in `dir`, sorted.
-pub(crate) fn chains_in(dir: &Path) -> Result<Vec<String>> {
-    let mut names: Vec<String> = list_dir(dir)?
+/// Names of the chains present in `dir`, and how their files are named, sorted.
+pub(crate) fn chains_in(dir: &Path) -> Result<Vec<(String, Naming)>> {
+    let mut names: Vec<(String, Naming)> = list_dir(dir)?
         .iter()
-        .filter_map(|f| parse_version_file_name(f))
-        .map(|(n, _)| n.to_string())
+        .filter_map(|f| Naming::parse_any(f))
+        .map(|(n, _, naming)| (n.to_string(), naming))
         .collect();
     names.sort();
     names.dedup();
@@ -458,5 +496,13 @@ mod tests {
         assert!(check_chain_name("a..b").is_err());
         assert!(check_chain_name(".hidden").is_err());
         assert!(check_chain_name("heat-rank0").is_ok());
+        assert_eq!(Naming::Dat.parse("heat-3-0.dat"), Some(("heat-3", 1)));
+        assert_eq!(Naming::Dat.parse("heat-3-12.dat"), Some(("heat-3", 13)));
+        assert_eq!(Naming::Dat.parse("heat-3-012.dat"), None);
+        assert_eq!(Naming::Dat.parse(".heat-3-1.dat.tmp.1.ab"), None);
+        assert_eq!(Naming::Dat.parse("heat.dat"), None);
+        assert_eq!(Naming::Dat.file_name("heat-3", 1), "heat-3-0.dat");
+        assert_eq!(Naming::parse_any("a.ckpt.2"), Some(("a", 2, Naming::Ckpt)));
+        assert_eq!(Naming::parse_any("a-1-2.dat"), Some(("a-1", 3, Naming::Dat)));
     }
 }

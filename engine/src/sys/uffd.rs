@@ -29,6 +29,8 @@ const UFFDIO_REGISTER: libc::Ioctl =
     opcode::read_write::<uffdio_register>(UFFDIO, 0x00) as libc::Ioctl;
 const UFFDIO_WRITEPROTECT: libc::Ioctl =
     opcode::read_write::<uffdio_writeprotect>(UFFDIO, 0x06) as libc::Ioctl;
+/// `UFFDIO_UNREGISTER` (`_IOR(UFFDIO, _UFFDIO_UNREGISTER, struct uffdio_range)`).
+const UFFDIO_UNREGISTER: libc::Ioctl = opcode::read::<uffdio_range>(UFFDIO, 0x01) as libc::Ioctl;
 /// `PAGEMAP_SCAN` (`linux/fs.h`: `_IOWR('f', 16, struct pm_scan_arg)`).
 const PAGEMAP_SCAN: libc::Ioctl = opcode::read_write::<pm_scan_arg>(b'f', 16) as libc::Ioctl;
 
@@ -64,6 +66,13 @@ fn uffdio_register(fd: &OwnedFd, reg: &mut uffdio_register) -> io::Result<()> {
     // SAFETY: UFFDIO_REGISTER takes a `struct uffdio_register`, which holds no pointers (the
     // range is an address the kernel checks, never dereferenced by us).
     unsafe { ioctl(fd, UFFDIO_REGISTER, reg) }.map(drop)
+}
+
+/// `UFFDIO_UNREGISTER`: stops tracking a registered range.
+fn uffdio_unregister(fd: &OwnedFd, range: &mut uffdio_range) -> io::Result<()> {
+    // SAFETY: UFFDIO_UNREGISTER takes a `struct uffdio_range`, which holds no pointers (the
+    // range is an address the kernel checks, never dereferenced by us).
+    unsafe { ioctl(fd, UFFDIO_UNREGISTER, range) }.map(drop)
 }
 
 /// `UFFDIO_WRITEPROTECT`: write-protects or unprotects a registered range. In asynchronous
@@ -148,6 +157,21 @@ impl Uffd {
         };
         uffdio_register(&self.fd, &mut reg)?;
         self.protect(start, len, true)
+    }
+
+    /// Unprotects and unregisters `[start, start+len)` (page-aligned): the caller may free
+    /// the memory afterwards. A range the kernel already dropped (the memory was unmapped)
+    /// is not an error.
+    pub(crate) fn unregister(&self, start: usize, len: usize) -> io::Result<()> {
+        let _ = self.protect(start, len, false);
+        let mut range = uffdio_range {
+            start: start as u64,
+            len: len as u64,
+        };
+        match uffdio_unregister(&self.fd, &mut range) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOMEM) => Ok(()),
+            other => other,
+        }
     }
 
     /// Write-protects (or unprotects) a registered range.

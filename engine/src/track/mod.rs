@@ -44,6 +44,8 @@ pub(crate) trait Tracker: Send + std::fmt::Debug {
     fn candidates(&mut self, page_size: usize) -> io::Result<Option<Vec<Vec<u64>>>>;
     /// Adds pages of region `region` to the candidates (writes the tracker cannot see).
     fn mark(&mut self, region: usize, pages: std::ops::RangeInclusive<u64>);
+    /// Stops tracking region `i` (the later regions move down by one).
+    fn remove_region(&mut self, i: usize) -> io::Result<()>;
     /// The checkpoint that used the last candidates committed.
     fn committed(&mut self, outcome: Outcome);
     /// A restore is about to overwrite every region.
@@ -97,6 +99,9 @@ impl Tracker for HashAll {
         Ok(None)
     }
     fn mark(&mut self, _region: usize, _pages: std::ops::RangeInclusive<u64>) {}
+    fn remove_region(&mut self, _i: usize) -> io::Result<()> {
+        Ok(())
+    }
     fn committed(&mut self, _outcome: Outcome) {}
     fn before_restore(&mut self) -> io::Result<()> {
         Ok(())
@@ -132,6 +137,9 @@ impl Tracker for Auto {
     }
     fn mark(&mut self, region: usize, pages: std::ops::RangeInclusive<u64>) {
         self.inner.mark(region, pages);
+    }
+    fn remove_region(&mut self, i: usize) -> io::Result<()> {
+        self.inner.remove_region(i)
     }
     fn committed(&mut self, o: Outcome) {
         match o.reported {

@@ -130,6 +130,14 @@ impl Tracker for UffdTracker {
         self.regions[region].pending.extend(pages);
     }
 
+    fn remove_region(&mut self, i: usize) -> io::Result<()> {
+        let t = self.regions.remove(i);
+        if t.hi > t.lo {
+            self.uffd.unregister(t.lo, t.hi - t.lo)?;
+        }
+        Ok(())
+    }
+
     /// Forgets all pending pages: the checkpoint that covered them has committed.
     fn committed(&mut self, _outcome: Outcome) {
         for t in &mut self.regions {

@@ -1,0 +1,684 @@
+//! The VeloC-compatible runtime behind `VELOC_*` (the `extern "C"` shims are in
+//! `veloc_api.rs`).
+//!
+//! Each rank's version `V` of checkpoint `name` is the file `<name>-<rank>-<V>.dat`, in
+//! `scratch` and again in `persistent`: a ckpt version file of chain `<name>-<rank>` in the
+//! [`Naming::Dat`] naming (ckpt version `V + 1`), a delta against the rank's previous version.
+//! A version is *complete* on a rank when its file, and every file it references, opens and
+//! checks out in one of the two directories; it is restorable when it is complete on every
+//! rank. Deleting every rank's files of `V` makes `V` unavailable, and versions that
+//! reference it too.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ckpt_engine::catalog;
+use ckpt_engine::compact::{self, CompactOptions};
+use ckpt_engine::store::{Naming, Store};
+use ckpt_engine::Checkpointer;
+
+use super::group::Group;
+use crate::config::{Mode, VelocConfig};
+
+/// `VELOC_CKPT_ALL` / `VELOC_RECOVER_ALL`.
+pub(crate) const MODE_ALL: i32 = 0;
+/// `VELOC_CKPT_SOME` / `VELOC_RECOVER_SOME`.
+pub(crate) const MODE_SOME: i32 = 1;
+/// `VELOC_CKPT_REST` / `VELOC_RECOVER_REST`.
+pub(crate) const MODE_REST: i32 = 2;
+
+/// Why a VeloC call failed: a message naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VelocError {
+    /// Bad arguments or a call out of order.
+    #[error("{0}")]
+    Usage(String),
+    /// A collective step failed on some rank.
+    #[error(transparent)]
+    Ranks(#[from] crate::Error),
+    /// An engine error on this rank.
+    #[error(transparent)]
+    Engine(#[from] ckpt_engine::Error),
+}
+
+type Result<T, E = VelocError> = std::result::Result<T, E>;
+
+fn usage<T>(msg: impl Into<String>) -> Result<T> {
+    Err(VelocError::Usage(msg.into()))
+}
+
+/// Where the session is in VeloC's begin/…/end protocol.
+enum State {
+    Idle,
+    Checkpoint {
+        name: String,
+        version: u32,
+        /// Regions to save: `None` for all protected ones.
+        ids: Option<Vec<i32>>,
+        /// Files routed with [`Veloc::route_file`] during this checkpoint.
+        routed: Vec<PathBuf>,
+    },
+    Restart {
+        name: String,
+        version: u32,
+        /// This rank's file of the version (in scratch or persistent).
+        path: PathBuf,
+    },
+}
+
+/// A protected memory region: address and length, as the application gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Protected {
+    ptr: usize,
+    len: usize,
+}
+
+/// Copies to persistent storage, done by a background thread in `mode = async`.
+struct Flusher {
+    tx: Option<mpsc::Sender<FlushJob>>,
+    done: mpsc::Receiver<Result<(), String>>,
+    pending: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One version to copy to persistent storage.
+struct FlushJob {
+    src: PathBuf,
+    dst_dir: PathBuf,
+    routed: Vec<PathBuf>,
+    chain: String,
+    keep: Option<usize>,
+}
+
+/// One VeloC session (between `VELOC_Init` and `VELOC_Finalize`).
+pub(crate) struct Veloc {
+    group: Group,
+    cfg: VelocConfig,
+    rank: u32,
+    protected: BTreeMap<i32, Protected>,
+    /// The engine of the checkpoint name in use, and that name.
+    engine: Option<(String, Checkpointer)>,
+    state: State,
+    flusher: Option<Flusher>,
+    last_flush: Option<Instant>,
+}
+
+impl Veloc {
+    /// Starts a session: reads the configuration and creates the directories (0700).
+    /// Collective: fails on every rank if it fails on any.
+    pub(crate) fn init(group: Group, cfg_file: &Path) -> Result<Veloc> {
+        let cfg = VelocConfig::load(cfg_file).map_err(|e| e.to_string());
+        let cfg = group.agree("read the VeloC configuration", cfg)?;
+        let dirs = (|| {
+            ckpt_engine::store::create_dir(&cfg.scratch)?;
+            if let Some(p) = &cfg.persistent {
+                ckpt_engine::store::create_dir(p)?;
+            }
+            Ok::<_, ckpt_engine::Error>(())
+        })();
+        group.agree("create the scratch and persistent directories", dirs)?;
+        let rank = group.rank();
+        Ok(Veloc {
+            group,
+            cfg,
+            rank,
+            protected: BTreeMap::new(),
+            engine: None,
+            state: State::Idle,
+            flusher: None,
+            last_flush: None,
+        })
+    }
+
+    fn chain(&self, name: &str) -> String {
+        format!("{name}-{}", self.rank)
+    }
+
+    fn file_name(&self, name: &str, version: u32) -> String {
+        Naming::Dat.file_name(&self.chain(name), u64::from(version) + 1)
+    }
+
+    /// `VELOC_Mem_protect`: protects (or, for a protected id, moves and resizes) a region.
+    pub(crate) fn protect(&mut self, id: i32, ptr: usize, len: usize) -> Result<()> {
+        if id < 0 {
+            return usage(format!("region id {id} is negative"));
+        }
+        if ptr == 0 {
+            return usage(format!("region {id}: null pointer"));
+        }
+        if len == 0 {
+            return usage(format!("region {id}: zero bytes"));
+        }
+        self.protected.insert(id, Protected { ptr, len });
+        Ok(())
+    }
+
+    /// `VELOC_Mem_unprotect`.
+    pub(crate) fn unprotect(&mut self, id: i32) -> Result<()> {
+        if self.protected.remove(&id).is_none() {
+            return usage(format!("region {id} is not protected"));
+        }
+        if let Some((_, ck)) = &mut self.engine {
+            if ck.regions().iter().any(|(r, _)| *r == id as u64) {
+                ck.unregister(id as u64)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the engine of checkpoint `name` if another (or none) is open.
+    fn engine_for(&mut self, name: &str) -> Result<&mut Checkpointer> {
+        if self.engine.as_ref().is_none_or(|(n, _)| n != name) {
+            self.engine = None; // releases the previous chain's writer lock first
+            let mut config = self.cfg.engine.clone().with_naming(Naming::Dat);
+            if let Some(k) = self.cfg.scratch_versions {
+                config = config.with_retention(k);
+            }
+            let ck = Checkpointer::open(&self.cfg.scratch, &self.chain(name), config)?;
+            self.engine = Some((name.to_string(), ck));
+        }
+        Ok(&mut self.engine.as_mut().expect("opened above").1)
+    }
+
+    /// Makes the engine's regions exactly the protected regions in `ids` (all if `None`).
+    fn sync_regions(&mut self, name: &str, ids: Option<&[i32]>) -> Result<()> {
+        let want: BTreeMap<i32, Protected> = self
+            .protected
+            .iter()
+            .filter(|(id, _)| ids.is_none_or(|ids| ids.contains(id)))
+            .map(|(id, p)| (*id, *p))
+            .collect();
+        let ck = self.engine_for(name)?;
+        let have: Vec<(u64, usize)> = ck.regions();
+        for (id, len) in &have {
+            let keep = i32::try_from(*id)
+                .ok()
+                .and_then(|i| want.get(&i))
+                .is_some_and(|p| {
+                    p.len == *len
+                        && ck.region_bytes(*id).map(|b| b.as_ptr() as usize).ok() == Some(p.ptr)
+                });
+            if !keep {
+                ck.unregister(*id)?;
+            }
+        }
+        let have: Vec<u64> = ck.regions().iter().map(|(id, _)| *id).collect();
+        for (id, p) in want {
+            if !have.contains(&(id as u64)) {
+                // SAFETY: `VELOC_Mem_protect`'s contract (documented in veloc.h): the
+                // application keeps the memory valid, and does not touch it during VeloC
+                // calls, until it unprotects it or finalizes.
+                unsafe { ck.register_raw(id as u64, p.ptr as *mut u8, p.len)? };
+            }
+        }
+        Ok(())
+    }
+
+    /// `VELOC_Checkpoint_begin`.
+    pub(crate) fn checkpoint_begin(&mut self, name: &str, version: i32) -> Result<()> {
+        if !matches!(self.state, State::Idle) {
+            return usage("VELOC_Checkpoint_begin called while a checkpoint or restart is open");
+        }
+        let version = check_version(version)?;
+        ckpt_engine::store::check_chain_name(&self.chain(name))?;
+        self.state = State::Checkpoint {
+            name: name.to_string(),
+            version,
+            ids: None,
+            routed: Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// `VELOC_Checkpoint_mem` and `VELOC_Checkpoint_selective`: choose the regions saved.
+    pub(crate) fn checkpoint_select(&mut self, mode: i32, ids: &[i32]) -> Result<()> {
+        let chosen = self.select(mode, ids)?;
+        match &mut self.state {
+            State::Checkpoint { ids, .. } => {
+                *ids = Some(chosen);
+                Ok(())
+            }
+            _ => usage("VELOC_Checkpoint_mem called without VELOC_Checkpoint_begin"),
+        }
+    }
+
+    /// The protected ids that `mode` and `ids` select.
+    fn select(&self, mode: i32, ids: &[i32]) -> Result<Vec<i32>> {
+        if let Some(id) = ids.iter().find(|id| !self.protected.contains_key(id)) {
+            return usage(format!("region {id} is not protected"));
+        }
+        let all = self.protected.keys().copied();
+        Ok(match mode {
+            MODE_ALL => all.collect(),
+            MODE_SOME => ids.to_vec(),
+            MODE_REST => all.filter(|id| !ids.contains(id)).collect(),
+            m => return usage(format!("unknown mode {m} (expected 0, 1 or 2)")),
+        })
+    }
+
+    /// `VELOC_Checkpoint_end`: writes this rank's file, copies it to persistent storage (now
+    /// in sync mode), and agrees with every rank. Collective whatever the local state, so
+    /// that a rank whose `begin` failed does not leave the others waiting.
+    pub(crate) fn checkpoint_end(&mut self, success: bool) -> Result<()> {
+        let state = std::mem::replace(&mut self.state, State::Idle);
+        let local = match state {
+            State::Checkpoint {
+                name,
+                version,
+                ids,
+                routed,
+            } if success => Ok((name, version, ids, routed)),
+            State::Checkpoint { .. } => Err("the application ended the checkpoint as failed".into()),
+            _ => Err("VELOC_Checkpoint_end called without VELOC_Checkpoint_begin".to_string()),
+        };
+        let (name, version, ids, routed) = self.group.agree("begin the checkpoint", local)?;
+        // A version complete on every rank is committed: never replace it.
+        let complete = self.complete_path(&name, version).is_ok();
+        if self.group.all(complete) {
+            return usage(format!(
+                "version {version} of {name:?} is already committed on every rank; a committed \
+                 checkpoint is never replaced (use a new version number)"
+            ));
+        }
+        let written = self.write_local(&name, version, ids.as_deref(), &routed);
+        self.group.agree("write the checkpoint", written)?;
+        if self.cfg.mode == Mode::Sync {
+            let flushed = self.wait_flushes();
+            self.group.agree("copy the checkpoint to persistent storage", flushed)?;
+        }
+        Ok(())
+    }
+
+    /// This rank's part of a checkpoint: the version file in scratch, and its copy to
+    /// persistent storage queued (or done, in sync mode).
+    fn write_local(
+        &mut self,
+        name: &str,
+        version: u32,
+        ids: Option<&[i32]>,
+        routed: &[PathBuf],
+    ) -> Result<()> {
+        if self.protected.is_empty() && ids.is_none() {
+            return usage("no memory region is protected (VELOC_Mem_protect)");
+        }
+        // Files of this number left by an attempt that did not complete on every rank.
+        let file = self.file_name(name, version);
+        let mut dirs = vec![self.cfg.scratch.clone()];
+        dirs.extend(self.cfg.persistent.clone());
+        for d in &dirs {
+            let p = d.join(&file);
+            match fs::remove_file(&p) {
+                Ok(()) => {
+                    tracing::warn!(
+                        "{}: replaced, since version {version} was not complete on every rank",
+                        p.display()
+                    );
+                    sync_dir(d)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ckpt_engine::Error::io(&p, "remove", e).into()),
+            }
+        }
+        self.sync_regions(name, ids)?;
+        let ck = self.engine_for(name)?;
+        ck.checkpoint_at(u64::from(version) + 1)?;
+        let Some(persistent) = self.cfg.persistent.clone() else {
+            return Ok(());
+        };
+        if let (Some(every), Some(last)) = (self.cfg.persistent_interval, self.last_flush) {
+            if every > 0 && last.elapsed().as_secs() < every {
+                return Ok(());
+            }
+        }
+        self.last_flush = Some(Instant::now());
+        let job = FlushJob {
+            src: self.cfg.scratch.join(&file),
+            dst_dir: persistent,
+            routed: routed.to_vec(),
+            chain: self.chain(name),
+            keep: self.cfg.max_versions,
+        };
+        let f = self.flusher.get_or_insert_with(Flusher::start);
+        f.send(job)
+    }
+
+    /// Waits for every queued copy to persistent storage: the first failure, if any.
+    pub(crate) fn wait_flushes(&mut self) -> std::result::Result<(), String> {
+        match &mut self.flusher {
+            Some(f) => f.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// This rank's complete copy of `version`: in scratch if complete there, else in
+    /// persistent storage; otherwise why neither will do.
+    fn complete_path(&self, name: &str, version: u32) -> std::result::Result<PathBuf, String> {
+        let file = self.file_name(name, version);
+        let mut why = Vec::new();
+        let mut dirs = vec![&self.cfg.scratch];
+        dirs.extend(self.cfg.persistent.as_ref());
+        for d in dirs {
+            let p = d.join(&file);
+            match catalog::check_complete(&p) {
+                Ok(_) => return Ok(p),
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        Err(why.join("; "))
+    }
+
+    /// This rank's versions of `name` (scratch and persistent), newest first.
+    fn local_versions(&self, name: &str) -> Result<Vec<u32>> {
+        let chain = self.chain(name);
+        let mut all = Vec::new();
+        let mut dirs = vec![&self.cfg.scratch];
+        dirs.extend(self.cfg.persistent.as_ref());
+        for d in dirs {
+            if !d.exists() {
+                continue; // deleted between runs: nothing there (created again at the next write)
+            }
+            let store = Store::with_naming(d, &chain, Naming::Dat)?;
+            all.extend(
+                store
+                    .versions()?
+                    .into_iter()
+                    .filter_map(|v| u32::try_from(v - 1).ok()),
+            );
+        }
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.dedup();
+        Ok(all)
+    }
+
+    /// `VELOC_Restart_test`: the newest version below `needed` (no bound if 0) complete on
+    /// every rank, or `None`. Collective.
+    pub(crate) fn restart_test(&mut self, name: &str, needed: i32) -> Result<Option<u32>> {
+        let listed = (|| {
+            if needed < 0 {
+                return usage(format!("version bound {needed} is negative"));
+            }
+            ckpt_engine::store::check_chain_name(&self.chain(name))?;
+            self.local_versions(name)
+        })();
+        let listed = self.group.agree("list the checkpoints", listed)?;
+        let mut bound = if needed > 0 { i64::from(needed) } else { i64::MAX };
+        let mut known: BTreeMap<u32, bool> = BTreeMap::new();
+        loop {
+            // The newest version below `bound` complete here.
+            let mut mine = -1i64;
+            for &v in listed.iter().filter(|&&v| i64::from(v) < bound) {
+                let ok = *known
+                    .entry(v)
+                    .or_insert_with(|| self.complete_path(name, v).is_ok());
+                if ok {
+                    mine = i64::from(v);
+                    break;
+                }
+            }
+            let candidate = self.group.min_i64(mine);
+            if candidate < 0 {
+                return Ok(None);
+            }
+            let v = candidate as u32;
+            let here = *known
+                .entry(v)
+                .or_insert_with(|| self.complete_path(name, v).is_ok());
+            if self.group.all(here) {
+                return Ok(Some(v));
+            }
+            bound = candidate;
+        }
+    }
+
+    /// `VELOC_Restart_begin`: every rank finds its complete copy of `version` (scratch
+    /// first, then persistent). Collective: fails on every rank if any lacks one.
+    pub(crate) fn restart_begin(&mut self, name: &str, version: i32) -> Result<()> {
+        let local = (|| {
+            if !matches!(self.state, State::Idle) {
+                return usage("VELOC_Restart_begin called while a checkpoint or restart is open");
+            }
+            let version = check_version(version)?;
+            ckpt_engine::store::check_chain_name(&self.chain(name))?;
+            let path = self.complete_path(name, version).map_err(|why| {
+                VelocError::Usage(format!(
+                    "version {version} of {name:?} is not available on rank {}: {why}",
+                    self.rank
+                ))
+            })?;
+            self.engine_for(name)?;
+            Ok((version, path))
+        })();
+        let (version, path) = self.group.agree("begin the restart", local)?;
+        self.state = State::Restart {
+            name: name.to_string(),
+            version,
+            path,
+        };
+        Ok(())
+    }
+
+    /// `VELOC_Recover_size`: the stored size of region `id`, in bytes.
+    pub(crate) fn recover_size(&self, id: i32) -> Result<usize> {
+        let State::Restart { path, .. } = &self.state else {
+            return usage("VELOC_Recover_size called without VELOC_Restart_begin");
+        };
+        let regions = Checkpointer::regions_in(path)?;
+        match regions.iter().find(|(r, _)| i32::try_from(*r) == Ok(id)) {
+            Some((_, len)) => Ok(*len as usize),
+            None => usage(format!("region {id} is not in {}", path.display())),
+        }
+    }
+
+    /// `VELOC_Recover_mem` and `VELOC_Recover_selective`.
+    pub(crate) fn recover(&mut self, mode: i32, ids: &[i32]) -> Result<()> {
+        let State::Restart { name, path, .. } = &self.state else {
+            return usage("VELOC_Recover_mem called without VELOC_Restart_begin");
+        };
+        let (name, path) = (name.clone(), path.clone());
+        let chosen = self.select(mode, ids)?;
+        if chosen.is_empty() {
+            return usage("no protected region to recover (VELOC_Mem_protect)");
+        }
+        self.sync_regions(&name, None)?;
+        let stored: Vec<u64> = Checkpointer::regions_in(&path)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let ck = self.engine_for(&name)?;
+        let registered: Vec<u64> = ck.regions().iter().map(|(id, _)| *id).collect();
+        let mut same = registered.clone();
+        let mut st = stored.clone();
+        same.sort_unstable();
+        st.sort_unstable();
+        if chosen.len() == registered.len() && same == st {
+            ck.restore_path(&path)?; // the next checkpoint can be a delta against it
+        } else {
+            let ids: Vec<u64> = chosen.iter().map(|&i| i as u64).collect();
+            ck.restore_regions(&path, &ids)?;
+        }
+        Ok(())
+    }
+
+    /// `VELOC_Restart_end`. Collective.
+    pub(crate) fn restart_end(&mut self, success: bool) -> Result<()> {
+        let state = std::mem::replace(&mut self.state, State::Idle);
+        let local = match state {
+            State::Restart { .. } if success => Ok(()),
+            State::Restart { .. } => Err("the application ended the restart as failed"),
+            _ => Err("VELOC_Restart_end called without VELOC_Restart_begin"),
+        };
+        self.group.agree("end the restart", local)?;
+        Ok(())
+    }
+
+    /// `VELOC_Route_file`: where to write (during a checkpoint) or read (during a restart) a
+    /// file that travels with the checkpoint: `<dir>/<name>-<rank>-<version>.<file name>`.
+    pub(crate) fn route_file(&mut self, original: &str) -> Result<PathBuf> {
+        let base = Path::new(original)
+            .file_name()
+            .and_then(|b| b.to_str())
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| VelocError::Usage(format!("{original:?} names no file")))?
+            .to_string();
+        let routed_name = |me: &Self, name: &str, version: u32| {
+            format!("{}-{version}.{base}", me.chain(name))
+        };
+        match &self.state {
+            State::Checkpoint { name, version, .. } => {
+                let p = self.cfg.scratch.join(routed_name(self, name, *version));
+                if let State::Checkpoint { routed, .. } = &mut self.state {
+                    routed.push(p.clone());
+                }
+                Ok(p)
+            }
+            State::Restart { name, version, .. } => {
+                let file = routed_name(self, name, *version);
+                let scratch = self.cfg.scratch.join(&file);
+                if scratch.exists() {
+                    return Ok(scratch);
+                }
+                Ok(self
+                    .cfg
+                    .persistent
+                    .as_ref()
+                    .map(|p| p.join(&file))
+                    .filter(|p| p.exists())
+                    .unwrap_or(scratch))
+            }
+            State::Idle => usage("VELOC_Route_file called outside a checkpoint or restart"),
+        }
+    }
+
+    /// `VELOC_Finalize`: waits for copies in flight. Never deletes a checkpoint.
+    pub(crate) fn finalize(mut self) -> std::result::Result<(), String> {
+        let r = self.wait_flushes();
+        if let Some(mut f) = self.flusher.take() {
+            f.stop();
+        }
+        r
+    }
+}
+
+/// A VeloC version number: non-negative.
+fn check_version(version: i32) -> Result<u32> {
+    u32::try_from(version).or_else(|_| usage(format!("version {version} is negative")))
+}
+
+impl Flusher {
+    fn start() -> Flusher {
+        let (tx, rx) = mpsc::channel::<FlushJob>();
+        let (done_tx, done) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            for job in rx {
+                let _ = done_tx.send(flush(&job).map_err(|e| e.to_string()));
+            }
+        });
+        Flusher {
+            tx: Some(tx),
+            done,
+            pending: 0,
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&mut self, job: FlushJob) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(job).is_ok());
+        if sent != Some(true) {
+            return usage("the copy to persistent storage has stopped");
+        }
+        self.pending += 1;
+        Ok(())
+    }
+
+    fn wait(&mut self) -> std::result::Result<(), String> {
+        let mut first = Ok(());
+        while self.pending > 0 {
+            self.pending -= 1;
+            let r = self
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err("the copy to persistent storage stopped".into()));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies a version to persistent storage: every file it needs that the destination lacks
+/// (or holds another file under that name), parents before children, each one atomically,
+/// then the routed files, then applies retention there.
+fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
+    let src_dir = job.src.parent().unwrap_or(Path::new("."));
+    let mut needed = catalog::check_complete(&job.src)?;
+    needed.reverse(); // the file itself is first: copy its parents before it
+    for (name, identity) in &needed {
+        let dst = job.dst_dir.join(name);
+        let present = dst.exists() && catalog::satisfies(&dst, identity).unwrap_or(false);
+        if !present {
+            copy_atomic(&src_dir.join(name), &dst)?;
+        }
+    }
+    for r in &job.routed {
+        if r.exists() {
+            let name = r.file_name().unwrap_or_default();
+            copy_atomic(r, &job.dst_dir.join(name))?;
+        }
+    }
+    if let Some(keep) = job.keep {
+        let store = Store::with_naming(&job.dst_dir, &job.chain, Naming::Dat)?;
+        let opts = CompactOptions {
+            keep,
+            ..CompactOptions::default()
+        };
+        compact::compact(&store, &opts, &mut |_, _| {})?;
+    }
+    Ok(())
+}
+
+/// Copies `src` to `dst` through a temporary file (mode 0600) that is fsynced and renamed
+/// over `dst`, then fsyncs the directory.
+fn copy_atomic(src: &Path, dst: &Path) -> ckpt_engine::Result<()> {
+    use ckpt_engine::Error;
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    let name = dst.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.tmp.{}.{nanos:08x}", std::process::id()));
+    let r = (|| {
+        let mut from = File::open(src).map_err(|e| Error::io(src, "open", e))?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, "create", e))?;
+        std::io::copy(&mut from, &mut to).map_err(|e| Error::io(&tmp, "copy into", e))?;
+        to.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        fs::rename(&tmp, dst).map_err(|e| Error::io(dst, "rename into place", e))?;
+        sync_dir(dir)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn sync_dir(dir: &Path) -> ckpt_engine::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ckpt_engine::Error::io(dir, "fsync directory", e))
+}
