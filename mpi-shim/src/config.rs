@@ -272,6 +272,16 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file() {
+        let (_d, p) = write("scratch = /tmp/s\nmode = sync\nec_interval = 5\n");
+        // No other test reads ec_interval, so setting its variable here races with nothing.
+        std::env::set_var("VELOC_EC_INTERVAL", "17");
+        let c = VelocConfig::load(&p);
+        std::env::remove_var("VELOC_EC_INTERVAL");
+        assert_eq!(c.unwrap().ec_interval, Some(17));
+    }
+
+    #[test]
     fn native_engine_keys() {
         let (_d, p) = write("tracking = hash\ncompression = 0\nmax_chain_depth = 4\n");
         let c = native(Some(&p)).unwrap();

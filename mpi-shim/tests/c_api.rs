@@ -416,3 +416,37 @@ fn headers_match_the_exported_functions() {
     assert!(defs.contains("#define VELOC_SUCCESS (0)") && defs.contains("#define VELOC_FAILURE (-1)"));
     assert_eq!(ckpt::c::veloc_api::VELOC_FAILURE, -1);
 }
+
+/// The C example builds with the one-line pkg-config command (ckpt.pc, pointed at this
+/// build's library) and resumes from its checkpoint on a second run.
+#[test]
+fn c_example_builds_with_pkg_config_and_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = lib_dir();
+    let flags = run_ok(
+        Command::new("pkg-config")
+            .env("PKG_CONFIG_PATH", root().join("mpi-shim"))
+            .arg(format!("--define-variable=libdir={}", lib.display()))
+            .args(["--cflags", "--libs", "ckpt"]),
+    );
+    let flags = String::from_utf8_lossy(&flags.stdout).to_string();
+    assert!(flags.contains("-lckpt") && flags.contains("include"), "{flags}");
+    let exe = t.path().join("counter");
+    run_ok(
+        Command::new("mpicc")
+            .arg(root().join("examples/c/counter.c"))
+            .args(flags.split_whitespace())
+            .arg("-o")
+            .arg(&exe),
+    );
+    let dir = t.path().join("job").display().to_string();
+    let first = mpirun_ok(&exe, &[&dir, "3"]);
+    assert!(first.contains("counter 3 (checkpoint version 3)"), "{first}");
+    let second = mpirun_ok(&exe, &[&dir, "2"]);
+    assert!(second.contains("counter 5 (checkpoint version 5)"), "{second}");
+    let pc = std::fs::read_to_string(root().join("mpi-shim/ckpt.pc")).unwrap();
+    assert!(
+        pc.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))),
+        "ckpt.pc's Version differs from the crate's"
+    );
+}

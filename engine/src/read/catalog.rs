@@ -271,3 +271,10 @@ pub fn check_complete(path: &Path) -> Result<Vec<(String, crate::Identity)>> {
 pub fn satisfies(path: &Path, want: &crate::Identity) -> Result<bool> {
     Ok(VersionFile::open(path)?.satisfies(want))
 }
+
+/// The version file `path` is a delta against, from its header: the parent's number and
+/// the identity its file must have; `None` for a full version.
+pub fn parent_of(path: &Path) -> Result<Option<(u64, crate::Identity)>> {
+    let (h, _) = crate::read::read_header_footer(path)?;
+    Ok(h.parent.map(|p| (p.version, p.identity)))
+}

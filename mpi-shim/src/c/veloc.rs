@@ -357,15 +357,14 @@ impl Veloc {
     /// This rank's complete copy of `version`: in scratch if complete there, else in
     /// persistent storage; otherwise why neither will do.
     fn complete_path(&self, name: &str, version: u32) -> std::result::Result<PathBuf, String> {
-        let file = self.file_name(name, version);
+        let chain = self.chain(name);
         let mut why = Vec::new();
         let mut dirs = vec![&self.cfg.scratch];
         dirs.extend(self.cfg.persistent.as_ref());
         for d in dirs {
-            let p = d.join(&file);
-            match catalog::check_complete(&p) {
-                Ok(_) => return Ok(p),
-                Err(e) => why.push(e.to_string()),
+            match complete_in(d, &chain, u64::from(version) + 1) {
+                Ok(p) => return Ok(p),
+                Err(e) => why.push(e),
             }
         }
         Err(why.join("; "))
@@ -563,6 +562,55 @@ impl Veloc {
     }
 }
 
+/// The path of ckpt version `v` of `chain` in `dir` if it is complete there: its file and
+/// every file it references open and check out, and its parent is there and complete too,
+/// unless the parent is older than every version in `dir` (retired by retention, which
+/// rewrites what still needed it). So deleting a version's files makes the deltas against it
+/// unavailable, as an operator expects; otherwise why not.
+fn complete_in(dir: &Path, chain: &str, v: u64) -> std::result::Result<PathBuf, String> {
+    let store = Store::with_naming(dir, chain, Naming::Dat).map_err(|e| e.to_string())?;
+    if !dir.exists() {
+        return Err(format!("{}: no such directory", dir.display()));
+    }
+    let oldest = store
+        .versions()
+        .map_err(|e| e.to_string())?
+        .first()
+        .copied()
+        .unwrap_or(u64::MAX);
+    let mut cur = v;
+    // A chain is at most max_chain_depth deep; the bound only guards against a loop.
+    for _ in 0..100_000 {
+        let path = store.path_of(cur);
+        catalog::check_complete(&path).map_err(|e| e.to_string())?;
+        let Some((p, identity)) = catalog::parent_of(&path).map_err(|e| e.to_string())? else {
+            break;
+        };
+        if p < oldest || p >= cur {
+            break;
+        }
+        let parent = store.path_of(p);
+        match catalog::satisfies(&parent, &identity) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(format!(
+                    "{}: its parent {} was replaced by another file",
+                    path.display(),
+                    parent.display()
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: its parent is not available: {e}",
+                    path.display()
+                ))
+            }
+        }
+        cur = p;
+    }
+    Ok(store.path_of(v))
+}
+
 /// A VeloC version number: non-negative.
 fn check_version(version: i32) -> Result<u32> {
     u32::try_from(version).or_else(|_| usage(format!("version {version} is negative")))
@@ -622,8 +670,27 @@ impl Flusher {
 /// then the routed files, then applies retention there.
 fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
     let src_dir = job.src.parent().unwrap_or(Path::new("."));
+    let store = Store::with_naming(src_dir, &job.chain, Naming::Dat)?;
+    // The files it references, and its ancestors back to one persistent storage already has
+    // (a version counts as complete only with its parent; see `complete_in`).
     let mut needed = catalog::check_complete(&job.src)?;
-    needed.reverse(); // the file itself is first: copy its parents before it
+    let mut parent = catalog::parent_of(&job.src)?;
+    while let Some((p, identity)) = parent {
+        let name = store.file_name(p);
+        let dst = job.dst_dir.join(&name);
+        if dst.exists() && catalog::satisfies(&dst, &identity).unwrap_or(false) {
+            break;
+        }
+        let src = src_dir.join(&name);
+        if !src.exists() {
+            break; // retired by retention in scratch
+        }
+        if !needed.iter().any(|(n, _)| *n == name) {
+            needed.push((name, identity));
+        }
+        parent = catalog::parent_of(&src)?;
+    }
+    needed.reverse(); // the file itself is first: copy its ancestors before it
     for (name, identity) in &needed {
         let dst = job.dst_dir.join(name);
         let present = dst.exists() && catalog::satisfies(&dst, identity).unwrap_or(false);
@@ -681,4 +748,220 @@ fn sync_dir(dir: &Path) -> ckpt_engine::Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ckpt_engine::Error::io(dir, "fsync directory", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        cfg: PathBuf,
+    }
+
+    fn fixture(extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("v.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "scratch = {}\npersistent = {}\n{extra}\n",
+                dir.path().join("s").display(),
+                dir.path().join("p").display()
+            ),
+        )
+        .unwrap();
+        Fixture { dir, cfg }
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| !f.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Checkpoints `data` as region 0 at each version, changing it each time.
+    fn run(v: &mut Veloc, data: &mut [u64], versions: &[i32]) {
+        for &ver in versions {
+            data.iter_mut().for_each(|x| *x = ver as u64 * 1000);
+            data[0] = ver as u64;
+            v.checkpoint_begin("app", ver).unwrap();
+            v.checkpoint_select(MODE_ALL, &[]).unwrap();
+            v.checkpoint_end(true).unwrap();
+        }
+    }
+
+    #[test]
+    fn sync_checkpoint_restart_and_persistent_fallback() {
+        let f = fixture("mode = sync");
+        let mut data = vec![0u64; 4096];
+        let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        run(&mut v, &mut data, &[0, 1, 2]);
+        assert_eq!(files(&f.dir.path().join("s")), ["app-0-0.dat", "app-0-1.dat", "app-0-2.dat"]);
+        assert_eq!(files(&f.dir.path().join("p")), files(&f.dir.path().join("s")));
+        // Version 0 is a real version, and a committed one is never replaced.
+        assert!(v.checkpoint_begin("app", 1).is_ok());
+        assert!(v.checkpoint_end(true).is_err());
+        assert_eq!(v.restart_test("app", 0).unwrap(), Some(2));
+        assert_eq!(v.restart_test("app", 2).unwrap(), Some(1));
+        assert_eq!(v.restart_test("app", 1).unwrap(), Some(0));
+        assert_eq!(v.restart_test("other", 0).unwrap(), None);
+        // Scratch loses version 1: the restore reads persistent storage.
+        std::fs::remove_file(f.dir.path().join("s/app-0-1.dat")).unwrap();
+        data.iter_mut().for_each(|x| *x = 7);
+        v.restart_begin("app", 1).unwrap();
+        assert_eq!(v.recover_size(0).unwrap(), data.len() * 8);
+        assert!(v.recover_size(5).is_err());
+        v.recover(MODE_ALL, &[]).unwrap();
+        v.restart_end(true).unwrap();
+        assert_eq!(data[0], 1);
+        assert_eq!(data[9], 1000);
+        // Version 2 references version 1, which only persistent storage still has: scratch's
+        // copy of 2 is incomplete, persistent's is complete.
+        assert_eq!(v.restart_test("app", 0).unwrap(), Some(2));
+        // Remove version 1 everywhere: 2 (a delta against it) is no longer complete.
+        std::fs::remove_file(f.dir.path().join("p/app-0-1.dat")).unwrap();
+        assert_eq!(v.restart_test("app", 0).unwrap(), Some(0));
+        assert!(v.restart_begin("app", 2).is_err());
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn async_mode_flushes_in_the_background_and_retention_applies() {
+        let f = fixture("mode = async\nmax_versions = 2\nscratch_versions = 1");
+        let mut data = vec![0u64; 2048];
+        let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+        v.protect(3, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        run(&mut v, &mut data, &[10, 20, 30, 40]);
+        v.wait_flushes().unwrap();
+        if let Some((_, ck)) = &mut v.engine {
+            ck.wait_compaction();
+        }
+        assert_eq!(files(&f.dir.path().join("p")), ["app-0-30.dat", "app-0-40.dat"]);
+        assert_eq!(files(&f.dir.path().join("s")), ["app-0-40.dat"]);
+        assert_eq!(v.restart_test("app", 0).unwrap(), Some(40));
+        assert_eq!(v.restart_test("app", 40).unwrap(), Some(30));
+        v.restart_begin("app", 30).unwrap();
+        v.recover(MODE_ALL, &[]).unwrap();
+        v.restart_end(true).unwrap();
+        assert_eq!(data[0], 30);
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn selective_recover_route_file_and_moved_regions() {
+        let f = fixture("mode = sync");
+        let mut a = vec![1u64; 1024];
+        let mut b = vec![2u64; 512];
+        let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+        v.protect(0, a.as_mut_ptr() as usize, a.len() * 8).unwrap();
+        v.protect(1, b.as_mut_ptr() as usize, b.len() * 8).unwrap();
+        v.checkpoint_begin("app", 0).unwrap();
+        let routed = v.route_file("/some/where/notes.txt").unwrap();
+        std::fs::write(&routed, "routed").unwrap();
+        v.checkpoint_select(MODE_ALL, &[]).unwrap();
+        v.checkpoint_end(true).unwrap();
+        assert!(f.dir.path().join("p").join(routed.file_name().unwrap()).exists());
+        a.fill(9);
+        b.fill(9);
+        v.restart_begin("app", 0).unwrap();
+        assert_eq!(std::fs::read_to_string(v.route_file("notes.txt").unwrap()).unwrap(), "routed");
+        v.recover(MODE_REST, &[0]).unwrap(); // everything but region 0
+        v.restart_end(true).unwrap();
+        assert_eq!((a[0], b[0]), (9, 2));
+        // Protecting an id again moves it: the next checkpoint saves the new memory.
+        let mut c = vec![5u64; 256];
+        v.protect(0, c.as_mut_ptr() as usize, c.len() * 8).unwrap();
+        v.checkpoint_begin("app", 1).unwrap();
+        v.checkpoint_select(MODE_ALL, &[]).unwrap();
+        v.checkpoint_end(true).unwrap();
+        c.fill(0);
+        v.restart_begin("app", 1).unwrap();
+        assert_eq!(v.recover_size(0).unwrap(), 256 * 8);
+        v.recover(MODE_SOME, &[0]).unwrap();
+        v.restart_end(true).unwrap();
+        assert_eq!(c[0], 5);
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn scratch_deleted_between_runs_is_created_again() {
+        let f = fixture("mode = sync");
+        let mut data = vec![0u64; 512];
+        {
+            let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+            v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+            run(&mut v, &mut data, &[0, 1]);
+            v.finalize().unwrap();
+        }
+        std::fs::remove_dir_all(f.dir.path().join("s")).unwrap();
+        let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+        assert!(f.dir.path().join("s").is_dir());
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        assert_eq!(v.restart_test("app", 0).unwrap(), Some(1));
+        data.fill(0);
+        v.restart_begin("app", 1).unwrap();
+        v.recover(MODE_ALL, &[]).unwrap();
+        v.restart_end(true).unwrap();
+        assert_eq!(data[0], 1);
+        // The next checkpoint is written in scratch as a full version (its parent is only in
+        // persistent storage), so scratch alone can restore it.
+        run(&mut v, &mut data, &[2]);
+        let s = f.dir.path().join("s/app-0-2.dat");
+        assert_eq!(catalog::check_complete(&s).unwrap().len(), 1);
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn a_deleted_version_takes_its_deltas_with_it() {
+        let f = fixture("mode = sync");
+        let mut data = vec![0u64; 1024];
+        let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        run(&mut v, &mut data, &[1, 2, 3, 4]);
+        for level in ["s", "p"] {
+            std::fs::remove_file(f.dir.path().join(level).join("app-0-2.dat")).unwrap();
+        }
+        // 3 and 4 are deltas against 2 (and 3): unavailable; 1 is the newest complete.
+        assert_eq!(v.restart_test("app", 0).unwrap(), Some(1));
+        let e = v.restart_begin("app", 4).unwrap_err().to_string();
+        assert!(e.contains("app-0-2.dat"), "{e}");
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn persistent_interval_batches_copies_and_keeps_chains_whole() {
+        let f = fixture("mode = sync\npersistent_interval = 3600");
+        let mut data = vec![0u64; 1024];
+        let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        run(&mut v, &mut data, &[1, 2, 3]);
+        // Only the first checkpoint reached persistent storage within the interval.
+        assert_eq!(files(&f.dir.path().join("p")), ["app-0-1.dat"]);
+        v.last_flush = None; // the interval has passed
+        run(&mut v, &mut data, &[4]);
+        // Version 4 went with its ancestors, so persistent storage alone can restore it.
+        assert_eq!(
+            files(&f.dir.path().join("p")),
+            ["app-0-1.dat", "app-0-2.dat", "app-0-3.dat", "app-0-4.dat"]
+        );
+        assert!(complete_in(&f.dir.path().join("p"), "app-0", 5).is_ok());
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn config_errors_name_the_file() {
+        let f = fixture("mode = sync");
+        std::fs::write(&f.cfg, "mode = sync\n").unwrap();
+        let e = Veloc::init(Group::Solo, &f.cfg).err().unwrap().to_string();
+        assert!(e.contains("v.cfg") && e.contains("scratch"), "{e}");
+        std::fs::write(&f.cfg, format!("scratch = {}\n", f.dir.path().join("s").display())).unwrap();
+        let e = Veloc::init(Group::Solo, &f.cfg).err().unwrap().to_string();
+        assert!(e.contains("mode"), "{e}");
+    }
 }
