@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 
-use ckpt_engine::{Config, Tracking};
 use ckpt::Job;
+use ckpt_engine::{Config, Tracking};
 use clap::Parser;
 use mpi::collective::CommunicatorCollectives;
 use mpi::point_to_point::{Destination, Source};

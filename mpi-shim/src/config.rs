@@ -21,7 +21,10 @@ pub fn parse_ini(path: &Path, text: &str) -> Result<Vec<(String, String, usize)>
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') || line.starts_with('[')
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with(';')
+            || line.starts_with('[')
         {
             continue;
         }
@@ -107,10 +110,7 @@ fn warn_unknown(path: &Path, pairs: &[(String, String, usize)], known: &[&str]) 
     let mut unknown = Vec::new();
     for (k, _, line) in pairs {
         if !known.contains(&k.as_str()) && !ENGINE_KEYS.contains(&k.as_str()) {
-            tracing::warn!(
-                "{}: line {line}: unknown key {k:?} ignored",
-                path.display()
-            );
+            tracing::warn!("{}: line {line}: unknown key {k:?} ignored", path.display());
             unknown.push(k.clone());
         }
     }
@@ -195,7 +195,11 @@ impl VelocConfig {
             Some("sync") => Mode::Sync,
             Some("async") => Mode::Async,
             Some(m) => return Err(err(format!("mode = {m:?}: expected sync or async"))),
-            None => return Err(err("no `mode` (required: `mode = sync` or `mode = async`)".into())),
+            None => {
+                return Err(err(
+                    "no `mode` (required: `mode = sync` or `mode = async`)".into()
+                ))
+            }
         };
         let count = |k: &str| -> Result<Option<usize>, ConfigError> {
             get(k)

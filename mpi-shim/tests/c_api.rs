@@ -67,17 +67,31 @@ fn build_c(src: &str, out_dir: &Path, static_lib: bool) -> PathBuf {
     let exe = out_dir.join(src.trim_end_matches(".c"));
     let lib = lib_dir();
     let mut cmd = Command::new("mpicc");
-    cmd.args(["-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-pedantic"])
-        .args(mpi_isystem("mpicc"))
-        .arg("-I")
-        .arg(include())
-        .arg(sources().join(src))
-        .arg("-o")
-        .arg(&exe);
+    cmd.args([
+        "-std=c99",
+        "-O1",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-pedantic",
+    ])
+    .args(mpi_isystem("mpicc"))
+    .arg("-I")
+    .arg(include())
+    .arg(sources().join(src))
+    .arg("-o")
+    .arg(&exe);
     if static_lib {
         // A Rust staticlib needs these system libraries (rustc --print native-static-libs).
-        cmd.arg(lib.join("libckpt.a"))
-            .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]);
+        cmd.arg(lib.join("libckpt.a")).args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ]);
     } else {
         cmd.arg(format!("-L{}", lib.display()))
             .arg("-lckpt")
@@ -102,7 +116,9 @@ fn mpirun(exe: &Path, args: &[&str]) -> Output {
         cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     }
-    let mut child = cmd.spawn().expect("mpirun (scripts/deps.sh installs openmpi-bin)");
+    let mut child = cmd
+        .spawn()
+        .expect("mpirun (scripts/deps.sh installs openmpi-bin)");
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -207,7 +223,12 @@ fn veloc_heat_crash_restart_and_deleted_version() {
     );
     let clean = checksum(&mpirun_ok(
         &exe,
-        &[&veloc_cfg(&base, "clean", "").display().to_string(), "100", "10", "0"],
+        &[
+            &veloc_cfg(&base, "clean", "").display().to_string(),
+            "100",
+            "10",
+            "0",
+        ],
     ));
 
     // Crash after version 60 again, then delete version 60 the way an operator would.
@@ -253,12 +274,12 @@ fn veloc_bad_arguments_fail_cleanly() {
     let cfg = veloc_cfg(t.path(), "bad", "meta = /unused\n");
     let out = mpirun(&exe, &[&cfg.display().to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stderr}", stdout_of(&out));
     assert!(
-        out.status.success(),
-        "{}\n{stderr}",
+        stdout_of(&out).contains(", 0 failed"),
+        "{}",
         stdout_of(&out)
     );
-    assert!(stdout_of(&out).contains(", 0 failed"), "{}", stdout_of(&out));
     for msg in [
         "VeloC is not initialized",
         "cfg_file is a null pointer",
@@ -322,7 +343,14 @@ fn headers_compile_cleanly_as_c99_and_cxx17() {
     ] {
         run_ok(
             Command::new(wrapper)
-                .args([std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only"])
+                .args([
+                    std,
+                    "-Wall",
+                    "-Wextra",
+                    "-Werror",
+                    "-pedantic",
+                    "-fsyntax-only",
+                ])
                 .args(mpi_isystem(wrapper))
                 .arg("-I")
                 .arg(include())
@@ -411,9 +439,14 @@ fn headers_match_the_exported_functions() {
         assert!(h.contains(&want), "ckpt.h lacks {want:?}");
     }
     let f = std::fs::read_to_string(include().join("ckpt.f90")).unwrap();
-    assert!(f.contains("CKPT_ERR_INTERNAL = -9"), "ckpt.f90's codes drifted");
+    assert!(
+        f.contains("CKPT_ERR_INTERNAL = -9"),
+        "ckpt.f90's codes drifted"
+    );
     let defs = std::fs::read_to_string(include().join("veloc/defs.h")).unwrap();
-    assert!(defs.contains("#define VELOC_SUCCESS (0)") && defs.contains("#define VELOC_FAILURE (-1)"));
+    assert!(
+        defs.contains("#define VELOC_SUCCESS (0)") && defs.contains("#define VELOC_FAILURE (-1)")
+    );
     assert_eq!(ckpt::c::veloc_api::VELOC_FAILURE, -1);
 }
 
@@ -430,7 +463,10 @@ fn c_example_builds_with_pkg_config_and_resumes() {
             .args(["--cflags", "--libs", "ckpt"]),
     );
     let flags = String::from_utf8_lossy(&flags.stdout).to_string();
-    assert!(flags.contains("-lckpt") && flags.contains("include"), "{flags}");
+    assert!(
+        flags.contains("-lckpt") && flags.contains("include"),
+        "{flags}"
+    );
     let exe = t.path().join("counter");
     run_ok(
         Command::new("mpicc")
@@ -441,9 +477,15 @@ fn c_example_builds_with_pkg_config_and_resumes() {
     );
     let dir = t.path().join("job").display().to_string();
     let first = mpirun_ok(&exe, &[&dir, "3"]);
-    assert!(first.contains("counter 3 (checkpoint version 3)"), "{first}");
+    assert!(
+        first.contains("counter 3 (checkpoint version 3)"),
+        "{first}"
+    );
     let second = mpirun_ok(&exe, &[&dir, "2"]);
-    assert!(second.contains("counter 5 (checkpoint version 5)"), "{second}");
+    assert!(
+        second.contains("counter 5 (checkpoint version 5)"),
+        "{second}"
+    );
     let pc = std::fs::read_to_string(root().join("mpi-shim/ckpt.pc")).unwrap();
     assert!(
         pc.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))),

@@ -132,3 +132,86 @@ fn symlinked_job_store_directories_are_refused() {
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
 }
+
+/// The hooks of the C and VeloC APIs: caller memory registered and unregistered (with uffd
+/// tracking where available), versions numbered by the caller, restores from a copy in
+/// another directory and of chosen regions, and VeloC's file names.
+#[test]
+fn c_api_hooks_unregister_number_and_restore_from_elsewhere() {
+    use ckpt_engine::store::Naming;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::default().with_naming(Naming::Dat);
+    let mut a = vec![1u64; 3000];
+    let mut b = vec![2u64; 700];
+    let mut ck = Checkpointer::open(dir.path(), "app-0", config.clone()).unwrap();
+    // SAFETY: `a` and `b` outlive `ck` (dropped below before them) and are only touched
+    // between engine calls.
+    unsafe {
+        ck.register_raw(0, a.as_mut_ptr().cast(), a.len() * 8)
+            .unwrap();
+        ck.register_raw(1, b.as_mut_ptr().cast(), b.len() * 8)
+            .unwrap();
+    }
+    // Version numbers chosen by the caller, out of order, but never a taken one.
+    ck.checkpoint_at(5).unwrap();
+    a[10] = 10;
+    ck.checkpoint_at(3).unwrap();
+    assert!(matches!(
+        ck.checkpoint_at(5),
+        Err(Error::VersionExists { .. })
+    ));
+    assert!(ck.checkpoint_at(0).is_err());
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app-0-2.dat", "app-0-4.dat"]);
+    assert_eq!(ck.store().versions().unwrap(), [3, 5]);
+    // Unregistering: the engine forgets the region; the next version lacks it.
+    ck.unregister(1).unwrap();
+    assert!(ck.unregister(1).is_err());
+    b[0] = 99; // no longer the engine's business
+    a[11] = 11;
+    let s = ck.checkpoint_at(7).unwrap();
+    assert_eq!(Checkpointer::regions_in(&s.path).unwrap(), [(0, 24_000)]);
+    // Restore only region 0 from version 3 (which holds both): b is left alone.
+    a.fill(0);
+    ck.restore_regions(&dir.path().join("app-0-2.dat"), &[0])
+        .unwrap();
+    assert_eq!((a[10], a[11], b[0]), (10, 1, 99));
+    assert!(ck
+        .restore_regions(&dir.path().join("app-0-2.dat"), &[1])
+        .is_err());
+    // A copy of the chain in another directory restores; the next version is full, since
+    // its parent lives only there.
+    let copy = tempfile::tempdir().unwrap();
+    for n in ["app-0-2.dat", "app-0-4.dat", "app-0-6.dat"] {
+        std::fs::copy(dir.path().join(n), copy.path().join(n)).unwrap();
+    }
+    a.fill(0);
+    ck.restore_path(&copy.path().join("app-0-6.dat")).unwrap();
+    assert_eq!((a[10], a[11]), (10, 11));
+    let s = ck.checkpoint_at(9).unwrap();
+    assert_eq!(ckpt_engine::catalog::parent_of(&s.path).unwrap(), None);
+    // A file renamed to another number, or of another chain, is refused.
+    std::fs::copy(
+        dir.path().join("app-0-2.dat"),
+        copy.path().join("app-0-3.dat"),
+    )
+    .unwrap();
+    assert!(ck.restore_path(&copy.path().join("app-0-3.dat")).is_err());
+    std::fs::copy(
+        dir.path().join("app-0-2.dat"),
+        copy.path().join("app-1-2.dat"),
+    )
+    .unwrap();
+    assert!(ck.restore_path(&copy.path().join("app-1-2.dat")).is_err());
+    drop(ck);
+    // The catalog and the CLI's discovery understand VeloC's names.
+    let store = ckpt_engine::Store::discover(dir.path(), None).unwrap();
+    assert_eq!(store.naming(), Naming::Dat);
+    assert_eq!(store.versions().unwrap(), [3, 5, 7, 9]);
+    drop((a, b));
+}

@@ -159,7 +159,10 @@ impl Checkpointer {
             path: path.to_path_buf(),
             why,
         };
-        if let Some(id) = ids.iter().find(|id| !self.regions.iter().any(|r| r.id == **id)) {
+        if let Some(id) = ids
+            .iter()
+            .find(|id| !self.regions.iter().any(|r| r.id == **id))
+        {
             return Err(mismatch(format!("region {id} is not registered")));
         }
         self.regions
@@ -201,7 +204,11 @@ impl Checkpointer {
 /// Whether two directory paths name the same directory (an empty path is `.`).
 fn same_dir(a: &Path, b: &Path) -> bool {
     let norm = |p: &Path| {
-        let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
         std::fs::canonicalize(p).ok()
     };
     match (norm(a), norm(b)) {

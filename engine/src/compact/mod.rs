@@ -138,10 +138,7 @@ pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
     if let Some(floor) = opts.keep_above {
         kept.extend(versions.iter().filter(|&&v| v > floor));
     }
-    let kept_names: HashSet<String> = kept
-        .iter()
-        .map(|&v| store.file_name(v))
-        .collect();
+    let kept_names: HashSet<String> = kept.iter().map(|&v| store.file_name(v)).collect();
     let mut rewrite = Vec::new();
     for &v in &kept {
         let f = VersionFile::open(&store.path_of(v))?;
@@ -243,11 +240,7 @@ fn run_round(
 ) -> Result<Vec<u64>> {
     let total = (plan.rewrite.len() + plan.remove.len()) as u64;
     let mut done = 0u64;
-    let kept: HashSet<String> = plan
-        .kept
-        .iter()
-        .map(|&v| store.file_name(v))
-        .collect();
+    let kept: HashSet<String> = plan.kept.iter().map(|&v| store.file_name(v)).collect();
 
     // 2. Rewrite, oldest first. `pool` maps page contents to a record of an already rewritten
     // kept file, so that later rewrites reference it instead of copying the page again.

@@ -64,14 +64,18 @@ impl Store {
             [(one, naming)] => Store::with_naming(dir, one, *naming),
             [] => Err(Error::NotFound {
                 dir,
-                what: "no checkpoint files (<name>.ckpt.<N>, or VeloC's <name>-<rank>-<V>.dat) found"
-                    .into(),
+                what:
+                    "no checkpoint files (<name>.ckpt.<N>, or VeloC's <name>-<rank>-<V>.dat) found"
+                        .into(),
             }),
             many => Err(Error::NotFound {
                 dir,
                 what: format!(
                     "holds several chains ({}); choose one with --name",
-                    many.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|(c, _)| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }),
         }
@@ -503,6 +507,9 @@ mod tests {
         assert_eq!(Naming::Dat.parse("heat.dat"), None);
         assert_eq!(Naming::Dat.file_name("heat-3", 1), "heat-3-0.dat");
         assert_eq!(Naming::parse_any("a.ckpt.2"), Some(("a", 2, Naming::Ckpt)));
-        assert_eq!(Naming::parse_any("a-1-2.dat"), Some(("a-1", 3, Naming::Dat)));
+        assert_eq!(
+            Naming::parse_any("a-1-2.dat"),
+            Some(("a-1", 3, Naming::Dat))
+        );
     }
 }

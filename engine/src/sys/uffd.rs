@@ -169,7 +169,12 @@ impl Uffd {
             len: len as u64,
         };
         match uffdio_unregister(&self.fd, &mut range) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOMEM) => Ok(()),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    || e.raw_os_error() == Some(libc::ENOMEM) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }

@@ -45,7 +45,9 @@ pub(crate) fn describe(code: c_int) -> &'static CStr {
     match code {
         CKPT_SUCCESS => c"success",
         CKPT_ERR_ARG => c"invalid argument",
-        CKPT_ERR_STATE => c"call out of order (not initialized, initialized twice, or nothing registered)",
+        CKPT_ERR_STATE => {
+            c"call out of order (not initialized, initialized twice, or nothing registered)"
+        }
         CKPT_ERR_IO => c"input/output error",
         CKPT_ERR_CORRUPT => c"checkpoint file corrupt or not what its name says",
         CKPT_ERR_NOT_FOUND => c"no such checkpoint version",
@@ -188,7 +190,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `p` must be null or point to a NUL-terminated string that lives for `'a`.
 pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Failure> {
     if p.is_null() {
-        return Err(Failure::new(CKPT_ERR_ARG, format!("{what} is a null pointer")));
+        return Err(Failure::new(
+            CKPT_ERR_ARG,
+            format!("{what} is a null pointer"),
+        ));
     }
     // SAFETY: non-null, and the caller guarantees a NUL-terminated string living for 'a.
     let s = unsafe { CStr::from_ptr(p) };

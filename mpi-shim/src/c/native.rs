@@ -30,7 +30,7 @@ enum Native {
         job: Box<Job<'static, SimpleCommunicator>>,
         _comm: OwnedComm,
     },
-    Single(Checkpointer),
+    Single(Box<Checkpointer>),
 }
 
 impl Native {
@@ -45,14 +45,14 @@ impl Native {
 static NATIVE: Mutex<Option<Session<Native>>> = Mutex::new(None);
 
 fn not_initialized() -> Failure {
-    Failure::new(CKPT_ERR_STATE, "ckpt is not initialized (call ckpt_init first)")
+    Failure::new(
+        CKPT_ERR_STATE,
+        "ckpt is not initialized (call ckpt_init first)",
+    )
 }
 
 /// Runs `f` on the session.
-fn with_session(
-    func: &str,
-    f: impl FnOnce(&mut Native) -> Result<c_int, Failure>,
-) -> c_int {
+fn with_session(func: &str, f: impl FnOnce(&mut Native) -> Result<c_int, Failure>) -> c_int {
     guard(func, || {
         let mut s = lock(&NATIVE);
         let s = s.as_mut().ok_or_else(not_initialized)?;
@@ -121,7 +121,9 @@ pub unsafe extern "C" fn ckpt_init(
     config_file: *const c_char,
 ) -> c_int {
     // SAFETY: the caller's contract, passed on.
-    guard("ckpt_init", || unsafe { init_mpi(comm, dir, name, config_file) })
+    guard("ckpt_init", || unsafe {
+        init_mpi(comm, dir, name, config_file)
+    })
 }
 
 /// `int ckpt_init_fortran(MPI_Fint comm, ...)`: [`ckpt_init`] with a Fortran communicator.
@@ -167,7 +169,7 @@ pub unsafe extern "C" fn ckpt_init_single(
             )
         };
         let ck = Checkpointer::open(dir, name, config)?;
-        *s = Some(Session(Native::Single(ck)));
+        *s = Some(Session(Native::Single(Box::new(ck))));
         Ok(CKPT_SUCCESS)
     })
 }
@@ -182,7 +184,10 @@ pub unsafe extern "C" fn ckpt_protect(id: c_int, ptr: *mut c_void, bytes: usize)
     with_session("ckpt_protect", |s| {
         let id = region_id(id)?;
         if ptr.is_null() {
-            return Err(Failure::new(CKPT_ERR_ARG, format!("region {id}: null pointer")));
+            return Err(Failure::new(
+                CKPT_ERR_ARG,
+                format!("region {id}: null pointer"),
+            ));
         }
         let ck = s.engine();
         if let Some((_, len)) = ck.regions().into_iter().find(|(r, _)| *r == id) {
@@ -199,8 +204,7 @@ pub unsafe extern "C" fn ckpt_protect(id: c_int, ptr: *mut c_void, bytes: usize)
 }
 
 fn region_id(id: c_int) -> Result<u64, Failure> {
-    u64::try_from(id)
-        .map_err(|_| Failure::new(CKPT_ERR_ARG, format!("region id {id} is negative")))
+    u64::try_from(id).map_err(|_| Failure::new(CKPT_ERR_ARG, format!("region id {id} is negative")))
 }
 
 /// `int ckpt_unprotect(int id)`.
@@ -272,7 +276,10 @@ pub extern "C" fn ckpt_restart(version: u64) -> c_int {
         match s {
             Native::Mpi { job, .. } if version == 0 => {
                 if job.restart()?.is_none() {
-                    return Err(Failure::new(CKPT_ERR_NOT_FOUND, "no version was ever committed"));
+                    return Err(Failure::new(
+                        CKPT_ERR_NOT_FOUND,
+                        "no version was ever committed",
+                    ));
                 }
             }
             Native::Mpi { job, .. } => job.restart_version(version)?,
@@ -281,7 +288,10 @@ pub extern "C" fn ckpt_restart(version: u64) -> c_int {
                     0 => newest_complete(ck)?.ok_or_else(|| {
                         Failure::new(
                             CKPT_ERR_NOT_FOUND,
-                            format!("{}: no checkpoint to restart from", ck.store().dir().display()),
+                            format!(
+                                "{}: no checkpoint to restart from",
+                                ck.store().dir().display()
+                            ),
                         )
                     })?,
                     v => v,

@@ -272,7 +272,9 @@ impl Veloc {
                 ids,
                 routed,
             } if success => Ok((name, version, ids, routed)),
-            State::Checkpoint { .. } => Err("the application ended the checkpoint as failed".into()),
+            State::Checkpoint { .. } => {
+                Err("the application ended the checkpoint as failed".into())
+            }
             _ => Err("VELOC_Checkpoint_end called without VELOC_Checkpoint_begin".to_string()),
         };
         let (name, version, ids, routed) = self.group.agree("begin the checkpoint", local)?;
@@ -288,7 +290,8 @@ impl Veloc {
         self.group.agree("write the checkpoint", written)?;
         if self.cfg.mode == Mode::Sync {
             let flushed = self.wait_flushes();
-            self.group.agree("copy the checkpoint to persistent storage", flushed)?;
+            self.group
+                .agree("copy the checkpoint to persistent storage", flushed)?;
         }
         Ok(())
     }
@@ -404,7 +407,11 @@ impl Veloc {
             self.local_versions(name)
         })();
         let listed = self.group.agree("list the checkpoints", listed)?;
-        let mut bound = if needed > 0 { i64::from(needed) } else { i64::MAX };
+        let mut bound = if needed > 0 {
+            i64::from(needed)
+        } else {
+            i64::MAX
+        };
         let mut known: BTreeMap<u32, bool> = BTreeMap::new();
         loop {
             // The newest version below `bound` complete here.
@@ -523,9 +530,8 @@ impl Veloc {
             .filter(|b| !b.is_empty())
             .ok_or_else(|| VelocError::Usage(format!("{original:?} names no file")))?
             .to_string();
-        let routed_name = |me: &Self, name: &str, version: u32| {
-            format!("{}-{version}.{base}", me.chain(name))
-        };
+        let routed_name =
+            |me: &Self, name: &str, version: u32| format!("{}-{version}.{base}", me.chain(name));
         match &self.state {
             State::Checkpoint { name, version, .. } => {
                 let p = self.cfg.scratch.join(routed_name(self, name, *version));
@@ -800,10 +806,17 @@ mod tests {
         let f = fixture("mode = sync");
         let mut data = vec![0u64; 4096];
         let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
-        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8)
+            .unwrap();
         run(&mut v, &mut data, &[0, 1, 2]);
-        assert_eq!(files(&f.dir.path().join("s")), ["app-0-0.dat", "app-0-1.dat", "app-0-2.dat"]);
-        assert_eq!(files(&f.dir.path().join("p")), files(&f.dir.path().join("s")));
+        assert_eq!(
+            files(&f.dir.path().join("s")),
+            ["app-0-0.dat", "app-0-1.dat", "app-0-2.dat"]
+        );
+        assert_eq!(
+            files(&f.dir.path().join("p")),
+            files(&f.dir.path().join("s"))
+        );
         // Version 0 is a real version, and a committed one is never replaced.
         assert!(v.checkpoint_begin("app", 1).is_ok());
         assert!(v.checkpoint_end(true).is_err());
@@ -836,13 +849,17 @@ mod tests {
         let f = fixture("mode = async\nmax_versions = 2\nscratch_versions = 1");
         let mut data = vec![0u64; 2048];
         let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
-        v.protect(3, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        v.protect(3, data.as_mut_ptr() as usize, data.len() * 8)
+            .unwrap();
         run(&mut v, &mut data, &[10, 20, 30, 40]);
         v.wait_flushes().unwrap();
         if let Some((_, ck)) = &mut v.engine {
             ck.wait_compaction();
         }
-        assert_eq!(files(&f.dir.path().join("p")), ["app-0-30.dat", "app-0-40.dat"]);
+        assert_eq!(
+            files(&f.dir.path().join("p")),
+            ["app-0-30.dat", "app-0-40.dat"]
+        );
         assert_eq!(files(&f.dir.path().join("s")), ["app-0-40.dat"]);
         assert_eq!(v.restart_test("app", 0).unwrap(), Some(40));
         assert_eq!(v.restart_test("app", 40).unwrap(), Some(30));
@@ -866,11 +883,19 @@ mod tests {
         std::fs::write(&routed, "routed").unwrap();
         v.checkpoint_select(MODE_ALL, &[]).unwrap();
         v.checkpoint_end(true).unwrap();
-        assert!(f.dir.path().join("p").join(routed.file_name().unwrap()).exists());
+        assert!(f
+            .dir
+            .path()
+            .join("p")
+            .join(routed.file_name().unwrap())
+            .exists());
         a.fill(9);
         b.fill(9);
         v.restart_begin("app", 0).unwrap();
-        assert_eq!(std::fs::read_to_string(v.route_file("notes.txt").unwrap()).unwrap(), "routed");
+        assert_eq!(
+            std::fs::read_to_string(v.route_file("notes.txt").unwrap()).unwrap(),
+            "routed"
+        );
         v.recover(MODE_REST, &[0]).unwrap(); // everything but region 0
         v.restart_end(true).unwrap();
         assert_eq!((a[0], b[0]), (9, 2));
@@ -895,14 +920,16 @@ mod tests {
         let mut data = vec![0u64; 512];
         {
             let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
-            v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+            v.protect(0, data.as_mut_ptr() as usize, data.len() * 8)
+                .unwrap();
             run(&mut v, &mut data, &[0, 1]);
             v.finalize().unwrap();
         }
         std::fs::remove_dir_all(f.dir.path().join("s")).unwrap();
         let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
         assert!(f.dir.path().join("s").is_dir());
-        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8)
+            .unwrap();
         assert_eq!(v.restart_test("app", 0).unwrap(), Some(1));
         data.fill(0);
         v.restart_begin("app", 1).unwrap();
@@ -922,7 +949,8 @@ mod tests {
         let f = fixture("mode = sync");
         let mut data = vec![0u64; 1024];
         let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
-        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8)
+            .unwrap();
         run(&mut v, &mut data, &[1, 2, 3, 4]);
         for level in ["s", "p"] {
             std::fs::remove_file(f.dir.path().join(level).join("app-0-2.dat")).unwrap();
@@ -939,7 +967,8 @@ mod tests {
         let f = fixture("mode = sync\npersistent_interval = 3600");
         let mut data = vec![0u64; 1024];
         let mut v = Veloc::init(Group::Solo, &f.cfg).unwrap();
-        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8)
+            .unwrap();
         run(&mut v, &mut data, &[1, 2, 3]);
         // Only the first checkpoint reached persistent storage within the interval.
         assert_eq!(files(&f.dir.path().join("p")), ["app-0-1.dat"]);
@@ -960,7 +989,11 @@ mod tests {
         std::fs::write(&f.cfg, "mode = sync\n").unwrap();
         let e = Veloc::init(Group::Solo, &f.cfg).err().unwrap().to_string();
         assert!(e.contains("v.cfg") && e.contains("scratch"), "{e}");
-        std::fs::write(&f.cfg, format!("scratch = {}\n", f.dir.path().join("s").display())).unwrap();
+        std::fs::write(
+            &f.cfg,
+            format!("scratch = {}\n", f.dir.path().join("s").display()),
+        )
+        .unwrap();
         let e = Veloc::init(Group::Solo, &f.cfg).err().unwrap().to_string();
         assert!(e.contains("mode"), "{e}");
     }

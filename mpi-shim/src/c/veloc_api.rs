@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use super::group::Group;
 use super::veloc::{Veloc, VelocError, MODE_ALL};
-use super::{c_str, comm_f2c, dup_comm, guard, lock, Failure, Session, CKPT_ERR_ARG, CKPT_ERR_STATE};
+use super::{
+    c_str, comm_f2c, dup_comm, guard, lock, Failure, Session, CKPT_ERR_ARG, CKPT_ERR_STATE,
+};
 
 /// `VELOC_SUCCESS`.
 pub const VELOC_SUCCESS: c_int = 0;
@@ -45,7 +47,10 @@ fn with_veloc(func: &str, f: impl FnOnce(&mut Veloc) -> Result<(), Failure>) -> 
 }
 
 fn not_initialized() -> Failure {
-    Failure::new(CKPT_ERR_STATE, "VeloC is not initialized (call VELOC_Init first)")
+    Failure::new(
+        CKPT_ERR_STATE,
+        "VeloC is not initialized (call VELOC_Init first)",
+    )
 }
 
 fn start(group: Group, cfg: &str) -> Result<(), Failure> {
@@ -145,7 +150,10 @@ pub unsafe extern "C" fn VELOC_Mem_protect(
 ) -> c_int {
     with_veloc("VELOC_Mem_protect", |v| {
         let len = count.checked_mul(base_size).ok_or_else(|| {
-            Failure::new(CKPT_ERR_ARG, format!("region {id}: {count} x {base_size} bytes overflows"))
+            Failure::new(
+                CKPT_ERR_ARG,
+                format!("region {id}: {count} x {base_size} bytes overflows"),
+            )
         })?;
         Ok(v.protect(id, ptr as usize, len)?)
     })
@@ -173,7 +181,9 @@ pub unsafe extern "C" fn VELOC_Checkpoint_begin(name: *const c_char, version: c_
 /// `int VELOC_Checkpoint_mem(void)`: saves every protected region.
 #[no_mangle]
 pub extern "C" fn VELOC_Checkpoint_mem() -> c_int {
-    with_veloc("VELOC_Checkpoint_mem", |v| Ok(v.checkpoint_select(MODE_ALL, &[])?))
+    with_veloc("VELOC_Checkpoint_mem", |v| {
+        Ok(v.checkpoint_select(MODE_ALL, &[])?)
+    })
 }
 
 /// `int VELOC_Checkpoint_selective(int mode, int *ids, int no_ids)`.
@@ -196,7 +206,9 @@ pub unsafe extern "C" fn VELOC_Checkpoint_selective(
 /// `int VELOC_Checkpoint_end(int success)`: writes the checkpoint. Collective.
 #[no_mangle]
 pub extern "C" fn VELOC_Checkpoint_end(success: c_int) -> c_int {
-    with_veloc("VELOC_Checkpoint_end", |v| Ok(v.checkpoint_end(success != 0)?))
+    with_veloc("VELOC_Checkpoint_end", |v| {
+        Ok(v.checkpoint_end(success != 0)?)
+    })
 }
 
 /// `int VELOC_Checkpoint_wait(void)`: waits for copies to persistent storage in flight.
