@@ -265,6 +265,47 @@ fn veloc_heat_crash_restart_and_deleted_version() {
     assert!(base.join("deleted/scratch/heat-0-110.dat").exists());
 }
 
+/// The VeloC program in `mode = async` with the split begin/mem/end calls (as VeloC's own
+/// examples use them): crashed and restarted, and restarted once more from persistent
+/// storage alone after scratch is wiped.
+#[test]
+fn veloc_heat_async_split_calls() {
+    let t = tempfile::tempdir().unwrap();
+    let exe = build_c("heat_veloc.c", t.path(), false);
+    let base = t.path().to_path_buf();
+    let cfg = |n: &str| {
+        let c = veloc_cfg(&base, n, "");
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("mode = sync", "mode = async");
+        std::fs::write(&c, text + "max_versions = 3\nscratch_versions = 2\n").unwrap();
+        c.display().to_string()
+    };
+    let clean = mpirun_ok(&exe, &[&cfg("clean"), "100", "10", "0", "split"]);
+    let crashed = mpirun(&exe, &[&cfg("crash"), "100", "10", "60", "split"]);
+    assert!(!crashed.status.success());
+    let out = mpirun_ok(&exe, &[&cfg("crash"), "100", "10", "0", "split"]);
+    assert!(out.contains("restarted from 60"), "{out}");
+    assert_eq!(checksum(&out), checksum(&clean));
+    // Retention: the newest 2 in scratch, 3 in persistent storage, for each rank.
+    let count = |level: &str| {
+        std::fs::read_dir(base.join("crash").join(level))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".dat")
+            })
+            .count()
+    };
+    assert_eq!((count("scratch"), count("persistent")), (4, 6));
+    std::fs::remove_dir_all(base.join("crash/scratch")).unwrap();
+    let out = mpirun_ok(&exe, &[&cfg("crash"), "110", "10", "0", "split"]);
+    assert!(out.contains("restarted from 100"), "{out}");
+}
+
 /// Every VeloC function with bad arguments, out of order and before init: each returns
 /// VELOC_FAILURE with a message, and nothing crashes or hangs (under mpirun -np 2).
 #[test]

@@ -1,6 +1,9 @@
 /* A heat-distribution program on the VeloC API (written for ckpt's tests).
  *
- * usage: heat_veloc CFG ITERS CKPT_EVERY CRASH_AT
+ * usage: heat_veloc CFG ITERS CKPT_EVERY CRASH_AT [split]
+ * With `split`, checkpoints use VELOC_Checkpoint_wait + begin/mem/end and restarts
+ * begin/Recover_mem/end, as VeloC's own examples do; the grid is heap memory, freed before
+ * VELOC_Finalize.
  * Each rank owns ROWS rows of a COLS-wide plate; Jacobi sweeps with halo exchange. It
  * restarts from the newest version complete on every rank, checkpoints every CKPT_EVERY
  * iterations (version = iteration), and, if CRASH_AT > 0, rank 1 (or 0 alone) dies right
@@ -13,15 +16,19 @@
 #define ROWS 64
 #define COLS 256
 
-static double grid[(ROWS + 2) * COLS], next[(ROWS + 2) * COLS];
+static double *grid, *next;
 
 int main(int argc, char **argv) {
     int rank, size, i, j, iter = 0;
-    if (argc != 5) {
-        fprintf(stderr, "usage: heat_veloc CFG ITERS CKPT_EVERY CRASH_AT\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: heat_veloc CFG ITERS CKPT_EVERY CRASH_AT [split]\n");
         return 2;
     }
     int iters = atoi(argv[2]), every = atoi(argv[3]), crash_at = atoi(argv[4]);
+    int split = argc == 6;
+    grid = malloc(sizeof(double) * (ROWS + 2) * COLS);
+    next = malloc(sizeof(double) * (ROWS + 2) * COLS);
+    if (!grid || !next) return 2;
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -35,8 +42,15 @@ int main(int argc, char **argv) {
     VELOC_Mem_protect(0, &iter, 1, sizeof(int));
     VELOC_Mem_protect(1, grid, (ROWS + 2) * COLS, sizeof(double));
     int v = VELOC_Restart_test("heat", 0);
+    if (v >= 0 && split) {
+        if (VELOC_Restart_begin("heat", v) != VELOC_SUCCESS || VELOC_Recover_size(1) != (int)(sizeof(double) * (ROWS + 2) * COLS) ||
+            VELOC_Recover_mem() != VELOC_SUCCESS || VELOC_Restart_end(1) != VELOC_SUCCESS) {
+            fprintf(stderr, "rank %d: restart of %d failed\n", rank, v);
+            MPI_Abort(MPI_COMM_WORLD, 4);
+        }
+    }
     if (v >= 0) {
-        if (VELOC_Restart("heat", v) != VELOC_SUCCESS) {
+        if (!split && VELOC_Restart("heat", v) != VELOC_SUCCESS) {
             fprintf(stderr, "rank %d: VELOC_Restart(%d) failed\n", rank, v);
             MPI_Abort(MPI_COMM_WORLD, 4);
         }
@@ -65,7 +79,12 @@ int main(int argc, char **argv) {
         for (i = COLS; i < (ROWS + 1) * COLS; i++) grid[i] = next[i];
         iter++;
         if (iter % every == 0) {
-            if (VELOC_Checkpoint("heat", iter) != VELOC_SUCCESS) {
+            int rc = split ? (VELOC_Checkpoint_wait() == VELOC_SUCCESS &&
+                              VELOC_Checkpoint_begin("heat", iter) == VELOC_SUCCESS &&
+                              VELOC_Checkpoint_mem() == VELOC_SUCCESS &&
+                              VELOC_Checkpoint_end(1) == VELOC_SUCCESS ? VELOC_SUCCESS : VELOC_FAILURE)
+                           : VELOC_Checkpoint("heat", iter);
+            if (rc != VELOC_SUCCESS) {
                 fprintf(stderr, "rank %d: checkpoint %d failed\n", rank, iter);
                 MPI_Abort(MPI_COMM_WORLD, 6);
             }
@@ -79,7 +98,9 @@ int main(int argc, char **argv) {
     for (i = COLS; i < (ROWS + 1) * COLS; i++) local += grid[i] * (double)(i % 7 + 1);
     MPI_Reduce(&local, &total, 1, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
     if (rank == 0) printf("checksum %.17g\n", total);
-    VELOC_Finalize(0);
+    free(grid);
+    free(next);
+    if (VELOC_Finalize(0) != VELOC_SUCCESS) return 7;
     MPI_Finalize();
     return 0;
 }

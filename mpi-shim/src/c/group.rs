@@ -2,6 +2,7 @@
 //! (a duplicate of the application's, so that our collectives never match its messages).
 
 use std::fmt::Display;
+use std::mem::ManuallyDrop;
 
 use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -12,8 +13,28 @@ use crate::{agree, Error, RankFailure};
 pub(crate) enum Group {
     /// `*_init_single`: no MPI at all.
     Solo,
-    /// A communicator owned by the session (freed when the session ends).
-    Mpi(SimpleCommunicator),
+    /// A communicator owned by the session (freed when the session ends, unless MPI was
+    /// finalized first: then MPI has freed it).
+    Mpi(ManuallyDrop<SimpleCommunicator>),
+}
+
+impl Group {
+    /// A group over `comm`, which it frees when dropped.
+    pub(crate) fn mpi(comm: SimpleCommunicator) -> Group {
+        Group::Mpi(ManuallyDrop::new(comm))
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Group::Mpi(c) = self {
+            if !mpi::environment::is_finalized() {
+                // SAFETY: dropped exactly once, here, and never used afterwards. (After
+                // MPI_Finalize, MPI_Comm_free is erroneous: the handle is left to MPI.)
+                unsafe { ManuallyDrop::drop(c) };
+            }
+        }
+    }
 }
 
 impl Group {
@@ -32,7 +53,7 @@ impl Group {
         r: std::result::Result<T, E>,
     ) -> Result<T, Error> {
         match self {
-            Group::Mpi(c) => agree(c, op, r),
+            Group::Mpi(c) => agree(&**c, op, r),
             Group::Solo => r.map_err(|e| Error::Ranks {
                 op,
                 failures: vec![RankFailure {

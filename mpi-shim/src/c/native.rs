@@ -20,7 +20,11 @@ impl Drop for OwnedComm {
     fn drop(&mut self) {
         // SAFETY: the pointer came from Box::leak in `init_mpi`, and the only borrower, the
         // session's Job, is declared before this field and so was dropped first.
-        drop(unsafe { Box::from_raw(self.0) });
+        let comm = unsafe { Box::from_raw(self.0) };
+        if mpi::environment::is_finalized() {
+            // MPI_Comm_free after MPI_Finalize is erroneous; MPI has freed it anyway.
+            std::mem::forget(comm);
+        }
     }
 }
 

@@ -90,7 +90,7 @@ pub unsafe extern "C" fn VELOC_Init(comm: mpi::ffi::MPI_Comm, cfg_file: *const c
         let cfg = unsafe { c_str(cfg_file, "cfg_file") }?;
         // SAFETY: the caller's contract.
         let comm = unsafe { dup_comm(comm) }?;
-        start(Group::Mpi(comm), cfg)
+        start(Group::mpi(comm), cfg)
     })
 }
 
@@ -106,7 +106,7 @@ pub unsafe extern "C" fn VELOC_Init_fortran(comm: c_int, cfg_file: *const c_char
         let comm = comm_f2c(comm)?;
         // SAFETY: MPI_Comm_f2c gave a handle; dup_comm rejects an invalid one.
         let comm = unsafe { dup_comm(comm) }?;
-        start(Group::Mpi(comm), cfg)
+        start(Group::mpi(comm), cfg)
     })
 }
 
