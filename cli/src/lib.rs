@@ -9,6 +9,8 @@
 //! # let _ = code;
 //! ```
 
+pub mod hooks;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ckpt_cli::{emit, finish, progress_bar, StoreArgs, TrackingArg};
+use ckpt_cli::{emit, finish, hooks, progress_bar, StoreArgs, TrackingArg};
 use ckpt_engine::bench::{self, BenchParams};
 use ckpt_engine::catalog;
 use ckpt_engine::job::JobStore;
@@ -70,6 +70,20 @@ enum Cmd {
         /// Withdraw a halt request instead.
         #[arg(long)]
         clear: bool,
+    },
+    /// Slurm Prolog: create the job's node-local cache (0700, the job's user) and stage the
+    /// newest committed checkpoint in from persistent storage.
+    Prolog {
+        /// Configuration (default: $CKPT_CONFIG, else /etc/ckpt/ckpt.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Slurm Epilog: copy the cache's committed versions to persistent storage, verify them,
+    /// apply retention, then remove the cache. Safe to run twice.
+    Epilog {
+        /// Configuration (default: $CKPT_CONFIG, else /etc/ckpt/ckpt.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -376,6 +390,52 @@ fn halt(dir: &Path, clear: bool, json_mode: bool) -> Result<bool> {
     Ok(true)
 }
 
+fn prolog(config: Option<PathBuf>, json_mode: bool) -> Result<bool> {
+    let cfg = hooks::HookConfig::load(config.as_deref())?;
+    let job = hooks::SlurmJob::from_env()?;
+    let r = hooks::prolog(&cfg, &job)?;
+    emit(json_mode, &serde_json::to_value(&r)?, || {
+        for s in &r.skipped {
+            eprintln!("ckpt prolog: could not stage {s}");
+        }
+        match r.staged {
+            Some(v) => ckpt_cli::out!(
+                "ckpt prolog: job {}: staged version {v} into {} ({} files, {} bytes)",
+                job.id,
+                r.local.display(),
+                r.copy.files_copied,
+                r.copy.bytes_copied
+            ),
+            None => ckpt_cli::out!(
+                "ckpt prolog: job {}: {} ready; no checkpoint to stage",
+                job.id,
+                r.local.display()
+            ),
+        }
+    });
+    Ok(true)
+}
+
+fn epilog(config: Option<PathBuf>, json_mode: bool) -> Result<bool> {
+    let cfg = hooks::HookConfig::load(config.as_deref())?;
+    let job = hooks::SlurmJob::from_env()?;
+    let r = hooks::epilog(&cfg, &job)?;
+    emit(json_mode, &serde_json::to_value(&r)?, || {
+        ckpt_cli::out!(
+            "ckpt epilog: job {}: flushed versions {:?} to {} ({} files, {} bytes; already there: {:?}); retired {:?}; cache {}",
+            job.id,
+            r.copy.versions,
+            r.persistent.display(),
+            r.copy.files_copied,
+            r.copy.bytes_copied,
+            r.copy.already_there,
+            r.retired,
+            if r.cache_removed { "removed" } else { "kept" }
+        );
+    });
+    Ok(true)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
@@ -390,6 +450,8 @@ fn main() -> ExitCode {
         } => restore(store, version, out, json),
         Cmd::Bench(args) => run_bench(args, json),
         Cmd::Halt { dir, clear } => halt(&dir, clear, json),
+        Cmd::Prolog { config } => prolog(config, json),
+        Cmd::Epilog { config } => epilog(config, json),
     };
     finish(json, res)
 }

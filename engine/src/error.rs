@@ -136,6 +136,12 @@ pub enum Error {
         /// The chain asked for.
         wanted: String,
     },
+    /// An operation did not finish within its time bound; nothing half done is visible.
+    #[error("timed out {what}")]
+    TimedOut {
+        /// What was being done.
+        what: String,
+    },
     /// A requested feature is not available on this system.
     #[error("{0}")]
     Unsupported(String),

@@ -163,3 +163,35 @@ pub fn run_steps(
     }
     Ok(out)
 }
+
+/// A job store at `dir` written the way the MPI shim writes one, without MPI: `ranks` chains
+/// of one 64 KiB region each, versions `1..=versions` committed on every rank (rank r's
+/// region holds r * 1000 + version everywhere), each a delta against the one before.
+pub fn job_store(dir: &std::path::Path, name: &str, ranks: u32, versions: u64) {
+    use ckpt_engine::job::{CommitRecord, JobStore};
+    let job = JobStore::new(dir, name).unwrap();
+    if job.meta().unwrap().is_none() {
+        job.write_meta(ranks).unwrap();
+    }
+    let mut engines: Vec<(Checkpointer, ckpt_engine::RegionHandle<u64>)> = (0..ranks)
+        .map(|r| {
+            let mut ck = Checkpointer::open(job.rank_dir(r), name, Config::default()).unwrap();
+            let h = ck.alloc_region::<u64>(1, 8192).unwrap();
+            (ck, h)
+        })
+        .collect();
+    let start = job.commits().unwrap().last().copied().unwrap_or(0) + 1;
+    for v in start..start + versions {
+        let mut ids = Vec::new();
+        for (r, (ck, h)) in engines.iter_mut().enumerate() {
+            let region = ck.region_mut(h).unwrap();
+            for (i, x) in region.iter_mut().enumerate() {
+                if i % 4 == (v % 4) as usize {
+                    *x = r as u64 * 1000 + v;
+                }
+            }
+            ids.push(ck.checkpoint_numbered(v).unwrap().identity);
+        }
+        job.write_commit(&CommitRecord::new(v, ids)).unwrap();
+    }
+}

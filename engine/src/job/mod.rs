@@ -18,7 +18,10 @@ use crate::compact::{self, CompactOptions};
 use crate::error::{Error, Result};
 use crate::store::{self, Store};
 
+mod copy;
 mod record;
+
+pub use copy::CopyReport;
 pub use record::CommitRecord;
 
 /// File name of the job description.
@@ -163,7 +166,7 @@ impl JobStore {
         Store::new(self.rank_dir(rank), &self.name)
     }
 
-    fn commits_dir(&self) -> PathBuf {
+    pub(crate) fn commits_dir(&self) -> PathBuf {
         self.dir.join("commits")
     }
 
@@ -226,7 +229,7 @@ impl JobStore {
     }
 
     /// [`check_rank`](Self::check_rank), returning the rank's file.
-    fn check_rank_file(&self, v: u64, rank: u32, world_size: u32) -> Result<PathBuf> {
+    pub(crate) fn check_rank_file(&self, v: u64, rank: u32, world_size: u32) -> Result<PathBuf> {
         let rec = self.read_commit(v)?;
         let record = self.commits_dir().join(self.commit_name(v));
         if rec.ranks.len() != world_size as usize {

@@ -436,6 +436,67 @@ pub(crate) fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     result
 }
 
+/// Copies file `src` to `dst` atomically and durably: a temporary file in `dst`'s directory
+/// (mode 0600, named as [`temp_name`] names them, so a crash leaves only recognisable
+/// garbage) is written, fsynced and renamed over `dst`, and the directory is fsynced. For
+/// copies between storage levels; a committed version's copy has the same bytes, so it is
+/// the same file wherever it lives.
+pub fn copy_file_atomic(src: &Path, dst: &Path) -> Result<u64> {
+    let dir = match dst.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = dst
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::InvalidName {
+            name: dst.display().to_string(),
+            why: "not a plain file name",
+        })?;
+    let tmp = temp_name(dir, name)?;
+    let result = (|| {
+        let mut from = File::open(src).map_err(|e| Error::io(src, "open", e))?;
+        let mut to = create_new_file(&tmp)?;
+        let n = std::io::copy(&mut from, &mut to).map_err(|e| Error::io(&tmp, "copy into", e))?;
+        to.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        crate::fault::point("copy");
+        fs::rename(&tmp, dst).map_err(|e| Error::io(dst, "rename into place", e))?;
+        sync_dir(dir)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes the temporary files in `dir` whose writing process is gone (crashed copies,
+/// checkpoints or commits); returns them.
+pub fn remove_dead_temps(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    if !exists(dir)? {
+        return Ok(removed);
+    }
+    for f in list_dir(dir)? {
+        if !(f.starts_with('.') && f.contains(".tmp.")) {
+            continue;
+        }
+        let p = dir.join(&f);
+        if temp_owner_alive(&p) {
+            continue;
+        }
+        match fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&p, "remove a dead temporary file", e)),
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 /// Creates a new file for writing, mode 0600, failing if it exists.
 pub(crate) fn create_new_file(path: &Path) -> Result<File> {
     OpenOptions::new()

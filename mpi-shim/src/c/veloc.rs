@@ -10,8 +10,7 @@
 //! reference it too.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -701,13 +700,13 @@ fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
         let dst = job.dst_dir.join(name);
         let present = dst.exists() && catalog::satisfies(&dst, identity).unwrap_or(false);
         if !present {
-            copy_atomic(&src_dir.join(name), &dst)?;
+            ckpt_engine::store::copy_file_atomic(&src_dir.join(name), &dst)?;
         }
     }
     for r in &job.routed {
         if r.exists() {
             let name = r.file_name().unwrap_or_default();
-            copy_atomic(r, &job.dst_dir.join(name))?;
+            ckpt_engine::store::copy_file_atomic(r, &job.dst_dir.join(name))?;
         }
     }
     if let Some(keep) = job.keep {
@@ -719,35 +718,6 @@ fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
         compact::compact(&store, &opts, &mut |_, _| {})?;
     }
     Ok(())
-}
-
-/// Copies `src` to `dst` through a temporary file (mode 0600) that is fsynced and renamed
-/// over `dst`, then fsyncs the directory.
-fn copy_atomic(src: &Path, dst: &Path) -> ckpt_engine::Result<()> {
-    use ckpt_engine::Error;
-    let dir = dst.parent().unwrap_or(Path::new("."));
-    let name = dst.file_name().unwrap_or_default().to_string_lossy();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(".{name}.tmp.{}.{nanos:08x}", std::process::id()));
-    let r = (|| {
-        let mut from = File::open(src).map_err(|e| Error::io(src, "open", e))?;
-        let mut to = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, "create", e))?;
-        std::io::copy(&mut from, &mut to).map_err(|e| Error::io(&tmp, "copy into", e))?;
-        to.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-        fs::rename(&tmp, dst).map_err(|e| Error::io(dst, "rename into place", e))?;
-        sync_dir(dir)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
 }
 
 fn sync_dir(dir: &Path) -> ckpt_engine::Result<()> {
