@@ -71,6 +71,25 @@ enum Cmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Start PROGRAM under gdb, restoring version V (default: the newest) at its restart and
+    /// stopping right after the restore (breakpoint `ckpt_restored`).
+    Debug {
+        /// The store the program restarts from (a chain's directory or a job store).
+        dir: PathBuf,
+        /// Chain name (optional when DIR holds one chain).
+        #[arg(long)]
+        name: Option<String>,
+        /// Version to restore (default: the newest committed).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Run gdb non-interactively: these gdb commands (separated by `;`) run at the
+        /// breakpoint, then gdb kills the program and exits.
+        #[arg(long)]
+        batch: Option<String>,
+        /// The program and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        program: Vec<String>,
+    },
     /// Slurm Prolog: create the job's node-local cache (0700, the job's user) and stage the
     /// newest committed checkpoint in from persistent storage.
     Prolog {
@@ -390,6 +409,56 @@ fn halt(dir: &Path, clear: bool, json_mode: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// `ckpt debug`: checks that the version exists, then replaces this process with gdb.
+fn debug(
+    dir: &Path,
+    name: Option<String>,
+    version: Option<u64>,
+    batch: Option<String>,
+    program: &[String],
+) -> Result<bool> {
+    use std::os::unix::process::CommandExt;
+    let available = match JobStore::detect(dir)? {
+        Some((job, _)) => job.commits()?,
+        None => Store::discover(dir, name.as_deref())?.versions()?,
+    };
+    let version = match version {
+        Some(v) if available.contains(&v) => v,
+        Some(v) => bail!(
+            "{}: no committed version {v} (committed: {available:?})",
+            dir.display()
+        ),
+        None => *available
+            .last()
+            .with_context(|| format!("{}: no committed version to restore", dir.display()))?,
+    };
+    let mut gdb = std::process::Command::new("gdb");
+    gdb.arg("-q")
+        .args(["-ex", "set breakpoint pending on"])
+        .args(["-ex", "break ckpt_restored"])
+        .args(["-ex", "run"]);
+    if let Some(cmds) = &batch {
+        gdb.arg("-batch");
+        for c in cmds.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            gdb.args(["-ex", c]);
+        }
+        gdb.args(["-ex", "kill"]);
+    }
+    gdb.arg("--args")
+        .args(program)
+        .env(ckpt_engine::RESTORE_VERSION_VAR, version.to_string());
+    eprintln!(
+        "ckpt debug: {} restores version {version} of {}; gdb stops after the restore (ckpt_restored)",
+        program[0],
+        dir.display()
+    );
+    let e = gdb.exec();
+    if e.kind() == std::io::ErrorKind::NotFound {
+        bail!("gdb is not installed (Debian: apt-get install gdb)");
+    }
+    Err(e).context("cannot start gdb")
+}
+
 fn prolog(config: Option<PathBuf>, json_mode: bool) -> Result<bool> {
     let cfg = hooks::HookConfig::load(config.as_deref())?;
     let job = hooks::SlurmJob::from_env()?;
@@ -450,6 +519,13 @@ fn main() -> ExitCode {
         } => restore(store, version, out, json),
         Cmd::Bench(args) => run_bench(args, json),
         Cmd::Halt { dir, clear } => halt(&dir, clear, json),
+        Cmd::Debug {
+            dir,
+            name,
+            version,
+            batch,
+            program,
+        } => debug(&dir, name, version, batch, &program),
         Cmd::Prolog { config } => prolog(config, json),
         Cmd::Epilog { config } => epilog(config, json),
     };

@@ -71,6 +71,26 @@ pub use hash::{page_hash, GROUP_BYTES};
 pub use read::catalog;
 pub use region::RegionHandle;
 pub use store::Store;
+pub use sys::ckpt_restored;
+
+/// The environment variable `ckpt debug` sets to make a program restore a given version at
+/// its restart instead of the newest.
+pub const RESTORE_VERSION_VAR: &str = "CKPT_RESTORE_VERSION";
+
+/// The version `CKPT_RESTORE_VERSION` asks restarts to restore, if it is set: a restart
+/// (`Checkpointer::restore(None)`, `Job::restart`, `ckpt_restart_test`) then takes exactly
+/// that version rather than the newest, and fails if it cannot. An unparseable value is an
+/// error, never ignored.
+pub fn restore_version_override() -> Result<Option<u64>> {
+    match std::env::var(RESTORE_VERSION_VAR) {
+        Ok(v) => v.trim().parse::<u64>().map(Some).map_err(|_| {
+            Error::Config(format!(
+                "{RESTORE_VERSION_VAR}={v:?} is not a version number"
+            ))
+        }),
+        Err(_) => Ok(None),
+    }
+}
 
 /// Whether userfaultfd write-protect tracking (`Tracking::Uffd`) works on this kernel:
 /// `UFFD_FEATURE_WP_ASYNC` and the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7). `Err` says what is

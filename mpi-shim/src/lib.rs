@@ -418,6 +418,15 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// Tries the committed versions (only `only`, if given), newest first, and returns the
     /// first whose files check out (and, with `restore`, restore) on every rank.
     fn find_committed(&mut self, only: Option<u64>, restore: bool) -> Result<Option<u64>> {
+        // `ckpt debug` asks for one version (the same environment on every rank).
+        let only = match only {
+            Some(v) => Some(v),
+            None => agree(
+                self.comm,
+                "read CKPT_RESTORE_VERSION",
+                ckpt_engine::restore_version_override(),
+            )?,
+        };
         // Rank 0 lists the commit records and broadcasts them, so that all ranks try the same
         // candidates in the same order.
         let listed = if self.rank == 0 {
@@ -434,6 +443,12 @@ impl<'c, C: Communicator> Job<'c, C> {
         }
         if let Some(want) = only {
             listed.retain(|&v| v == want);
+            if listed.is_empty() {
+                return Err(Error::NoSuchVersion {
+                    dir: self.store.dir().to_path_buf(),
+                    version: want,
+                });
+            }
         }
         let mut tried: Vec<(u64, Vec<RankFailure>)> = Vec::new();
         for &v in listed.iter().rev() {

@@ -64,12 +64,18 @@ fn mpi_isystem(wrapper: &str) -> Vec<String> {
 
 /// Compiles a C program against the shared library (or, with `static_lib`, libckpt.a).
 fn build_c(src: &str, out_dir: &Path, static_lib: bool) -> PathBuf {
+    build_c_with(src, out_dir, static_lib, "-O1")
+}
+
+/// [`build_c`] with optimisation flag `opt`, and debugging information.
+fn build_c_with(src: &str, out_dir: &Path, static_lib: bool, opt: &str) -> PathBuf {
     let exe = out_dir.join(src.trim_end_matches(".c"));
     let lib = lib_dir();
     let mut cmd = Command::new("mpicc");
     cmd.args([
         "-std=c99",
-        "-O1",
+        "-g",
+        opt,
         "-Wall",
         "-Wextra",
         "-Werror",
@@ -532,4 +538,57 @@ fn c_example_builds_with_pkg_config_and_resumes() {
         pc.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))),
         "ckpt.pc's Version differs from the crate's"
     );
+}
+
+/// `ckpt debug --batch`: the program restarts from the version asked for (not the newest),
+/// gdb stops at `ckpt_restored` right after the restore, and the restored state is visible
+/// (the C heat program's iteration counter, printed from its own frame).
+#[test]
+fn ckpt_debug_stops_after_the_restore_with_the_state_visible() {
+    let ckpt = lib_dir().join("ckpt");
+    assert!(
+        ckpt.exists(),
+        "{} is missing: build the workspace first (scripts/test.sh does)",
+        ckpt.display()
+    );
+    let t = tempfile::tempdir().unwrap();
+    let exe = build_c_with("heat_native.c", t.path(), false, "-O0");
+    let dir = t.path().join("store").display().to_string();
+    // One process (an MPI singleton), as it will run under gdb: versions 1..5.
+    run_ok(
+        Command::new(&exe)
+            .args([&dir, "50", "10", "0"])
+            .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none"),
+    );
+    let out = Command::new(&ckpt)
+        .args(["debug", &dir, "--version", "3", "--batch"])
+        .arg("frame function main; print iter; print v")
+        .arg("--")
+        .arg(&exe)
+        .args([&dir, "50", "10", "0"])
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .output()
+        .expect("ckpt debug (scripts/deps.sh installs gdb)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("Breakpoint 1"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("$1 = 30"),
+        "iter after restoring version 3:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("$2 = 3"), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("checksum"),
+        "the program ran on past the breakpoint"
+    );
+    // A version that does not exist: a clear error before gdb starts.
+    let out = Command::new(&ckpt)
+        .args(["debug", &dir, "--version", "9", "--batch", "bt", "--"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("no committed version 9"), "{text}");
 }

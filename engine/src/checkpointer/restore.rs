@@ -61,7 +61,14 @@ impl Checkpointer {
     ///
     /// On error the contents of the regions are unspecified and the engine forgets its
     /// parent, so the next checkpoint is a full version.
+    ///
+    /// With `version` `None` and `CKPT_RESTORE_VERSION` set (by `ckpt debug`), that version
+    /// is restored instead of the newest.
     pub fn restore(&mut self, version: Option<u64>) -> Result<RestoreStats> {
+        let version = match version {
+            Some(v) => Some(v),
+            None => crate::restore_version_override()?,
+        };
         let (_, path) = self.store.resolve(version)?;
         self.restore_inner(&path, None)
     }
@@ -145,6 +152,7 @@ impl Checkpointer {
         if only.is_none() && here == Some(true) {
             self.parent = Some(self.parent_from_version(&v, version)?);
         }
+        crate::sys::ckpt_restored(version);
         Ok(RestoreStats {
             version,
             files_read: v.files().len(),

@@ -4,7 +4,8 @@
 //!
 //! - [`uffd`]: userfaultfd write-protection and the `PAGEMAP_SCAN` ioctl;
 //! - [`mapping`]: memory maps of version files and restore outputs;
-//! - [`start_writeback`]: `sync_file_range` for early writeback.
+//! - [`start_writeback`]: `sync_file_range` for early writeback;
+//! - [`ckpt_restored`]: the exported breakpoint `ckpt debug` stops at.
 
 pub(crate) mod mapping;
 pub(crate) mod uffd;
@@ -50,4 +51,13 @@ pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
         libc::EOPNOTSUPP => file.set_len(len as u64),
         e => Err(std::io::Error::from_raw_os_error(e)),
     }
+}
+
+/// Called right after every successful restore with the restored version number. It does
+/// nothing: it is exported unmangled so that a debugger can stop here, with the restored state
+/// in memory (`ckpt debug` sets a breakpoint on it).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ckpt_restored(version: u64) {
+    std::hint::black_box(version);
 }
