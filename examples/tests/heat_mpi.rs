@@ -587,8 +587,13 @@ fn rank_pid(store: &str, rank: u32) -> Option<i32> {
 
 /// Spawns `mpirun -np 2 heat ...` in its own process group, returning the child.
 fn spawn_heat2(extra: &[&str]) -> std::process::Child {
+    spawn_heat_np(2, extra)
+}
+
+/// [`spawn_heat2`] with `np` ranks.
+fn spawn_heat_np(np: usize, extra: &[&str]) -> std::process::Child {
     let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-np", "2"])
+    cmd.args(["--oversubscribe", "-np", &np.to_string()])
         .arg(heat_bin())
         .args(extra)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -652,10 +657,23 @@ fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
 /// and the rerun resumes from that checkpoint with the uninterrupted checksum.
 #[test]
 fn a_signal_to_one_rank_checkpoints_every_rank_at_once() {
+    signal_to_the_last_rank(2);
+}
+
+/// The same with four ranks: the signal reaches rank 3 only, all four checkpoint at the
+/// same iteration.
+#[test]
+fn a_signal_to_one_of_four_ranks_checkpoints_every_rank_at_once() {
+    signal_to_the_last_rank(4);
+}
+
+/// Sends SIGUSR1 to the last of `np` ranks only, and checks that every rank checkpointed
+/// the same iteration (the restart reproduces the uninterrupted result).
+fn signal_to_the_last_rank(np: usize) {
     let d = tempfile::tempdir().unwrap();
     let s = d.path().to_str().unwrap().to_string();
     let n_iters = "100000000";
-    let child = spawn_heat2(&[
+    let child = spawn_heat_np(np, &[
         "--store",
         &s,
         "--n",
@@ -668,17 +686,18 @@ fn a_signal_to_one_rank_checkpoints_every_rank_at_once() {
         "--exit-on-signal",
     ]);
     let t = Instant::now();
+    let last = np as u32 - 1;
     let pid = loop {
-        if let Some(p) = rank_pid(&s, 1) {
+        if let Some(p) = rank_pid(&s, last) {
             break p;
         }
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "rank 1 never started"
+            "rank {last} never started"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Let it compute past start-up, then warn rank 1 only.
+    // Let it compute past start-up, then warn the last rank only.
     std::thread::sleep(Duration::from_millis(1500));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -703,10 +722,10 @@ fn a_signal_to_one_rank_checkpoints_every_rank_at_once() {
         .unwrap()
         .parse()
         .unwrap();
-    // Both ranks' files of v hold the same iteration (the rerun would diverge otherwise).
+    // Every rank's file of v holds the same iteration (the rerun would diverge otherwise).
     let iters = (it + 30).to_string();
     let rerun = mpirun(
-        2,
+        np,
         &[
             "--store",
             &s,
