@@ -10,6 +10,7 @@
 //! ```
 
 pub mod hooks;
+pub mod report;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

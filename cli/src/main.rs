@@ -71,6 +71,18 @@ enum Cmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Draw a store for operators: bytes per version (stored / referenced), the chain as a
+    /// graph, the compression ratio; one line per rank for a job store.
+    Report {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Write an SVG picture here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Write an HTML page (the picture and a table) here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Start PROGRAM under gdb, restoring version V (default: the newest) at its restart and
     /// stopping right after the restore (breakpoint `ckpt_restored`).
     Debug {
@@ -409,6 +421,36 @@ fn halt(dir: &Path, clear: bool, json_mode: bool) -> Result<bool> {
     Ok(true)
 }
 
+fn report(
+    store: StoreArgs,
+    svg: Option<PathBuf>,
+    html: Option<PathBuf>,
+    json_mode: bool,
+) -> Result<bool> {
+    use ckpt_cli::report as rep;
+    if svg.is_none() && html.is_none() && !json_mode {
+        bail!("say where to write the report: --svg FILE and/or --html FILE (or --json)");
+    }
+    let r = rep::gather(&store.dir, store.name.as_deref())?;
+    if let Some(p) = &svg {
+        rep::write(p, &rep::svg(&r)?)?;
+    }
+    if let Some(p) = &html {
+        rep::write(p, &rep::html(&r)?)?;
+    }
+    emit(json_mode, &serde_json::to_value(&r)?, || {
+        let n: usize = r.series.iter().map(|(_, p)| p.len()).sum();
+        for p in svg.iter().chain(html.iter()) {
+            ckpt_cli::out!(
+                "wrote {} ({n} versions of {} chain(s))",
+                p.display(),
+                r.series.len()
+            );
+        }
+    });
+    Ok(true)
+}
+
 /// `ckpt debug`: checks that the version exists, then replaces this process with gdb.
 fn debug(
     dir: &Path,
@@ -519,6 +561,7 @@ fn main() -> ExitCode {
         } => restore(store, version, out, json),
         Cmd::Bench(args) => run_bench(args, json),
         Cmd::Halt { dir, clear } => halt(&dir, clear, json),
+        Cmd::Report { store, svg, html } => report(store, svg, html, json),
         Cmd::Debug {
             dir,
             name,

@@ -342,3 +342,87 @@ fn a_closed_pipe_is_not_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.code(), Some(141), "{err}");
 }
+
+/// `ckpt report`: an SVG with the three pictures and an HTML page with a row per version, for
+/// a chain and for a job store (one series per rank); clear errors otherwise.
+#[test]
+fn report_draws_a_chain_and_a_job_store() {
+    let d = tempfile::tempdir().unwrap();
+    let chain = d.path().join("chain");
+    make_store(&chain);
+    let svg = d.path().join("r.svg");
+    let html = d.path().join("r.html");
+    let (code, _, err) = ckpt(&[
+        "report",
+        chain.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.starts_with("<svg"), "{}", &s[..80]);
+    for caption in ["Bytes per version", "The chain (sim)", "Compression ratio"] {
+        assert!(s.contains(caption), "no {caption:?} in the SVG");
+    }
+    let h = std::fs::read_to_string(&html).unwrap();
+    assert!(h.contains("<svg") && h.contains("</table>"));
+    assert_eq!(
+        h.matches("<tr><td>sim</td>").count(),
+        3,
+        "one row per version"
+    );
+
+    let job = d.path().join("job");
+    ckpt_tests::job_store(&job, "heat", 2, 3);
+    let (code, v, err) = ckpt(&[
+        "report",
+        job.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["job"], true);
+    let series = v["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[1][0], "rank 1");
+    assert_eq!(series[1][1].as_array().unwrap().len(), 3);
+    // Version 2 is a delta: it stores some pages and references version 1 for the rest.
+    let v2 = &series[0][1][1];
+    assert!(v2["stored_bytes"].as_u64().unwrap() > 0);
+    assert!(v2["referenced_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v2["references"], serde_json::json!([1]));
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.contains("rank 1: file"));
+
+    let (code, v, _) = ckpt(&[
+        "report",
+        chain.to_str().unwrap(),
+        "--json",
+        "--svg",
+        "/nonexistent/dir/x.svg",
+    ]);
+    assert_ne!(code, 0);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/dir/x.svg"));
+    let (code, _, _) = ckpt(&["report", chain.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, v, _) = ckpt(&[
+        "report",
+        empty.to_str().unwrap(),
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        v["error"].as_str().unwrap().contains("no checkpoint files"),
+        "{v}"
+    );
+}

@@ -673,18 +673,21 @@ fn signal_to_the_last_rank(np: usize) {
     let d = tempfile::tempdir().unwrap();
     let s = d.path().to_str().unwrap().to_string();
     let n_iters = "100000000";
-    let child = spawn_heat_np(np, &[
-        "--store",
-        &s,
-        "--n",
-        "32",
-        "--iters",
-        n_iters,
-        "--ckpt-every",
-        "100000",
-        "--signal-checkpoint",
-        "--exit-on-signal",
-    ]);
+    let child = spawn_heat_np(
+        np,
+        &[
+            "--store",
+            &s,
+            "--n",
+            "32",
+            "--iters",
+            n_iters,
+            "--ckpt-every",
+            "100000",
+            "--signal-checkpoint",
+            "--exit-on-signal",
+        ],
+    );
     let t = Instant::now();
     let last = np as u32 - 1;
     let pid = loop {

@@ -165,8 +165,9 @@ pub fn run_steps(
 }
 
 /// A job store at `dir` written the way the MPI shim writes one, without MPI: `ranks` chains
-/// of one 64 KiB region each, versions `1..=versions` committed on every rank (rank r's
-/// region holds r * 1000 + version everywhere), each a delta against the one before.
+/// of one 64 KiB region each, versions `1..=versions` committed on every rank, each a delta
+/// against the one before: version v writes r * 1000 + v into every fourth 4 KiB page
+/// (those with index = v mod 4) of rank r's region.
 pub fn job_store(dir: &std::path::Path, name: &str, ranks: u32, versions: u64) {
     use ckpt_engine::job::{CommitRecord, JobStore};
     let job = JobStore::new(dir, name).unwrap();
@@ -186,7 +187,7 @@ pub fn job_store(dir: &std::path::Path, name: &str, ranks: u32, versions: u64) {
         for (r, (ck, h)) in engines.iter_mut().enumerate() {
             let region = ck.region_mut(h).unwrap();
             for (i, x) in region.iter_mut().enumerate() {
-                if i % 4 == (v % 4) as usize {
+                if (i / 512) % 4 == (v % 4) as usize {
                     *x = r as u64 * 1000 + v;
                 }
             }
