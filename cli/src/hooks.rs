@@ -210,8 +210,12 @@ pub fn prolog(cfg: &HookConfig, job: &SlurmJob) -> Result<PrologReport> {
     Ok(report)
 }
 
-/// `ckpt epilog`.
-pub fn epilog(cfg: &HookConfig, job: &SlurmJob) -> Result<EpilogReport> {
+/// `ckpt epilog`. `progress(done, total)` counts the versions scavenged.
+pub fn epilog(
+    cfg: &HookConfig,
+    job: &SlurmJob,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<EpilogReport> {
     let local = cfg.local_root.join(&job.id);
     let persistent = cfg.persistent_root.join(&job.id);
     let deadline = Instant::now() + Duration::from_secs(cfg.epilog_timeout_secs);
@@ -228,7 +232,8 @@ pub fn epilog(cfg: &HookConfig, job: &SlurmJob) -> Result<EpilogReport> {
     if let Some((from, _)) = JobStore::detect(&local)? {
         let commits = from.commits()?;
         let to = JobStore::new(&persistent, from.name())?;
-        for &v in &commits {
+        for (i, &v) in commits.iter().enumerate() {
+            progress(i as u64, commits.len() as u64);
             from.copy_version_to(&to, v, true, Some(deadline), &mut report.copy)
                 .with_context(|| {
                     format!(
@@ -238,6 +243,7 @@ pub fn epilog(cfg: &HookConfig, job: &SlurmJob) -> Result<EpilogReport> {
                     )
                 })?;
         }
+        progress(commits.len() as u64, commits.len() as u64);
         if cfg.keep > 0 && !commits.is_empty() {
             report.retired = to.compact(cfg.keep, false)?.commits_removed;
         }

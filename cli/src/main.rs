@@ -68,8 +68,12 @@ enum Cmd {
         /// The job store.
         dir: PathBuf,
         /// Withdraw a halt request instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "after_next_checkpoint")]
         clear: bool,
+        /// Stop after the job's next checkpoint (what a halt request always means; accepted
+        /// so that scripts can say so).
+        #[arg(long)]
+        after_next_checkpoint: bool,
     },
     /// Draw a store for operators: bytes per version (stored / referenced), the chain as a
     /// graph, the compression ratio; one line per rank for a job store.
@@ -530,7 +534,13 @@ fn prolog(config: Option<PathBuf>, json_mode: bool) -> Result<bool> {
 fn epilog(config: Option<PathBuf>, json_mode: bool) -> Result<bool> {
     let cfg = hooks::HookConfig::load(config.as_deref())?;
     let job = hooks::SlurmJob::from_env()?;
-    let r = hooks::epilog(&cfg, &job)?;
+    let pb = progress_bar(0, "scavenge", json_mode);
+    let r = hooks::epilog(&cfg, &job, &mut |done, total| {
+        pb.set_length(total);
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let r = r?;
     emit(json_mode, &serde_json::to_value(&r)?, || {
         ckpt_cli::out!(
             "ckpt epilog: job {}: flushed versions {:?} to {} ({} files, {} bytes; already there: {:?}); retired {:?}; cache {}",
@@ -560,7 +570,7 @@ fn main() -> ExitCode {
             out,
         } => restore(store, version, out, json),
         Cmd::Bench(args) => run_bench(args, json),
-        Cmd::Halt { dir, clear } => halt(&dir, clear, json),
+        Cmd::Halt { dir, clear, .. } => halt(&dir, clear, json),
         Cmd::Report { store, svg, html } => report(store, svg, html, json),
         Cmd::Debug {
             dir,
