@@ -115,6 +115,7 @@ fn mpirun(exe: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("CKPT_LOG", "warn") // the default level, whatever the caller's environment says
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // OpenMPI refuses root unless told (CI containers run as root).

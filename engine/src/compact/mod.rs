@@ -45,6 +45,10 @@ pub struct CompactOptions {
     /// collective checkpoint whose commit record is still being written, and a version that
     /// appears after the snapshot was never seen by the plan, so it is never garbage.
     pub keep_above: Option<u64>,
+    /// Walk the lineage back from this version instead of the newest (a coordinator whose
+    /// application chose to continue from an older version: newer versions of another branch
+    /// must then be kept with `keep_above`, and the current branch is the one retained).
+    pub head: Option<u64>,
     /// Only compute the plan.
     pub dry_run: bool,
 }
@@ -56,6 +60,7 @@ impl Default for CompactOptions {
             max_depth: None,
             pinned: Vec::new(),
             keep_above: None,
+            head: None,
             dry_run: false,
         }
     }
@@ -116,9 +121,19 @@ pub fn plan(store: &Store, opts: &CompactOptions) -> Result<Plan> {
             ..Plan::default()
         });
     };
-    // Lineage of the newest version.
+    // Lineage of the newest version (or of the head asked for).
+    let head = match opts.head {
+        None => newest,
+        Some(h) if versions.contains(&h) => h,
+        Some(h) => {
+            return Err(Error::NotFound {
+                dir: store.dir().to_path_buf(),
+                what: format!("no version {h} of chain {:?} to compact from", store.name()),
+            })
+        }
+    };
     let mut lineage = Vec::new();
-    let mut cur = Some(newest);
+    let mut cur = Some(head);
     let mut want_id: Option<[u8; 16]> = None;
     while let Some(v) = cur {
         let path = store.path_of(v);

@@ -85,12 +85,21 @@ struct Flusher {
 }
 
 /// One version to copy to persistent storage.
+/// One version's background work after it committed: its copy to persistent storage (if
+/// due), then retention there and in scratch.
 struct FlushJob {
+    /// The version's file in scratch.
     src: PathBuf,
-    dst_dir: PathBuf,
+    /// Persistent storage, if the version is copied there now.
+    dst_dir: Option<PathBuf>,
     routed: Vec<PathBuf>,
     chain: String,
-    keep: Option<usize>,
+    /// The version (ckpt numbering): retention keeps its lineage, and every newer version.
+    head: u64,
+    /// `max_versions`.
+    persistent_keep: Option<usize>,
+    /// `scratch_versions`.
+    scratch_keep: Option<usize>,
 }
 
 /// One VeloC session (between `VELOC_Init` and `VELOC_Finalize`).
@@ -173,10 +182,8 @@ impl Veloc {
     fn engine_for(&mut self, name: &str) -> Result<&mut Checkpointer> {
         if self.engine.as_ref().is_none_or(|(n, _)| n != name) {
             self.engine = None; // releases the previous chain's writer lock first
-            let mut config = self.cfg.engine.clone().with_naming(Naming::Dat);
-            if let Some(k) = self.cfg.scratch_versions {
-                config = config.with_retention(k);
-            }
+                                // (Retention is the flusher's: see `FlushJob`.)
+            let config = self.cfg.engine.clone().with_naming(Naming::Dat);
             let ck = Checkpointer::open(&self.cfg.scratch, &self.chain(name), config)?;
             self.engine = Some((name.to_string(), ck));
         }
@@ -263,18 +270,19 @@ impl Veloc {
     /// in sync mode), and agrees with every rank. Collective whatever the local state, so
     /// that a rank whose `begin` failed does not leave the others waiting.
     pub(crate) fn checkpoint_end(&mut self, success: bool) -> Result<()> {
-        let state = std::mem::replace(&mut self.state, State::Idle);
-        let local = match state {
-            State::Checkpoint {
-                name,
-                version,
-                ids,
-                routed,
-            } if success => Ok((name, version, ids, routed)),
-            State::Checkpoint { .. } => {
-                Err("the application ended the checkpoint as failed".into())
+        // An open restart stays open: only an open checkpoint is ended here.
+        let local = if matches!(self.state, State::Checkpoint { .. }) {
+            match std::mem::replace(&mut self.state, State::Idle) {
+                State::Checkpoint {
+                    name,
+                    version,
+                    ids,
+                    routed,
+                } if success => Ok((name, version, ids, routed)),
+                _ => Err("the application ended the checkpoint as failed".to_string()),
             }
-            _ => Err("VELOC_Checkpoint_end called without VELOC_Checkpoint_begin".to_string()),
+        } else {
+            Err("VELOC_Checkpoint_end called without VELOC_Checkpoint_begin".to_string())
         };
         let (name, version, ids, routed) = self.group.agree("begin the checkpoint", local)?;
         // A version complete on every rank is committed: never replace it.
@@ -328,21 +336,31 @@ impl Veloc {
         self.sync_regions(name, ids)?;
         let ck = self.engine_for(name)?;
         ck.checkpoint_at(u64::from(version) + 1)?;
-        let Some(persistent) = self.cfg.persistent.clone() else {
-            return Ok(());
+        let due = match (self.cfg.persistent_interval, self.last_flush) {
+            (Some(every), Some(last)) => every == 0 || last.elapsed().as_secs() >= every,
+            _ => true,
         };
-        if let (Some(every), Some(last)) = (self.cfg.persistent_interval, self.last_flush) {
-            if every > 0 && last.elapsed().as_secs() < every {
-                return Ok(());
-            }
+        let dst_dir = self.cfg.persistent.clone().filter(|_| due);
+        // Scratch retention runs only after a copy (or with no persistent level at all), so
+        // that scratch never drops a version persistent storage still lacks.
+        let scratch_keep = self
+            .cfg
+            .scratch_versions
+            .filter(|_| dst_dir.is_some() || self.cfg.persistent.is_none());
+        if dst_dir.is_none() && scratch_keep.is_none() {
+            return Ok(());
         }
-        self.last_flush = Some(Instant::now());
+        if dst_dir.is_some() {
+            self.last_flush = Some(Instant::now());
+        }
         let job = FlushJob {
             src: self.cfg.scratch.join(&file),
-            dst_dir: persistent,
+            dst_dir,
             routed: routed.to_vec(),
             chain: self.chain(name),
-            keep: self.cfg.max_versions,
+            head: u64::from(version) + 1,
+            persistent_keep: self.cfg.max_versions,
+            scratch_keep,
         };
         let f = self.flusher.get_or_insert_with(Flusher::start);
         f.send(job)
@@ -670,11 +688,20 @@ impl Flusher {
     }
 }
 
-/// Copies a version to persistent storage: every file it needs that the destination lacks
-/// (or holds another file under that name), parents before children, each one atomically,
-/// then the routed files, then applies retention there.
+/// A committed version's background work: its copy to persistent storage (every file it
+/// needs that the destination lacks or holds another file under that name, and its
+/// ancestors back to one persistent storage already has, ancestors first, each atomically;
+/// then the routed files), then retention there and in scratch.
 fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
     let src_dir = job.src.parent().unwrap_or(Path::new("."));
+    if let Some(dst_dir) = &job.dst_dir {
+        copy_version(job, src_dir, dst_dir)?;
+        retain(dst_dir, &job.chain, job.head, job.persistent_keep)?;
+    }
+    retain(src_dir, &job.chain, job.head, job.scratch_keep)
+}
+
+fn copy_version(job: &FlushJob, src_dir: &Path, dst_dir: &Path) -> ckpt_engine::Result<()> {
     let store = Store::with_naming(src_dir, &job.chain, Naming::Dat)?;
     // The files it references, and its ancestors back to one persistent storage already has
     // (a version counts as complete only with its parent; see `complete_in`).
@@ -682,13 +709,13 @@ fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
     let mut parent = catalog::parent_of(&job.src)?;
     while let Some((p, identity)) = parent {
         let name = store.file_name(p);
-        let dst = job.dst_dir.join(&name);
+        let dst = dst_dir.join(&name);
         if dst.exists() && catalog::satisfies(&dst, &identity).unwrap_or(false) {
             break;
         }
         let src = src_dir.join(&name);
         if !src.exists() {
-            break; // retired by retention in scratch
+            break; // retired by retention in scratch (after an earlier copy)
         }
         if !needed.iter().any(|(n, _)| *n == name) {
             needed.push((name, identity));
@@ -697,7 +724,7 @@ fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
     }
     needed.reverse(); // the file itself is first: copy its ancestors before it
     for (name, identity) in &needed {
-        let dst = job.dst_dir.join(name);
+        let dst = dst_dir.join(name);
         let present = dst.exists() && catalog::satisfies(&dst, identity).unwrap_or(false);
         if !present {
             ckpt_engine::store::copy_file_atomic(&src_dir.join(name), &dst)?;
@@ -706,18 +733,36 @@ fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
     for r in &job.routed {
         if r.exists() {
             let name = r.file_name().unwrap_or_default();
-            ckpt_engine::store::copy_file_atomic(r, &job.dst_dir.join(name))?;
+            ckpt_engine::store::copy_file_atomic(r, &dst_dir.join(name))?;
         }
     }
-    if let Some(keep) = job.keep {
-        let store = Store::with_naming(&job.dst_dir, &job.chain, Naming::Dat)?;
-        let opts = CompactOptions {
-            keep,
-            ..CompactOptions::default()
-        };
-        compact::compact(&store, &opts, &mut |_, _| {})?;
-    }
     Ok(())
+}
+
+/// VeloC's retention: keeps the newest `keep` versions (by number) up to `head`, the
+/// version just written, and every version above it (left by an interrupted attempt; the
+/// application replaces them when it writes those numbers again). The compactor rewrites
+/// kept versions that referenced removed ones, so every kept version stays restorable.
+fn retain(dir: &Path, chain: &str, head: u64, keep: Option<usize>) -> ckpt_engine::Result<()> {
+    let Some(keep) = keep else {
+        return Ok(());
+    };
+    let store = Store::with_naming(dir, chain, Naming::Dat)?;
+    let pinned: Vec<u64> = store
+        .versions()?
+        .into_iter()
+        .filter(|&v| v <= head)
+        .rev()
+        .take(keep)
+        .collect();
+    let opts = CompactOptions {
+        keep: 1,
+        head: Some(head),
+        pinned,
+        keep_above: Some(head),
+        ..CompactOptions::default()
+    };
+    compact::compact(&store, &opts, &mut |_, _| {}).map(drop)
 }
 
 fn sync_dir(dir: &Path) -> ckpt_engine::Result<()> {
@@ -950,6 +995,59 @@ mod tests {
             ["app-0-1.dat", "app-0-2.dat", "app-0-3.dat", "app-0-4.dat"]
         );
         assert!(complete_in(&f.dir.path().join("p"), "app-0", 5).is_ok());
+        v.finalize().unwrap();
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_versions_and_never_the_wrong_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("v.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "scratch = {}\nmode = sync\nscratch_versions = 2\n",
+                dir.path().join("s").display()
+            ),
+        )
+        .unwrap();
+        let mut data = vec![0u64; 1024];
+        let mut v = Veloc::init(Group::Solo, &cfg).unwrap();
+        v.protect(0, data.as_mut_ptr() as usize, data.len() * 8)
+            .unwrap();
+        run(&mut v, &mut data, &[1, 2, 3, 4]);
+        v.wait_flushes().unwrap();
+        assert_eq!(files(&dir.path().join("s")), ["app-0-3.dat", "app-0-4.dat"]);
+        // The application goes back to version 3 and continues with 5, 6: retention keeps
+        // the newest two, and each kept version still restores on its own.
+        v.restart_begin("app", 3).unwrap();
+        v.recover(MODE_ALL, &[]).unwrap();
+        v.restart_end(true).unwrap();
+        run(&mut v, &mut data, &[5, 6]);
+        v.wait_flushes().unwrap();
+        assert_eq!(files(&dir.path().join("s")), ["app-0-5.dat", "app-0-6.dat"]);
+        for ver in [5, 6] {
+            data.fill(0);
+            v.restart_begin("app", ver).unwrap();
+            v.recover(MODE_ALL, &[]).unwrap();
+            v.restart_end(true).unwrap();
+            assert_eq!(data[0], ver as u64);
+            assert_eq!(data[100], ver as u64 * 1000);
+        }
+        // A version above the one written (left by an interrupted attempt) is not retention's.
+        v.checkpoint_begin("app", 9).unwrap();
+        v.checkpoint_select(MODE_ALL, &[]).unwrap();
+        v.checkpoint_end(true).unwrap();
+        run(&mut v, &mut data, &[7]);
+        v.wait_flushes().unwrap();
+        assert_eq!(
+            files(&dir.path().join("s")),
+            ["app-0-6.dat", "app-0-7.dat", "app-0-9.dat"]
+        );
+        // An open restart survives a misplaced VELOC_Checkpoint_end.
+        v.restart_begin("app", 7).unwrap();
+        assert!(v.checkpoint_end(true).is_err());
+        v.recover(MODE_ALL, &[]).unwrap();
+        v.restart_end(true).unwrap();
         v.finalize().unwrap();
     }
 
