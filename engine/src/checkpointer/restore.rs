@@ -19,28 +19,11 @@ impl Checkpointer {
             path: path.to_path_buf(),
             why,
         };
-        let mut order = Vec::with_capacity(self.regions.len());
-        for r in &self.regions {
-            let i = v
-                .regions()
-                .iter()
-                .position(|e| e.id == r.id)
-                .ok_or_else(|| {
-                    mismatch(format!(
-                        "region {} is registered but not in the checkpoint",
-                        r.id
-                    ))
-                })?;
-            let stored = v.regions()[i].byte_len;
-            if stored != r.len() as u64 {
-                return Err(mismatch(format!(
-                    "region {} is {stored} bytes in the checkpoint but {} bytes registered",
-                    r.id,
-                    r.len()
-                )));
-            }
-            order.push(i);
-        }
+        let order = self
+            .regions
+            .iter()
+            .map(|r| stored_index(v, r.id, r.len()))
+            .collect::<Result<Vec<usize>>>()?;
         if let Some(e) = v
             .regions()
             .iter()
@@ -179,20 +162,7 @@ impl Checkpointer {
                 if !ids.contains(&r.id) {
                     return Ok(None);
                 }
-                let i = v
-                    .regions()
-                    .iter()
-                    .position(|e| e.id == r.id)
-                    .ok_or_else(|| mismatch(format!("region {} is not in the checkpoint", r.id)))?;
-                let stored = v.regions()[i].byte_len;
-                if stored != r.len() as u64 {
-                    return Err(mismatch(format!(
-                        "region {} is {stored} bytes in the checkpoint but {} bytes registered",
-                        r.id,
-                        r.len()
-                    )));
-                }
-                Ok(Some(i))
+                stored_index(v, r.id, r.len()).map(Some)
             })
             .collect()
     }
@@ -207,6 +177,27 @@ impl Checkpointer {
         parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
         Ok(parent)
     }
+}
+
+/// The index in `v`'s region table of registered region `id` of `len` bytes: it must be
+/// stored there with that size.
+fn stored_index(v: &Version, id: u64, len: usize) -> Result<usize> {
+    let mismatch = |why: String| Error::RegionMismatch {
+        path: v.file().path().to_path_buf(),
+        why,
+    };
+    let i = v.regions().iter().position(|e| e.id == id).ok_or_else(|| {
+        mismatch(format!(
+            "region {id} is registered but not in the checkpoint"
+        ))
+    })?;
+    let stored = v.regions()[i].byte_len;
+    if stored != len as u64 {
+        return Err(mismatch(format!(
+            "region {id} is {stored} bytes in the checkpoint but {len} bytes registered"
+        )));
+    }
+    Ok(i)
 }
 
 /// Whether two directory paths name the same directory (an empty path is `.`).

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use ckpt_engine::{catalog, Checkpointer, Config};
 use mpi::topology::SimpleCommunicator;
@@ -78,6 +78,38 @@ unsafe fn load_config(config: *const c_char) -> Result<Config, Failure> {
     Ok(crate::config::native(path.map(Path::new))?)
 }
 
+/// The session lock, taken only if no session is open, and the arguments every init takes.
+///
+/// # Safety
+/// `dir` and `name` NUL-terminated strings; `config` null or one.
+unsafe fn start<'a>(
+    dir: *const c_char,
+    name: *const c_char,
+    config: *const c_char,
+) -> Result<
+    (
+        MutexGuard<'static, Option<Session<Native>>>,
+        &'a str,
+        &'a str,
+        Config,
+    ),
+    Failure,
+> {
+    let s = lock(&NATIVE);
+    if s.is_some() {
+        return Err(Failure::new(CKPT_ERR_STATE, "ckpt is already initialized"));
+    }
+    // SAFETY: the caller's contract for each string.
+    unsafe {
+        Ok((
+            s,
+            c_str(dir, "dir")?,
+            c_str(name, "name")?,
+            load_config(config)?,
+        ))
+    }
+}
+
 /// Starts an MPI session over `comm`.
 ///
 /// # Safety
@@ -88,18 +120,8 @@ unsafe fn init_mpi(
     name: *const c_char,
     config: *const c_char,
 ) -> Result<c_int, Failure> {
-    let mut s = lock(&NATIVE);
-    if s.is_some() {
-        return Err(Failure::new(CKPT_ERR_STATE, "ckpt is already initialized"));
-    }
-    // SAFETY: the caller's contract for each string and for `comm`.
-    let (dir, name, config) = unsafe {
-        (
-            c_str(dir, "dir")?,
-            c_str(name, "name")?,
-            load_config(config)?,
-        )
-    };
+    // SAFETY: the caller's contract for each string.
+    let (mut s, dir, name, config) = unsafe { start(dir, name, config) }?;
     // SAFETY: `comm` is a valid communicator (caller's contract).
     let comm = unsafe { dup_comm(comm) }?;
     let comm: &'static SimpleCommunicator = Box::leak(Box::new(comm));
@@ -160,18 +182,8 @@ pub unsafe extern "C" fn ckpt_init_single(
     config_file: *const c_char,
 ) -> c_int {
     guard("ckpt_init_single", || {
-        let mut s = lock(&NATIVE);
-        if s.is_some() {
-            return Err(Failure::new(CKPT_ERR_STATE, "ckpt is already initialized"));
-        }
         // SAFETY: the caller's contract for each string.
-        let (dir, name, config) = unsafe {
-            (
-                c_str(dir, "dir")?,
-                c_str(name, "name")?,
-                load_config(config_file)?,
-            )
-        };
+        let (mut s, dir, name, config) = unsafe { start(dir, name, config_file) }?;
         let ck = Checkpointer::open(dir, name, config)?;
         *s = Some(Session(Native::Single(Box::new(ck))));
         Ok(CKPT_SUCCESS)
