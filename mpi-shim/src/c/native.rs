@@ -78,6 +78,15 @@ unsafe fn load_config(config: *const c_char) -> Result<Config, Failure> {
     Ok(crate::config::native(path.map(Path::new))?)
 }
 
+/// What every init starts from: the session lock (no session open), the store directory,
+/// the chain name, the configuration.
+type Started<'a> = (
+    MutexGuard<'static, Option<Session<Native>>>,
+    &'a str,
+    &'a str,
+    Config,
+);
+
 /// The session lock, taken only if no session is open, and the arguments every init takes.
 ///
 /// # Safety
@@ -86,15 +95,7 @@ unsafe fn start<'a>(
     dir: *const c_char,
     name: *const c_char,
     config: *const c_char,
-) -> Result<
-    (
-        MutexGuard<'static, Option<Session<Native>>>,
-        &'a str,
-        &'a str,
-        Config,
-    ),
-    Failure,
-> {
+) -> Result<Started<'a>, Failure> {
     let s = lock(&NATIVE);
     if s.is_some() {
         return Err(Failure::new(CKPT_ERR_STATE, "ckpt is already initialized"));
