@@ -229,7 +229,21 @@ pub fn epilog(
     if !local.exists() {
         return Ok(report); // already cleaned (an epilog run twice)
     }
-    if let Some((from, _)) = JobStore::detect(&local)? {
+    let detected = JobStore::detect(&local)?;
+    if detected.is_none() {
+        // No job description here. Version files without one may belong to versions whose
+        // commit records live on another node (a job store split across node-local caches):
+        // they might be the only copy, so they stay.
+        if let Some(f) = first_version_file(&local)? {
+            bail!(
+                "{} holds checkpoint files ({}) but no job description (ckpt-job): not a job \
+                 store this epilog can flush (one split across nodes?); the cache is kept",
+                local.display(),
+                f.display()
+            );
+        }
+    }
+    if let Some((from, _)) = detected {
         let commits = from.commits()?;
         let to = JobStore::new(&persistent, from.name())?;
         for (i, &v) in commits.iter().enumerate() {
@@ -266,4 +280,22 @@ pub fn epilog(
         .with_context(|| format!("{}: cannot remove the cache", local.display()))?;
     report.cache_removed = true;
     Ok(report)
+}
+
+/// The first version file (of either naming) under `dir`, if any.
+fn first_version_file(dir: &Path) -> Result<Option<PathBuf>> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let e = e?;
+        let p = e.path();
+        let t = e.file_type()?;
+        if t.is_dir() {
+            if let Some(f) = first_version_file(&p)? {
+                return Ok(Some(f));
+            }
+        } else if ckpt_engine::store::Naming::parse_any(&e.file_name().to_string_lossy()).is_some()
+        {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
 }

@@ -196,6 +196,24 @@ fn an_epilog_that_cannot_flush_keeps_the_only_copy() {
     assert_eq!(commits(&cache, "heat"), [1, 2]);
 }
 
+#[test]
+fn an_epilog_never_removes_rank_files_it_cannot_account_for() {
+    let s = site("");
+    let cache = s.local.join("11");
+    // Rank files with no job description beside them (their commit records live elsewhere).
+    ckpt_tests::job_store(&cache, "heat", 2, 1);
+    std::fs::remove_file(cache.join("ckpt-job")).unwrap();
+    let out = hook(&s, "epilog", "11", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no job description"));
+    assert!(cache.join("ranks").exists());
+    // An empty cache (the job never checkpointed) goes.
+    let empty = s.local.join("12");
+    std::fs::create_dir_all(empty.join("ranks/0000/0")).unwrap();
+    ok_json(&hook(&s, "epilog", "12", &[]));
+    assert!(!empty.exists());
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
