@@ -93,12 +93,14 @@ pub enum Error {
         what: String,
     },
     /// Another process holds the store's writer lock.
-    #[error("{path}: locked by another writer (is another process checkpointing chain {name:?} into this directory?)")]
+    #[error("{path}: locked by {} (is another process checkpointing chain {name:?} into this directory?)", holder.map_or("another process".to_string(), |p| format!("pid {p}")))]
     Locked {
         /// The lock file.
         path: PathBuf,
         /// The chain name.
         name: String,
+        /// The process holding it, as it recorded itself in the lock file.
+        holder: Option<u32>,
     },
     /// A version of that number (or a newer one) exists: a committed file is never replaced.
     #[error("{path}: cannot write this version: version {newest} exists, and numbers only grow")]

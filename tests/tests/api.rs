@@ -215,3 +215,23 @@ fn c_api_hooks_unregister_number_and_restore_from_elsewhere() {
     assert_eq!(store.versions().unwrap(), [3, 5, 7, 9]);
     drop((a, b));
 }
+
+/// Two writers of one chain: the second is refused with an error naming the lock file and
+/// the pid holding it; once the first is gone (its lock dies with it), a writer opens again.
+#[test]
+fn a_second_writer_is_told_who_holds_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Checkpointer::open(dir.path(), "w", Config::default()).unwrap();
+    let e = Checkpointer::open(dir.path(), "w", Config::default()).unwrap_err();
+    match &e {
+        Error::Locked { holder, .. } => assert_eq!(*holder, Some(std::process::id())),
+        other => panic!("not a lock error: {other}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())) && msg.contains(".w.writer.lock"),
+        "{msg}"
+    );
+    drop(first);
+    Checkpointer::open(dir.path(), "w", Config::default()).expect("reopen after the writer left");
+}

@@ -316,20 +316,38 @@ pub(crate) fn lock_exclusive(
     let deadline = std::time::Instant::now() + wait;
     loop {
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(lock),
+            Ok(lock) => {
+                record_holder(&lock);
+                return Ok(lock);
+            }
             Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
                 f = back;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Err((_, Errno::EWOULDBLOCK)) => {
+                let holder = fs::read_to_string(path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
                 return Err(Error::Locked {
                     path: path.to_path_buf(),
                     name: name.to_string(),
-                })
+                    holder,
+                });
             }
             Err((_, e)) => return Err(Error::io(path, "lock", e.into())),
         }
     }
+}
+
+/// Writes this process's pid into a lock file it now holds, so that a process refused the
+/// lock can say who holds it. Best effort: the lock, not the text, is what excludes. (The
+/// lock dies with its process, so a dead holder's pid is simply overwritten.)
+fn record_holder(lock: &Flock<File>) {
+    use std::io::{Seek, Write};
+    let mut f: &File = lock;
+    let _ = f.set_len(0);
+    let _ = f.seek(std::io::SeekFrom::Start(0));
+    let _ = writeln!(f, "{}", std::process::id());
 }
 
 /// [`lock_exclusive`] without waiting.
