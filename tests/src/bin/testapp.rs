@@ -2,8 +2,11 @@
 //! printing one line per event so that a parent test can follow (and kill) it.
 //!
 //! ```text
-//! ckpt-testapp DIR NAME MIB SEED STEPS [restore=V|restore=latest] [writes=N] [ready]
+//! ckpt-testapp DIR NAME MIB SEED STEPS [restore=V|restore=latest] [writes=N] [ready] [keep=K]
+//! ckpt-testapp compact DIR NAME KEEP
 //! ```
+//! With `keep=K`, the engine compacts in the background after each checkpoint (retention).
+//! `compact` runs one compaction keeping K versions and prints `compacted`.
 //! Prints `restored V HASH`, then for each step `committed V HASH`. With `ready`, prints
 //! `ready` before each checkpoint and flushes, so that a parent can time a kill.
 
@@ -40,6 +43,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if args.get(1).map(String::as_str) == Some("pvw") && args.len() == 5 {
         return pvw(&args);
     }
+    if args.get(1).map(String::as_str) == Some("compact") && args.len() == 5 {
+        let store = ckpt_engine::Store::new(&args[2], &args[3])?;
+        let opts = ckpt_engine::compact::CompactOptions {
+            keep: args[4].parse()?,
+            ..Default::default()
+        };
+        ckpt_engine::compact::compact(&store, &opts, &mut |_, _| {})?;
+        println!("compacted");
+        return Ok(());
+    }
     if args.len() < 6 {
         return Err(
             "usage: ckpt-testapp DIR NAME MIB SEED STEPS [restore=V] [writes=N] [ready]".into(),
@@ -52,6 +65,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut restore = None;
     let mut writes = 20usize;
     let mut ready = false;
+    let mut keep = None;
     for a in &args[6..] {
         if let Some(v) = a.strip_prefix("restore=") {
             restore = Some(v.to_string());
@@ -59,9 +73,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             writes = v.parse()?;
         } else if a == "ready" {
             ready = true;
+        } else if let Some(k) = a.strip_prefix("keep=") {
+            keep = Some(k.parse()?);
         }
     }
-    let mut ck = Checkpointer::open(dir, name, config(4096, 16))?;
+    let mut c = config(4096, 16);
+    if let Some(k) = keep {
+        c = c.with_retention(k);
+    }
+    let mut ck = Checkpointer::open(dir, name, c)?;
     register(&mut ck, mib)?;
     let out = std::io::stdout();
     if let Some(r) = restore {
