@@ -50,8 +50,13 @@ impl HookConfig {
         };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("{}: cannot read the configuration", path.display()))?;
+        HookConfig::parse(&path, &text)
+    }
+
+    /// Parses the text of a configuration read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<HookConfig> {
         let c: HookConfig =
-            toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+            toml::from_str(text).with_context(|| format!("{}: invalid", path.display()))?;
         for (key, p) in [
             ("local_root", &c.local_root),
             ("persistent_root", &c.persistent_root),

@@ -41,11 +41,14 @@ pub fn parse_ini(path: &Path, text: &str) -> Result<Vec<(String, String, usize)>
 
 /// Reads and parses a configuration file; an unreadable file is an error naming it.
 pub fn read_ini(path: &Path) -> Result<Vec<(String, String, usize)>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse_ini(path, &read_text(path)?)
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: path.to_path_buf(),
         why: format!("cannot read the configuration file: {e}"),
-    })?;
-    parse_ini(path, &text)
+    })
 }
 
 /// The value of `key` in `pairs` (the last one wins), overridden by the environment
@@ -181,7 +184,14 @@ const VELOC_KEYS: [&str; 13] = [
 impl VelocConfig {
     /// Reads a VeloC configuration file; `VELOC_<KEY>` variables override its values.
     pub fn load(path: &Path) -> Result<VelocConfig, ConfigError> {
-        let pairs = read_ini(path)?;
+        let text = read_text(path)?;
+        VelocConfig::parse(path, &text)
+    }
+
+    /// Parses the text of a VeloC configuration file read from `path` (named in errors);
+    /// `VELOC_<KEY>` variables override its values.
+    pub fn parse(path: &Path, text: &str) -> Result<VelocConfig, ConfigError> {
+        let pairs = parse_ini(path, text)?;
         let err = |why: String| ConfigError {
             path: path.to_path_buf(),
             why,
