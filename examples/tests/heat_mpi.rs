@@ -700,8 +700,19 @@ fn signal_to_the_last_rank(np: usize) {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Let it compute past start-up, then warn the last rank only.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Heat installs its handler before it opens its chain: once the last rank holds its
+    // writer lock, a signal is a checkpoint request, not a kill. Then warn that rank only.
+    let lock = d
+        .path()
+        .join(format!("ranks/0000/{last}/.heat.writer.lock"));
+    while !lock.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "rank {last} never opened its chain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGUSR1,
