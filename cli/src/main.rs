@@ -50,7 +50,8 @@ enum Cmd {
         #[arg(long)]
         version: Option<u64>,
     },
-    /// Write each region of a version to `OUTDIR/region-<id>.bin`.
+    /// Write each region of a version to `OUTDIR/region-<id>.bin` (for a job store: a
+    /// committed version of every rank, to `OUTDIR/rank-<r>/region-<id>.bin`).
     Restore {
         #[command(flatten)]
         store: StoreArgs,
@@ -362,6 +363,9 @@ fn verify(a: StoreArgs, version: Option<u64>, json_mode: bool) -> Result<bool> {
 
 fn restore(a: StoreArgs, version: Option<u64>, out: PathBuf, json_mode: bool) -> Result<bool> {
     let StoreArgs { dir, name } = a;
+    if let Some((job, meta)) = JobStore::detect(&dir)? {
+        return restore_job(&dir, &job, meta.world_size, version, &out, json_mode);
+    }
     let store = Store::discover(&dir, name.as_deref())?;
     let pb = progress_bar(1, "restore", json_mode);
     let t = Instant::now();
@@ -372,6 +376,56 @@ fn restore(a: StoreArgs, version: Option<u64>, out: PathBuf, json_mode: bool) ->
     let doc = json!({"name": store.name(), "version": v, "files": names, "secs": secs});
     emit(json_mode, &doc, || {
         ckpt_cli::out!("restored version {v} of {} in {secs:.3}s:", store.name());
+        for f in &names {
+            ckpt_cli::out!("  {f}");
+        }
+    });
+    Ok(true)
+}
+
+/// `ckpt restore` on a job store: a committed version (default the newest) of every rank,
+/// each checked against the commit record, into `OUT/rank-<r>/region-<id>.bin`.
+fn restore_job(
+    dir: &Path,
+    job: &JobStore,
+    world: u32,
+    version: Option<u64>,
+    out: &Path,
+    json_mode: bool,
+) -> Result<bool> {
+    let commits = job.commits()?;
+    let v = match version {
+        Some(v) if commits.contains(&v) => v,
+        Some(v) => bail!(
+            "{}: version {v} was never committed on every rank (committed: {commits:?})",
+            dir.display()
+        ),
+        None => *commits
+            .last()
+            .with_context(|| format!("{}: job store with no committed version", dir.display()))?,
+    };
+    let pb = progress_bar(u64::from(world), "restore", json_mode);
+    let t = Instant::now();
+    let mut names = Vec::new();
+    for rank in 0..world {
+        job.check_rank(v, rank, world)?;
+        let (_, files) = catalog::export(
+            &job.rank_store(rank)?,
+            Some(v),
+            &out.join(format!("rank-{rank}")),
+        )?;
+        names.extend(files.iter().map(|p| p.display().to_string()));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let doc =
+        json!({"name": job.name(), "version": v, "ranks": world, "files": names, "secs": secs});
+    emit(json_mode, &doc, || {
+        ckpt_cli::out!(
+            "restored committed version {v} of job {} ({world} ranks) in {secs:.3}s:",
+            job.name()
+        );
         for f in &names {
             ckpt_cli::out!("  {f}");
         }

@@ -426,3 +426,48 @@ fn report_draws_a_chain_and_a_job_store() {
         "{v}"
     );
 }
+
+/// `ckpt restore` on a job store restores a committed version of every rank, each checked
+/// against its commit record; a version never committed is refused.
+#[test]
+fn restore_understands_job_stores() {
+    let d = tempfile::tempdir().unwrap();
+    let job = d.path().join("job");
+    ckpt_tests::job_store(&job, "heat", 2, 3);
+    let out = d.path().join("out");
+    let (code, v, err) = ckpt(&[
+        "restore",
+        job.to_str().unwrap(),
+        "--version",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v["version"], 2);
+    for rank in 0..2u64 {
+        let bytes = std::fs::read(out.join(format!("rank-{rank}/region-1.bin"))).unwrap();
+        let words: Vec<u64> = bytes
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        // Version 2 wrote rank * 1000 + 2 into the pages with index 2 mod 4.
+        assert_eq!(words[2 * 512], rank * 1000 + 2);
+        assert_eq!(words[512], rank * 1000 + 1);
+    }
+    let (code, v, _) = ckpt(&[
+        "restore",
+        job.to_str().unwrap(),
+        "--version",
+        "9",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        v["error"].as_str().unwrap().contains("never committed"),
+        "{v}"
+    );
+}
