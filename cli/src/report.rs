@@ -205,13 +205,23 @@ fn draw_bytes(r: &Report, area: &Area<'_>) -> Result<()> {
             .label(format!("{label}: file"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], color));
     }
+    legend(&mut chart)
+}
+
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws a chart's legend box.
+fn legend<'b>(chart: &mut Chart<'b, 'b>) -> Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(plot_err)?;
-    Ok(())
+        .map_err(plot_err)
 }
 
 fn draw_chain(r: &Report, area: &Area<'_>) -> Result<()> {
@@ -318,13 +328,7 @@ fn draw_ratio(r: &Report, area: &Area<'_>) -> Result<()> {
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(plot_err)?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn escape(s: &str) -> String {
