@@ -241,6 +241,11 @@ fn ls(a: StoreArgs, json_mode: bool) -> Result<bool> {
     let doc = json!({"name": store.name(), "versions": list});
     emit(json_mode, &doc, || {
         ckpt_cli::out!("chain {} in {}", store.name(), dir.display());
+        if store.naming() == ckpt_engine::store::Naming::Dat {
+            ckpt_cli::out!(
+                "(VeloC names: file <chain>-<V>.dat holds ckpt version V + 1, shown below)"
+            );
+        }
         ckpt_cli::out!(
             "{:>8} {:>8} {:>6} {:>14}  file",
             "version",
