@@ -36,7 +36,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 say "building ckpt and heat"
-(cd "$here" && cargo build -q --workspace --bins --examples)
+(cd "$here" && cargo build -q -p ckpt-cli --bin ckpt -p ckpt-examples --example heat)
 CKPT="$here/target/debug/ckpt"
 HEAT="$here/target/debug/examples/heat"
 
