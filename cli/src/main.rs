@@ -333,7 +333,9 @@ fn verify(a: StoreArgs, version: Option<u64>, json_mode: bool) -> Result<bool> {
     for v in versions {
         let path = store.path_of(v);
         let r = if path.exists() {
-            catalog::verify_version(&path)
+            store
+                .check_member(&path)
+                .and_then(|()| catalog::verify_version(&path))
         } else {
             Err(ckpt_engine::Error::NotFound {
                 dir: dir.clone(),

@@ -235,3 +235,62 @@ fn a_second_writer_is_told_who_holds_the_chain() {
     drop(first);
     Checkpointer::open(dir.path(), "w", Config::default()).expect("reopen after the writer left");
 }
+
+/// Issue 12: a full version copied in from *another store* of the same chain name (under a
+/// free number, so the name check passes) is refused by restore and by `ckpt verify`'s
+/// check, while the store's own versions, compacted or not, are accepted.
+#[test]
+fn a_full_version_from_another_store_is_refused() {
+    use ckpt_engine::compact::{self, CompactOptions};
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let config = Config::default().with_max_chain_depth(2);
+    let write = |dir: &std::path::Path, n: u64, fill: u8| {
+        let mut ck = Checkpointer::open(dir, "sim", config.clone()).unwrap();
+        let h = ck.alloc_region::<u8>(1, 3 * 4096).unwrap();
+        for i in 0..n {
+            ck.region_mut(&h).unwrap()[(i as usize % 3) * 4096] = fill + i as u8;
+            ck.checkpoint().unwrap();
+        }
+    };
+    write(ours.path(), 3, 10); // 1 full, 2 and 3 deltas
+    write(theirs.path(), 4, 50); // 4 is full again (depth 2 reached)
+    let foreign = theirs.path().join("sim.ckpt.4");
+    assert!(
+        ckpt_engine::catalog::parent_of(&foreign).unwrap().is_none(),
+        "want a full file"
+    );
+    std::fs::copy(&foreign, ours.path().join("sim.ckpt.4")).unwrap();
+    let store = ckpt_engine::Store::new(ours.path(), "sim").unwrap();
+    let e = store
+        .check_member(&ours.path().join("sim.ckpt.4"))
+        .unwrap_err();
+    assert!(e.to_string().contains("another store"), "{e}");
+    let mut ck = Checkpointer::open(ours.path(), "sim", config.clone()).unwrap();
+    ck.alloc_region::<u8>(1, 3 * 4096).unwrap();
+    let e = ck.restore(Some(4)).unwrap_err();
+    assert!(e.to_string().contains("sim.ckpt.4"), "{e}");
+    ck.restore(Some(3)).expect("our own version");
+    drop(ck);
+    std::fs::remove_file(ours.path().join("sim.ckpt.4")).unwrap();
+    // Compaction keeps only version 3, cutting its history: still ours.
+    compact::compact(
+        &store,
+        &CompactOptions {
+            keep: 1,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    store
+        .check_member(&store.path_of(3))
+        .expect("compacted history is still ours");
+    // A store written before membership records existed adopts its versions at open.
+    let old = tempfile::tempdir().unwrap();
+    write(old.path(), 2, 1);
+    std::fs::remove_file(old.path().join(".sim.roots")).unwrap();
+    drop(Checkpointer::open(old.path(), "sim", config.clone()).unwrap());
+    let s = ckpt_engine::Store::new(old.path(), "sim").unwrap();
+    s.check_member(&s.path_of(2)).expect("adopted");
+}

@@ -177,6 +177,10 @@ impl Checkpointer {
         let parent = reloaded.as_ref().or(self.usable_parent());
         let records = std::mem::take(&mut scanned.records);
         let index = build_index(self_entry, parent, &plans, records, self.config.page_size);
+        if plan.full {
+            // A full version starts a lineage: record it as this store's before it exists.
+            self.store.record_roots(&[plan.file_id])?;
+        }
         let identity = writer.commit(&index)?;
         Ok(Some(Committed {
             index,

@@ -103,6 +103,8 @@ impl Checkpointer {
                 Err(e) => return Err(Error::io(&t, "remove a stale temporary file", e)),
             }
         }
+        // Adopt the versions already here into the membership record (once per store).
+        store.adopt_members()?;
         Ok(Checkpointer {
             store,
             config,

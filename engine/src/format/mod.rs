@@ -71,6 +71,17 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Parses lowercase or uppercase hex (what [`hex`] writes); `None` if it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Now, in nanoseconds since the Unix epoch: the time stamp written into headers and commit
 /// records (0 if the clock is before 1970).
 pub fn unix_nanos() -> u64 {

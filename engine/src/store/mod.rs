@@ -154,6 +154,7 @@ impl Store {
                 what: format!("no version {version} of chain {:?}", self.name),
             });
         }
+        self.check_member(&path)?;
         Ok((version, path))
     }
 
@@ -223,6 +224,125 @@ impl Store {
     /// Takes the chain's compaction lock without waiting: one compactor at a time.
     pub(crate) fn lock_compact(&self) -> Result<Flock<File>> {
         self.try_lock("compact", std::time::Duration::ZERO)
+    }
+
+    /// The chain's membership record, `.<name>.roots`: the file ids of the full versions
+    /// this store's writers committed (hex, one per line), so that a full version copied in
+    /// from another store with the same chain name is refused.
+    fn roots_path(&self) -> PathBuf {
+        self.dir.join(format!(".{}.roots", self.name))
+    }
+
+    /// The recorded file ids, or `None` if the store has no membership record (written by
+    /// an older ckpt, or a copy made without it): then nothing is checked.
+    fn roots(&self) -> Result<Option<Vec<[u8; 16]>>> {
+        let p = self.roots_path();
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&p, "read", e)),
+        };
+        let mut ids = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let b = crate::format::unhex(line.trim())
+                .filter(|b| b.len() == 16)
+                .ok_or_else(|| {
+                    Error::corrupt(&p, "membership record", format!("bad line {line:?}"))
+                })?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&b);
+            ids.push(id);
+        }
+        Ok(Some(ids))
+    }
+
+    /// Appends `ids` to the membership record, durably (created 0600 if missing; its
+    /// directory fsynced when created). Writers call it, holding the writer lock, before a
+    /// full version's commit rename, and at open to adopt the versions already there.
+    pub(crate) fn record_roots(&self, ids: &[[u8; 16]]) -> Result<()> {
+        use std::io::Write;
+        let p = self.roots_path();
+        let created = !exists(&p)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| Error::io(&p, "open", e))?;
+        let text: String = ids
+            .iter()
+            .map(|id| format!("{}\n", crate::format::hex(id)))
+            .collect();
+        f.write_all(text.as_bytes())
+            .map_err(|e| Error::io(&p, "write", e))?;
+        f.sync_data().map_err(|e| Error::io(&p, "fsync", e))?;
+        if created {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// At a writer's open: a store without a membership record adopts every version it
+    /// holds now (trust on first use); later full versions are added as they commit.
+    pub(crate) fn adopt_members(&self) -> Result<()> {
+        if exists(&self.roots_path())? {
+            return Ok(());
+        }
+        let mut ids = Vec::new();
+        for v in self.versions()? {
+            let (h, _) = crate::read::read_header_footer(&self.path_of(v))?;
+            ids.push(h.file_id);
+        }
+        self.record_roots(&ids)
+    }
+
+    /// Checks that version file `path` belongs to this store: following its parents within
+    /// the store, it reaches a version the membership record lists, or a parent that is gone
+    /// (retired by compaction). A full version, or a lineage, from another store of the same
+    /// chain name is refused. Stores without a record are not checked.
+    pub fn check_member(&self, path: &Path) -> Result<()> {
+        let Some(roots) = self.roots()? else {
+            return Ok(());
+        };
+        let mut cur = path.to_path_buf();
+        for _ in 0..100_000 {
+            let (h, _) = crate::read::read_header_footer(&cur)?;
+            if roots.contains(&h.file_id) {
+                return Ok(());
+            }
+            let Some(parent) = h.parent else {
+                return Err(Error::corrupt(
+                    path,
+                    "header",
+                    format!(
+                        "a full version this store never wrote (its file id is not in {}): \
+                         copied in from another store of chain {:?}?",
+                        self.roots_path().display(),
+                        self.name
+                    ),
+                ));
+            };
+            let pp = self.path_of(parent.version);
+            if parent.version >= h.version || !exists(&pp)? {
+                return Ok(()); // history cut by compaction
+            }
+            let (ph, _) = crate::read::read_header_footer(&pp)?;
+            if ph.file_id != parent.identity.file_id {
+                return Err(Error::corrupt(
+                    path,
+                    "header",
+                    format!(
+                        "its parent is not {} of this store: copied in from another store of \
+                         chain {:?}?",
+                        pp.display(),
+                        self.name
+                    ),
+                ));
+            }
+            cur = pp;
+        }
+        Ok(())
     }
 
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`
