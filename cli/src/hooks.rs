@@ -176,10 +176,28 @@ fn chown_tree(path: &Path, job: &SlurmJob) -> Result<()> {
     Ok(())
 }
 
+/// Creates a root directory the hooks put job directories in, if it is missing: mode 0711,
+/// so that each job's user can reach their own (0700) job directory but list no one else's.
+fn ensure_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if root.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(root)
+        .with_context(|| format!("{}: cannot create", root.display()))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("{}: cannot set its mode", root.display()))?;
+    Ok(())
+}
+
 /// `ckpt prolog`.
 pub fn prolog(cfg: &HookConfig, job: &SlurmJob) -> Result<PrologReport> {
     let local = cfg.local_root.join(&job.id);
     let persistent = cfg.persistent_root.join(&job.id);
+    ensure_root(&cfg.local_root)?;
     ckpt_engine::store::create_dir(&local)?;
     chown_tree(&local, job)?;
     let mut report = PrologReport {
@@ -251,6 +269,7 @@ pub fn epilog(
     if let Some((from, _)) = detected {
         let commits = from.commits()?;
         let to = JobStore::new(&persistent, from.name())?;
+        ensure_root(&cfg.persistent_root)?;
         for (i, &v) in commits.iter().enumerate() {
             progress(i as u64, commits.len() as u64);
             from.copy_version_to(&to, v, true, Some(deadline), &mut report.copy)

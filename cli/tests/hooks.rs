@@ -91,6 +91,12 @@ fn commits(dir: &Path, name: &str) -> Vec<u64> {
 #[test]
 fn prolog_without_a_checkpoint_makes_a_private_cache() {
     let s = site("");
+    // A missing root is created traversable but not listable (0711), so that a job's user
+    // reaches their own 0700 directory in it.
+    std::fs::remove_dir(&s.local).unwrap();
+    ok_json(&hook(&s, "prolog", "40", &[]));
+    let root = std::fs::metadata(&s.local).unwrap();
+    assert_eq!(root.permissions().mode() & 0o777, 0o711);
     let r = ok_json(&hook(&s, "prolog", "41", &[]));
     assert_eq!(r["staged"], serde_json::Value::Null);
     let m = std::fs::metadata(s.local.join("41")).unwrap();
