@@ -89,6 +89,9 @@ pub struct BenchReport {
     pub delta_scan_secs: f64,
     /// Raw write plus fsync of the same state: mean of one run before and one after version 1.
     pub baseline_write_secs: f64,
+    /// The floor under a delta: `delta_bytes` written to a new file, fsynced, renamed into
+    /// place and the directory fsynced (median of three, in this run).
+    pub floor_secs: f64,
     /// Restore of the newest version (best of three, alternating with the first).
     pub restore_newest_secs: f64,
     /// Restore of the first version (best of three, alternating with the newest).
@@ -111,6 +114,8 @@ pub struct BenchReport {
 /// Ratios of a [`BenchReport`]'s figures (both terms from the same run).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRatios {
+    /// Median delta checkpoint time over the commit floor of its bytes (`floor_secs`).
+    pub delta_over_floor: f64,
     /// Compaction time over the full checkpoint's.
     pub compact_over_full_secs: Option<f64>,
     /// Bytes the compaction wrote over the full version's size.
@@ -205,6 +210,36 @@ fn baseline(dir: &std::path::Path, state: &[Vec<u8>]) -> Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     std::fs::remove_file(&raw_path).map_err(|e| Error::io(&raw_path, "remove", e))?;
     Ok(secs)
+}
+
+/// The floor under a delta checkpoint: write `bytes` (taken from the state) to a new file,
+/// fsync it, rename it into place without replacing anything and fsync the directory, as a
+/// version's commit does. Median of three.
+fn commit_floor(dir: &std::path::Path, state: &[Vec<u8>], bytes: u64) -> Result<f64> {
+    let mut times = Vec::new();
+    for i in 0..3 {
+        let tmp = dir.join(format!(".bench-floor.{i}.tmp"));
+        let dst = dir.join(format!(".bench-floor.{i}"));
+        let t = Instant::now();
+        {
+            let mut f = crate::store::create_new_file(&tmp)?;
+            let mut left = bytes as usize;
+            for r in state.iter().cycle() {
+                if left == 0 || r.is_empty() {
+                    break;
+                }
+                let n = left.min(r.len());
+                f.write_all(&r[..n])
+                    .map_err(|e| Error::io(&tmp, "write", e))?;
+                left -= n;
+            }
+            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        }
+        crate::store::commit_rename(&tmp, &dst)?;
+        times.push(t.elapsed().as_secs_f64());
+        std::fs::remove_file(&dst).map_err(|e| Error::io(&dst, "remove", e))?;
+    }
+    Ok(median(&mut times))
 }
 
 /// Runs the benchmark. `progress(done, total)` is called after each version.
@@ -363,7 +398,9 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
 
     let delta_secs = median(&mut delta_secs);
     let delta_bytes = median(&mut delta_bytes) as u64;
+    let floor_secs = commit_floor(&p.dir, &last_state, delta_bytes)?;
     let ratios = BenchRatios {
+        delta_over_floor: delta_secs / floor_secs,
         compact_over_full_secs: compact_secs.map(|c| c / full_secs),
         compact_bytes_over_full: compact_bytes_written.map(|b| b as f64 / first.file_bytes as f64),
         delta_over_full: delta_secs / full_secs,
@@ -385,6 +422,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         delta_bytes,
         delta_scan_secs: median(&mut delta_scan),
         baseline_write_secs,
+        floor_secs,
         restore_newest_secs,
         restore_first_secs,
         newest_depth: last.depth,
