@@ -60,6 +60,7 @@ pub mod signals;
 pub mod store;
 mod sys;
 mod track;
+pub mod vfs;
 mod write;
 
 pub use checkpointer::Checkpointer;

@@ -11,6 +11,8 @@
 //! # Ok::<(), ckpt_engine::Error>(())
 //! ```
 
+pub mod crashfs;
+
 use ckpt_engine::bench::Rng;
 use ckpt_engine::{Checkpointer, Config};
 

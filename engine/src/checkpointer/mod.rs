@@ -97,7 +97,7 @@ impl Checkpointer {
             .into_iter()
             .filter(|t| !store::temp_owner_alive(t))
         {
-            match std::fs::remove_file(&t) {
+            match crate::vfs::current().remove_file(&t) {
                 Ok(()) => tracing::info!("removed {}, left by a crashed checkpoint", t.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(&t, "remove a stale temporary file", e)),

@@ -233,7 +233,7 @@ pub(crate) fn compact_locked(
         if writer_held || own.is_some() {
             for t in temps {
                 let size = std::fs::metadata(&t).map(|m| m.len()).unwrap_or(0);
-                if std::fs::remove_file(&t).is_ok() {
+                if crate::vfs::current().remove_file(&t).is_ok() {
                     report.bytes_freed += size;
                     report.temps_removed.push(t);
                 }
@@ -309,7 +309,7 @@ fn run_round(
         }
         crate::fault::point("compact-step");
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        match std::fs::remove_file(&path) {
+        match crate::vfs::current().remove_file(&path) {
             Ok(()) => {
                 report.bytes_freed += size;
                 report.removed.push(r);

@@ -143,7 +143,7 @@ impl JobStore {
     /// Withdraws a halt request (the job honoured it, or the operator changed their mind).
     pub fn clear_halt(&self) -> Result<()> {
         let p = self.dir.join(HALT_FILE);
-        match std::fs::remove_file(&p) {
+        match crate::vfs::current().remove_file(&p) {
             Ok(()) => store::sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(&p, "remove", e)),
@@ -332,7 +332,7 @@ impl JobStore {
             report.commits_removed.push(v);
             if !dry_run {
                 let p = self.commits_dir().join(self.commit_name(v));
-                match std::fs::remove_file(&p) {
+                match crate::vfs::current().remove_file(&p) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(Error::io(&p, "remove", e)),
@@ -383,7 +383,9 @@ impl JobStore {
             let Some(name) = name.to_str() else { continue };
             let p = e.path();
             if name.starts_with(&prefix) && name.contains(".tmp.") && !store::temp_owner_alive(&p) {
-                std::fs::remove_file(&p).map_err(|e| Error::io(&p, "remove", e))?;
+                crate::vfs::current()
+                    .remove_file(&p)
+                    .map_err(|e| Error::io(&p, "remove", e))?;
                 removed.push(p);
             }
         }

@@ -6,7 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg, RenameFlags};
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 
@@ -263,12 +263,8 @@ impl Store {
         use std::io::Write;
         let p = self.roots_path();
         let created = !exists(&p)?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&p)
+        let mut f = crate::vfs::current()
+            .open_append(&p)
             .map_err(|e| Error::io(&p, "open", e))?;
         let text: String = ids
             .iter()
@@ -479,7 +475,6 @@ pub fn create_dir(dir: &Path) -> Result<()> {
 /// allows), and fsyncs the parent of each directory it creates, so that a power loss cannot
 /// lose a directory that holds committed files. Existing directories are left as they are.
 pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     let mut missing = Vec::new();
     let mut cur = Some(dir);
     while let Some(d) = cur {
@@ -505,7 +500,7 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
         cur = d.parent();
     }
     for d in missing.into_iter().rev() {
-        match fs::DirBuilder::new().mode(0o700).create(d) {
+        match crate::vfs::current().create_dir(d) {
             Ok(()) => {}
             // Another process created it meanwhile: it still needs the parent's fsync.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => {}
@@ -556,14 +551,15 @@ pub(crate) fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
     })?;
     let tmp = temp_name(dir, name)?;
     let result = (|| {
-        let mut f = create_new_file(&tmp)?;
+        let mut f = create_new(&tmp)?;
         f.write_all(bytes)
             .map_err(|e| Error::io(&tmp, "write", e))?;
         f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        drop(f);
         commit_rename(&tmp, &dir.join(name))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = crate::vfs::current().remove_file(&tmp);
     }
     result
 }
@@ -588,16 +584,19 @@ pub fn copy_file_atomic(src: &Path, dst: &Path) -> Result<u64> {
     let tmp = temp_name(dir, name)?;
     let result = (|| {
         let mut from = File::open(src).map_err(|e| Error::io(src, "open", e))?;
-        let mut to = create_new_file(&tmp)?;
+        let mut to = create_new(&tmp)?;
         let n = std::io::copy(&mut from, &mut to).map_err(|e| Error::io(&tmp, "copy into", e))?;
         to.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+        drop(to);
         crate::fault::point("copy");
-        fs::rename(&tmp, dst).map_err(|e| Error::io(dst, "rename into place", e))?;
+        crate::vfs::current()
+            .rename(&tmp, dst)
+            .map_err(|e| Error::io(dst, "rename into place", e))?;
         sync_dir(dir)?;
         Ok(n)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = crate::vfs::current().remove_file(&tmp);
     }
     result
 }
@@ -617,7 +616,7 @@ pub fn remove_dead_temps(dir: &Path) -> Result<Vec<PathBuf>> {
         if temp_owner_alive(&p) {
             continue;
         }
-        match fs::remove_file(&p) {
+        match crate::vfs::current().remove_file(&p) {
             Ok(()) => removed.push(p),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&p, "remove a dead temporary file", e)),
@@ -629,7 +628,16 @@ pub fn remove_dead_temps(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Creates a new file for writing, mode 0600, failing if it exists.
+/// Creates a new store file (mode 0600) through the file-system backend, failing if
+/// anything exists at that name.
+pub(crate) fn create_new(path: &Path) -> Result<Box<dyn crate::vfs::VfsFile>> {
+    crate::vfs::current()
+        .create_new(path)
+        .map_err(|e| Error::io(path, "create", e))
+}
+
+/// Creates a new file for writing, mode 0600, failing if it exists. For files outside a
+/// store (restore outputs, the bench's scratch files); store files use [`create_new`].
 pub(crate) fn create_new_file(path: &Path) -> Result<File> {
     OpenOptions::new()
         .write(true)
@@ -642,8 +650,8 @@ pub(crate) fn create_new_file(path: &Path) -> Result<File> {
 
 /// fsyncs a directory, making renames and unlinks in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    let d = File::open(dir).map_err(|e| Error::io(dir, "open directory", e))?;
-    d.sync_all()
+    crate::vfs::current()
+        .sync_dir(dir)
         .map_err(|e| Error::io(dir, "fsync directory", e))?;
     crate::fault::record("fsync-dir", dir);
     Ok(())
@@ -652,8 +660,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Renames a fully written and fsynced `tmp` to `dst` without ever replacing an existing
 /// `dst`, then fsyncs the directory. This is the commit point of a version.
 pub(crate) fn commit_rename(tmp: &Path, dst: &Path) -> Result<()> {
-    let cwd = nix::fcntl::AT_FDCWD;
-    match nix::fcntl::renameat2(cwd, tmp, cwd, dst, RenameFlags::RENAME_NOREPLACE) {
+    let vfs = crate::vfs::current();
+    match vfs
+        .rename_noreplace(tmp, dst)
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    {
         Ok(()) => {}
         Err(Errno::EEXIST) => return Err(Error::io(
             dst,
@@ -662,8 +673,10 @@ pub(crate) fn commit_rename(tmp: &Path, dst: &Path) -> Result<()> {
         )),
         Err(Errno::EINVAL) | Err(Errno::ENOSYS) => {
             // File systems without RENAME_NOREPLACE: link(2) also refuses to replace.
-            fs::hard_link(tmp, dst).map_err(|e| Error::io(dst, "commit (link)", e))?;
-            fs::remove_file(tmp).map_err(|e| Error::io(tmp, "remove temporary", e))?;
+            vfs.hard_link(tmp, dst)
+                .map_err(|e| Error::io(dst, "commit (link)", e))?;
+            vfs.remove_file(tmp)
+                .map_err(|e| Error::io(tmp, "remove temporary", e))?;
         }
         Err(e) => return Err(Error::io(dst, "commit (rename)", e.into())),
     }

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -14,6 +13,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
 use crate::store;
+use crate::vfs::VfsFile;
 
 /// The writer thread asks the kernel to start writeback after this many bytes, so that the
 /// disk works while the next batches compress instead of all at the final fsync.
@@ -33,7 +33,7 @@ pub(crate) struct PageIn<'a> {
 /// A version file being written under a temporary name. Dropping it without `commit`
 /// removes the temporary file.
 pub(crate) struct VersionWriter {
-    file: Option<File>,
+    file: Option<Box<dyn VfsFile>>,
     tmp: PathBuf,
     dst: PathBuf,
     header: Header,
@@ -132,7 +132,7 @@ fn compress_batch<'a>(
 impl VersionWriter {
     /// Creates the temporary file (mode 0600) and writes the header.
     pub(crate) fn create(tmp: PathBuf, dst: PathBuf, header: Header) -> Result<VersionWriter> {
-        let file = store::create_new_file(&tmp)?;
+        let file = store::create_new(&tmp)?;
         // The writer exists from here on, so that its drop removes the temporary file even if
         // writing the header fails.
         let mut w = VersionWriter {
@@ -191,7 +191,7 @@ impl VersionWriter {
                     if pos - flushed >= WRITEBACK_EVERY {
                         // Best effort: a failure here only loses the overlap, and the final
                         // fsync reports real I/O errors.
-                        let _ = crate::sys::start_writeback(file, flushed, pos - flushed);
+                        let _ = file.start_writeback(flushed, pos - flushed);
                         flushed = pos;
                     }
                 }
@@ -258,7 +258,7 @@ impl VersionWriter {
     /// fsyncs the data written so far (so that the fsync at commit, which may run under the
     /// commit lock, only has the index left to flush).
     pub(crate) fn sync_data(&mut self) -> Result<()> {
-        match self.file.as_ref() {
+        match self.file.as_mut() {
             Some(f) => f
                 .sync_data()
                 .map_err(|e| Error::io(&self.tmp, "fdatasync", e)),
@@ -312,7 +312,8 @@ impl VersionWriter {
         drop(file);
         crate::fault::point("before-rename");
         if replace {
-            std::fs::rename(&self.tmp, &self.dst)
+            crate::vfs::current()
+                .rename(&self.tmp, &self.dst)
                 .map_err(|e| Error::io(&self.dst, "replace (rename)", e))?;
             store::sync_dir(self.dst.parent().unwrap_or(Path::new(".")))?;
         } else {
@@ -347,7 +348,7 @@ impl<W: Write> Write for HashingWriter<W> {
 impl Drop for VersionWriter {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = crate::vfs::current().remove_file(&self.tmp);
         }
     }
 }

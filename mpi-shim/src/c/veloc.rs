@@ -10,7 +10,6 @@
 //! reference it too.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -321,7 +320,7 @@ impl Veloc {
         dirs.extend(self.cfg.persistent.clone());
         for d in &dirs {
             let p = d.join(&file);
-            match fs::remove_file(&p) {
+            match ckpt_engine::vfs::current().remove_file(&p) {
                 Ok(()) => {
                     tracing::warn!(
                         "{}: replaced, since version {version} was not complete on every rank",
@@ -766,8 +765,8 @@ fn retain(dir: &Path, chain: &str, head: u64, keep: Option<usize>) -> ckpt_engin
 }
 
 fn sync_dir(dir: &Path) -> ckpt_engine::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
+    ckpt_engine::vfs::current()
+        .sync_dir(dir)
         .map_err(|e| ckpt_engine::Error::io(dir, "fsync directory", e))
 }
 

@@ -1,0 +1,180 @@
+//! The engine's durable file-system operations behind one small trait, [`Vfs`], so that a
+//! test can swap the backend (as redb swaps its storage backend): a recording backend logs
+//! every create, write, fsync, rename, link, unlink and mkdir that changes a store, and a
+//! crash-state enumerator replays subsets of that log to check what a power loss could leave
+//! (`tests/tests/powerloss.rs`).
+//!
+//! Every operation that changes a store goes through [`current`]: version files, commit
+//! records, the membership record, job metadata, copies between stores, compaction's
+//! removals and revisions, the removal of stale temporaries. Reading (listing, `mmap` of
+//! version files) does not: a crash state is materialised as a real directory and read with
+//! the real code. Lock files are not store state and stay outside too.
+//!
+//! The backend is process-wide. [`RealFs`], the default, makes the plain system calls.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// A file open for writing through a [`Vfs`]. Writes are sequential from the start (or,
+/// for [`Vfs::open_append`], from the end).
+pub trait VfsFile: Write + Send {
+    /// `fdatasync`: the data written so far, and the size, survive a power loss.
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// `fsync`: like [`sync_data`](Self::sync_data), and the file's other metadata.
+    fn sync_all(&mut self) -> io::Result<()>;
+    /// Asks the kernel to start writing back `len` bytes at `offset` without waiting (a hint:
+    /// durability still comes only from a sync). The default does nothing.
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The operations that change a store. Each takes full paths and reports the operating
+/// system's error as it is; callers add the path and the step to it.
+pub trait Vfs: Send + Sync {
+    /// Creates `path` (mode 0600), failing if anything exists at that name; never follows a
+    /// symlink.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
+    /// Opens `path` for appending, creating it (mode 0600) if missing; never follows a
+    /// symlink.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>>;
+    /// Renames `from` to `to`, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` only if `to` does not exist (`RENAME_NOREPLACE`): fails with
+    /// `EEXIST` if it does, and with `EINVAL` or `ENOSYS` where the file system cannot.
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes `to` a second name of `from` (`link(2)`), failing if `to` exists.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the name `path`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Creates the directory `path` (mode 0700); its parent must exist.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// fsyncs the directory `path`: the creations, renames and removals in it survive a power
+    /// loss.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real file system: each operation is the system call it names.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+/// A file of [`RealFs`].
+#[derive(Debug)]
+pub struct RealFile(File);
+
+impl Write for RealFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl VfsFile for RealFile {
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        crate::sys::start_writeback(&self.0, offset, len)
+    }
+}
+
+impl Vfs for RealFs {
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let f = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        Ok(Box::new(RealFile(f)))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let cwd = nix::fcntl::AT_FDCWD;
+        nix::fcntl::renameat2(
+            cwd,
+            from,
+            cwd,
+            to,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .map_err(io::Error::from)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::DirBuilder::new().mode(0o700).create(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}
+
+static BACKEND: RwLock<Option<Arc<dyn Vfs>>> = RwLock::new(None);
+
+/// The backend in use: the one [`install`]ed last, else [`RealFs`].
+pub fn current() -> Arc<dyn Vfs> {
+    let installed = match BACKEND.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    installed.unwrap_or_else(|| Arc::new(RealFs))
+}
+
+/// Makes `backend` the process-wide backend until the returned guard drops, which puts back
+/// the one before. For tests (a recording backend, fault injection); every thread of the
+/// process sees it.
+pub fn install(backend: Arc<dyn Vfs>) -> Installed {
+    let mut g = match BACKEND.write() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let previous = g.replace(backend);
+    Installed { previous }
+}
+
+/// Keeps an [`install`]ed backend in place; dropping it restores the previous one.
+#[must_use = "the backend is uninstalled when this guard drops"]
+pub struct Installed {
+    previous: Option<Arc<dyn Vfs>>,
+}
+
+impl std::fmt::Debug for Installed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installed").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let mut g = match BACKEND.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *g = self.previous.take();
+    }
+}
