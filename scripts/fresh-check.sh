@@ -129,4 +129,12 @@ for w in "${what[@]}"; do
         sh -c "cd /work/ckpt && $cmd" || { status=$?; echo "fresh-check: $w FAILED (exit $status)" >&2; }
 done
 [ "$status" = 0 ] && echo "fresh-check: all passed on a fresh Debian 12: ${what[*]}" >&2
+# For a caller that runs more tests on the host with the same build (.ci/run's Slurm test):
+# the fresh system's `ckpt` and `heat` binaries (Debian 12 built, so they run on a Debian 12
+# host with OpenMPI installed), copied out before the fresh system is removed.
+if [ "$status" = 0 ] && [ -n "${CKPT_FRESH_EXPORT:-}" ]; then
+    for b in target/debug/ckpt target/debug/examples/heat; do
+        if [ -x "$root/work/ckpt/$b" ]; then cp "$root/work/ckpt/$b" "$CKPT_FRESH_EXPORT/"; fi
+    done
+fi
 exit "$status"

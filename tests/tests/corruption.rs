@@ -376,3 +376,167 @@ fn every_byte_of_every_file_is_covered() {
     eprintln!("every_byte_of_every_file_is_covered: {flips} single-bit flips, all caught");
     assert_eq!(restore3().unwrap(), states[2]);
 }
+
+/// The high-water mark of this process's resident memory, in bytes.
+fn peak_rss() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A decompression bomb: a compressed page replaced by a valid zstd frame that expands to
+/// 1 GiB (padded to the record's length with a skippable frame). Restore and export must
+/// refuse it, naming the file, without ever holding more than a page of its output.
+#[test]
+fn a_decompression_bomb_is_refused_without_allocating_it() {
+    const PAGE: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = Checkpointer::open(
+        dir.path(),
+        "b",
+        Config::default().with_page_size(PAGE as u32),
+    )
+    .unwrap();
+    let h = ck.alloc_region::<u8>(1, 2 * PAGE).unwrap();
+    // Half random, half zeros: compresses to about half a page, room for the bomb.
+    let mut rng = Rng::new(5);
+    for (i, b) in ck.region_mut(&h).unwrap().iter_mut().enumerate() {
+        *b = if i % PAGE < PAGE / 2 {
+            rng.next_u64() as u8
+        } else {
+            0
+        };
+    }
+    ck.checkpoint().unwrap();
+    drop(ck);
+    let path = dir.path().join("b.ckpt.1");
+    let f = VersionFile::open(&path).unwrap();
+    let rec = *f
+        .index
+        .records
+        .iter()
+        .find(|r| r.codec == ckpt_engine::format::Codec::Zstd)
+        .expect("a compressed page");
+    drop(f);
+    // 1 GiB of zeros, streamed into the encoder (never held in memory).
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    let mut bomb = enc.finish().unwrap();
+    let room = rec.stored_len as usize;
+    assert!(
+        bomb.len() + 8 <= room,
+        "bomb {} B, record {room} B",
+        bomb.len()
+    );
+    // A skippable frame (magic 0x184D2A50, little-endian length) fills the rest.
+    let pad = room - bomb.len() - 8;
+    bomb.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    bomb.extend_from_slice(&(pad as u32).to_le_bytes());
+    bomb.resize(room, 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[rec.offset as usize..rec.offset as usize + room].copy_from_slice(&bomb);
+    std::fs::write(&path, &bytes).unwrap();
+    drop(bytes);
+
+    let before = peak_rss();
+    let mut ck = Checkpointer::open(
+        dir.path(),
+        "b",
+        Config::default().with_page_size(PAGE as u32),
+    )
+    .unwrap();
+    ck.alloc_region::<u8>(1, 2 * PAGE).unwrap();
+    let e = ck.restore(Some(1)).expect_err("the bomb restored");
+    assert!(mentions(&e, &path), "{e}");
+    drop(ck);
+    let out = tempfile::tempdir().unwrap();
+    let store = ckpt_engine::Store::new(dir.path(), "b").unwrap();
+    let e = ckpt_engine::catalog::export(&store, Some(1), &out.path().join("o"))
+        .expect_err("the bomb exported");
+    assert!(mentions(&e, &path), "{e}");
+    let e = verify_version(&path).expect_err("the bomb verified");
+    assert!(mentions(&e, &path), "{e}");
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 256 << 20, "resident memory grew by {grew} bytes");
+}
+
+/// Rewrites `path`'s index with `patch` applied, fixing the index checksum and length in the
+/// footer, so that only the engine's consistency checks (not a checksum) can catch it.
+fn patch_index(path: &Path, patch: impl Fn(&mut ckpt_engine::format::Index)) {
+    let f = VersionFile::open(path).unwrap();
+    let mut index = f.index.clone();
+    let mut footer = f.footer.clone();
+    drop(f);
+    patch(&mut index);
+    let encoded = index.encode();
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = bytes[..footer.index_offset as usize].to_vec();
+    out.extend_from_slice(&encoded);
+    footer.index_len = encoded.len() as u64;
+    footer.index_checksum = *blake3::hash(&encoded).as_bytes();
+    out.extend_from_slice(&footer.encode());
+    std::fs::write(path, out).unwrap();
+}
+
+/// An index claiming huge sizes, with its checksum fixed: a region of 8 TiB whose extents
+/// cover it; an extent whose records lie far past the file's; an extent in a file the table
+/// does not have. Restore, export
+/// and verify refuse each, naming the file, before allocating or writing anything (no 8 TiB
+/// sparse output, no huge allocation).
+#[test]
+fn an_index_claiming_huge_sizes_is_refused_before_any_allocation() {
+    type Patch = fn(&mut ckpt_engine::format::Index);
+    let patches: [(&str, Patch); 3] = [
+        ("an 8 TiB region", |ix| {
+            // Consistent in itself: the extents cover the 8 TiB exactly (4 KiB pages), so
+            // only checking them against the records they name can catch it.
+            let r = ix.regions[0];
+            let first = r.first_extent as usize;
+            let covered: u64 = ix.extents[first..first + r.extent_count as usize]
+                .iter()
+                .map(|e| e.page_count as u64)
+                .sum();
+            ix.regions[0].byte_len = 8 << 40;
+            ix.extents[first].page_count += ((8u64 << 40) / 4096 - covered) as u32;
+        }),
+        ("an extent past the records", |ix| {
+            let first = ix.regions[0].first_extent as usize;
+            ix.extents[first].first_record = u64::MAX / 2;
+        }),
+        ("an extent in a file not in the table", |ix| {
+            let first = ix.regions[0].first_extent as usize;
+            ix.extents[first].file = 1000;
+        }),
+    ];
+    for (what, patch) in patches {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), "h", 9);
+        let path = dir.path().join("h.ckpt.3");
+        patch_index(&path, patch);
+        let before = peak_rss();
+        let e = restore(dir.path(), "h", 3).expect_err(what);
+        assert!(mentions(&e, &path), "{what}: {e}");
+        let out = dir.path().join("out");
+        let store = ckpt_engine::Store::new(dir.path(), "h").unwrap();
+        let e = ckpt_engine::catalog::export(&store, Some(3), &out).expect_err(what);
+        assert!(mentions(&e, &path), "{what}: {e}");
+        let written: u64 = std::fs::read_dir(&out)
+            .map(|rd| rd.map(|e| e.unwrap().metadata().unwrap().len()).sum())
+            .unwrap_or(0);
+        assert_eq!(written, 0, "{what}: export left output behind");
+        let e = verify_version(&path).expect_err(what);
+        assert!(mentions(&e, &path), "{what}: {e}");
+        let grew = peak_rss().saturating_sub(before);
+        assert!(
+            grew < 256 << 20,
+            "{what}: resident memory grew by {grew} bytes"
+        );
+    }
+}

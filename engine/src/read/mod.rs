@@ -326,7 +326,49 @@ impl Version {
             }
             files.push(Arc::new(f));
         }
-        Ok(Version { files })
+        let v = Version { files };
+        v.check_extents()?;
+        Ok(v)
+    }
+
+    /// Checks every extent against the records of the file it names, so that nothing sized
+    /// from the index (a restore's output, its space reservation) is allocated for pages that
+    /// do not exist: a region's size is only believed once every one of its pages has a record.
+    fn check_extents(&self) -> Result<()> {
+        let main = &self.files[0];
+        for region in &main.index.regions {
+            for (k, ext) in main.index.extents_of(region).iter().enumerate() {
+                let file = self.files.get(ext.file as usize).ok_or_else(|| {
+                    Error::corrupt(
+                        main.path(),
+                        "index",
+                        format!(
+                            "region {} extent {k}: file {} is not in the table",
+                            region.id, ext.file
+                        ),
+                    )
+                })?;
+                let have = file.index.records.len() as u64;
+                if ext
+                    .first_record
+                    .checked_add(ext.page_count as u64)
+                    .is_none_or(|end| end > have)
+                {
+                    return Err(Error::corrupt(
+                        main.path(),
+                        "index",
+                        format!(
+                            "region {} extent {k}: {} pages from record {} of {}, which has only {have} records",
+                            region.id,
+                            ext.page_count,
+                            ext.first_record,
+                            file.path().display()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The version's own file.
