@@ -274,7 +274,7 @@ fn a_process_restored_from_a_compacted_version_keeps_working() {
     );
     // The mapping survives the unlink.
     let mut buf = vec![0u8; mapped.regions()[0].byte_len as usize];
-    mapped.restore_region(0, &mut buf).unwrap();
+    mapped.restore_region(0, &mut buf, false).unwrap();
     // The next checkpoint is valid: its parent is gone, so it is a full version.
     ckpt_tests::mutate(&mut ck, 2, 9, 0, 10);
     let want = ckpt_tests::state_hash(&ck);

@@ -1,28 +1,79 @@
-//! Page hashing: finds which pages changed since the parent version.
+//! Page hashing, in two tiers (docs/TRACKING.md, "Change detection"):
 //!
-//! Calling blake3 once per 4 KiB page leaves most of its SIMD lanes idle. The scan therefore
-//! hashes *groups* of pages (64 KiB by default) in one call, compares each group's hash with
-//! the one remembered from the parent, and hashes the pages of a group one by one only when
-//! the group changed. Groups are processed in parallel with rayon.
+//! - **change detection** compares a fast 128-bit non-cryptographic hash of each page
+//!   (XXH3-128 keyed with a per-process random secret; AVX2 chosen at run time) with the one
+//!   remembered from the parent version. The in-memory table holds only these: 16 bytes per
+//!   page;
+//! - **integrity** is blake3, computed only for the pages that are stored (and verified on
+//!   every restore): a stored page is copied once, and both hashes are taken from that copy,
+//!   so a writer racing with the scan cannot make a record whose bytes differ from its hashes.
+//!
+//! A full version (or the first, when nothing is remembered) hashes each page once with each
+//! hash. Spans of pages are processed in parallel with rayon.
 
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
+use twox_hash::XxHash3_128;
 
 use crate::format::Hash;
 
-/// Bytes covered by one group hash (unless the page size is larger).
-pub const GROUP_BYTES: usize = 64 * 1024;
+/// A page's change-detection hash (XXH3-128 under this process's secret).
+pub(crate) type Fast = u128;
+
+/// Pages handed to one rayon task: enough to amortise the task, few enough to balance.
+const PAGES_PER_TASK: usize = 16;
+
+/// Length of the XXH3 secret (the reference implementation's default length).
+const SECRET_LEN: usize = 192;
+
+/// This process's XXH3 secret: random, so that contents chosen by someone who cannot read
+/// this process's memory cannot be crafted to collide (docs/TRACKING.md). Fast hashes are
+/// never stored on disk, so the secret never needs to outlive the process.
+fn secret() -> &'static [u8; SECRET_LEN] {
+    static SECRET: OnceLock<[u8; SECRET_LEN]> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut seed = [0u8; 32];
+        if getrandom::fill(&mut seed).is_err() {
+            // No entropy source: still unpredictable enough to others (time and pid), and
+            // only the collision resistance against crafted contents depends on it.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            seed[..16].copy_from_slice(&t.to_le_bytes());
+            seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+        }
+        let mut out = [0u8; SECRET_LEN];
+        blake3::Hasher::new_keyed(&seed)
+            .update(b"ckpt xxh3 secret")
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    })
+}
+
+/// The change-detection hash of a page.
+pub(crate) fn fast_hash(bytes: &[u8]) -> Fast {
+    match XxHash3_128::oneshot_with_secret(secret(), bytes) {
+        Ok(h) => h,
+        // Unreachable (the secret is longer than the minimum); the seeded form is as good.
+        Err(_) => XxHash3_128::oneshot_with_seed(0x636b_7074, bytes),
+    }
+}
+
+/// blake3 of a page: the integrity hash stored in records and checked on restore.
+pub fn page_hash(bytes: &[u8]) -> Hash {
+    *blake3::hash(bytes).as_bytes()
+}
 
 /// What the engine remembers of one region's last committed contents.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RegionHashes {
-    /// blake3 of each page, if known (all-or-nothing).
-    pub(crate) pages: Vec<Hash>,
+    /// The fast hash of each page, if known (all-or-nothing).
+    pub(crate) pages: Vec<Fast>,
     /// Whether `pages` describes the parent version.
     pub(crate) pages_known: bool,
-    /// blake3 of each group, `None` where unknown.
-    pub(crate) groups: Vec<Option<Hash>>,
 }
 
 /// A page whose contents differ from the parent's.
@@ -30,19 +81,20 @@ pub(crate) struct RegionHashes {
 pub(crate) struct DirtyPage {
     /// Page index within the region.
     pub(crate) page: u64,
-    /// blake3 of the copy.
+    /// blake3 of the copy (stored in the record).
     pub(crate) hash: Hash,
-    /// The page as it was read once, for both the hash and the stored bytes (`copy[at..at +
-    /// len]`, the copy being shared by the pages of a group read together): a writer that
-    /// changes the page meanwhile (another thread, RDMA) cannot make a record whose bytes
-    /// differ from its hash. Dropped once the page is written.
+    /// Fast hash of the copy (remembered once the version commits).
+    pub(crate) fast: Fast,
+    /// The page as it was read once, for both hashes and the stored bytes (`copy[at..at +
+    /// len]`, the copy being shared by the pages of a span read together). Dropped once the
+    /// page is written.
     copy: Option<Arc<[u8]>>,
     at: usize,
     len: usize,
 }
 
 impl DirtyPage {
-    /// The bytes the hash was computed from (empty once dropped).
+    /// The bytes the hashes were computed from (empty once dropped).
     pub(crate) fn bytes(&self) -> &[u8] {
         self.copy
             .as_deref()
@@ -56,163 +108,146 @@ impl DirtyPage {
     }
 }
 
-/// Reads a page once: a private copy and its hash.
-fn read_page(p: u64, page: &[u8]) -> DirtyPage {
+/// Reads a page once into a private copy; `Some` with both hashes if its fast hash differs
+/// from `known` (always, without one).
+fn read_page(p: u64, page: &[u8], known: Option<Fast>) -> Option<DirtyPage> {
     let copy: Arc<[u8]> = Arc::from(page);
-    DirtyPage {
+    let fast = fast_hash(&copy);
+    if known == Some(fast) {
+        return None;
+    }
+    Some(DirtyPage {
         page: p,
         hash: page_hash(&copy),
+        fast,
         len: copy.len(),
         at: 0,
         copy: Some(copy),
-    }
+    })
 }
 
-/// Result of scanning one region.
+/// Result of scanning part of a region.
 #[derive(Debug, Default)]
 pub(crate) struct Scan {
     /// Changed pages, ascending.
     pub(crate) dirty: Vec<DirtyPage>,
-    /// New group hashes to remember once the version commits.
-    pub(crate) groups: Vec<(usize, Hash)>,
-    /// Groups whose remembered hash must be forgotten (pages changed without a group rehash).
-    pub(crate) stale: Vec<usize>,
-    /// Bytes that were hashed.
+    /// Bytes passed through the change-detection hash.
     pub(crate) hashed_bytes: u64,
-}
-
-/// Pages per group for a page size.
-pub(crate) fn pages_per_group(page_size: usize) -> usize {
-    (GROUP_BYTES / page_size).max(1)
-}
-
-/// Hashes one page.
-pub fn page_hash(bytes: &[u8]) -> Hash {
-    *blake3::hash(bytes).as_bytes()
+    /// Bytes passed through blake3 (the stored pages).
+    pub(crate) blake3_bytes: u64,
 }
 
 impl RegionHashes {
     /// Fresh state for a region of `len` bytes: nothing known.
     pub(crate) fn unknown(len: usize, page_size: usize) -> Self {
-        let pages = len.div_ceil(page_size);
         RegionHashes {
-            pages: vec![[0u8; 32]; pages],
+            pages: vec![0; len.div_ceil(page_size)],
             pages_known: false,
-            groups: vec![None; pages.div_ceil(pages_per_group(page_size))],
+        }
+    }
+
+    /// The state of a region whose contents are `data`.
+    #[cfg(test)]
+    pub(crate) fn of(data: &[u8], page_size: usize) -> Self {
+        RegionHashes {
+            pages: data.par_chunks(page_size).map(fast_hash).collect(),
+            pages_known: true,
         }
     }
 
     /// Records a committed scan.
     pub(crate) fn apply(&mut self, scan: &Scan) {
         for d in &scan.dirty {
-            self.pages[d.page as usize] = d.hash;
-        }
-        for g in &scan.stale {
-            self.groups[*g] = None;
-        }
-        for (g, h) in &scan.groups {
-            self.groups[*g] = Some(*h);
+            self.pages[d.page as usize] = d.fast;
         }
         self.pages_known = true;
     }
 }
 
-/// Scans a region against what is known of its parent. Every page is either proven equal to
-/// the parent (group hash or page hash match) or reported dirty with its new hash.
-#[cfg(any(test, feature = "bench"))]
-pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
-    let ngroups = known.groups.len();
-    scan_groups(data, page_size, known, 0..ngroups, true, false)
-}
-
-/// Scans the groups `groups` of a region (the whole region's bytes are `data`). Without
-/// `want_groups` (uffd mode, which never uses group hashes), groups whose hash is unknown are
-/// not hashed as a whole: only their pages are. With `every_page` (a full version), every
-/// page is read, hashed and reported, whatever is remembered: a full version never records
-/// a remembered hash for bytes it did not read.
-pub(crate) fn scan_groups(
+/// Scans the pages `pages` of a region (the whole region's bytes are `data`) against what is
+/// remembered of its parent. Every page is either proven equal to the parent (same fast hash)
+/// or reported dirty with both hashes. With `every_page` (a full version), or when nothing is
+/// remembered, every page is read, hashed once with each hash and reported: a full version
+/// never records a remembered hash for bytes it did not read.
+pub(crate) fn scan_pages(
     data: &[u8],
     page_size: usize,
     known: &RegionHashes,
-    groups: std::ops::Range<usize>,
-    want_groups: bool,
+    pages: Range<usize>,
     every_page: bool,
 ) -> Scan {
-    let ppg = pages_per_group(page_size);
-    let group_bytes = ppg * page_size;
-    let lo = groups.start * group_bytes;
-    let hi = (groups.end * group_bytes).min(data.len());
-    let per_group: Vec<(usize, Option<Hash>, Vec<DirtyPage>, u64)> = data[lo..hi]
-        .par_chunks(group_bytes)
+    let lo = pages.start * page_size;
+    let hi = (pages.end * page_size).min(data.len());
+    if lo >= hi {
+        return Scan::default();
+    }
+    let task = PAGES_PER_TASK * page_size;
+    let store_all = every_page || !known.pages_known;
+    let parts: Vec<(Vec<DirtyPage>, u64)> = data[lo..hi]
+        .par_chunks(task)
         .enumerate()
         .map(|(k, chunk)| {
-            let g = groups.start + k;
-            let skip_group = !want_groups && known.groups[g].is_none();
-            let mut hashed = if skip_group { 0 } else { chunk.len() as u64 };
+            let first = pages.start + k * PAGES_PER_TASK;
             let mut dirty = Vec::new();
-            if every_page || !known.pages_known {
-                // Every page is stored: read the group once, and take the group hash and
-                // every page hash from that one copy.
+            let mut blake = 0u64;
+            if store_all {
+                // Every page is stored: one copy of the span, each page hashed from it.
                 let copy: Arc<[u8]> = Arc::from(chunk);
-                let gh = (!skip_group).then(|| page_hash(&copy));
-                hashed += chunk.len() as u64;
-                for (k, page) in copy.chunks(page_size).enumerate() {
+                for (i, page) in copy.chunks(page_size).enumerate() {
+                    blake += page.len() as u64;
                     dirty.push(DirtyPage {
-                        page: (g * ppg + k) as u64,
+                        page: (first + i) as u64,
                         hash: page_hash(page),
-                        at: k * page_size,
+                        fast: fast_hash(page),
+                        at: i * page_size,
                         len: page.len(),
                         copy: Some(Arc::clone(&copy)),
                     });
                 }
-                return (g, gh, dirty, hashed);
+                return (dirty, blake);
             }
-            // The group hash is read before the pages, so a write racing with the scan can
-            // only make the remembered group hash older than the pages (a later rescan), never
-            // newer.
-            let gh = (!skip_group).then(|| page_hash(chunk));
-            if known.groups[g] != gh || gh.is_none() {
-                hashed += chunk.len() as u64;
-                for (k, page) in chunk.chunks(page_size).enumerate() {
-                    let p = g * ppg + k;
-                    if known.pages[p] == page_hash(page) {
-                        continue;
-                    }
-                    // Changed: read it once more into a copy, which is hashed and stored.
-                    let d = read_page(p as u64, page);
-                    if known.pages[p] != d.hash {
-                        hashed += d.len as u64;
-                        dirty.push(d);
-                    }
+            for (i, page) in chunk.chunks(page_size).enumerate() {
+                let p = first + i;
+                if known.pages[p] == fast_hash(page) {
+                    continue;
+                }
+                // Changed: read it once more into a copy, which is hashed and stored.
+                if let Some(d) = read_page(p as u64, page, Some(known.pages[p])) {
+                    blake += d.len as u64;
+                    dirty.push(d);
                 }
             }
-            (g, gh, dirty, hashed)
+            (dirty, blake)
         })
         .collect();
-    let mut scan = Scan::default();
-    for (g, gh, dirty, hashed) in per_group {
-        if let Some(gh) = gh.filter(|&h| known.groups[g] != Some(h)) {
-            scan.groups.push((g, gh));
-        }
+    let mut scan = Scan {
+        hashed_bytes: (hi - lo) as u64,
+        ..Scan::default()
+    };
+    for (dirty, blake) in parts {
         scan.dirty.extend(dirty);
-        scan.hashed_bytes += hashed;
+        scan.blake3_bytes += blake;
     }
     scan
 }
 
+/// Scans a whole region (for tests and benchmarks).
+#[cfg(any(test, feature = "bench"))]
+pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
+    scan_pages(data, page_size, known, 0..known.pages.len(), false)
+}
+
 impl Scan {
-    /// Appends the scan of later groups.
+    /// Appends the scan of later pages.
     pub(crate) fn extend(&mut self, other: Scan) {
         self.dirty.extend(other.dirty);
-        self.groups.extend(other.groups);
-        self.stale.extend(other.stale);
         self.hashed_bytes += other.hashed_bytes;
+        self.blake3_bytes += other.blake3_bytes;
     }
 }
 
 /// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker.
-/// Pages whose hash equals the parent's are not dirty. The groups the candidates fall in are
-/// marked stale, since they were not rehashed as a whole.
+/// Pages whose fast hash equals the parent's are not dirty.
 pub(crate) fn scan_candidates(
     data: &[u8],
     page_size: usize,
@@ -224,22 +259,19 @@ pub(crate) fn scan_candidates(
         .filter_map(|&p| {
             let start = p as usize * page_size;
             let end = (start + page_size).min(data.len());
-            let d = read_page(p, &data[start..end]);
-            (!known.pages_known || known.pages[p as usize] != d.hash).then_some(d)
+            let k = known.pages_known.then(|| known.pages[p as usize]);
+            read_page(p, &data[start..end], k)
         })
         .collect();
-    let ppg = pages_per_group(page_size);
-    let mut stale: Vec<usize> = candidates.iter().map(|&p| p as usize / ppg).collect();
-    stale.dedup();
     let hashed_bytes = candidates
         .iter()
         .map(|&p| (data.len() - p as usize * page_size).min(page_size) as u64)
         .sum();
+    let blake3_bytes = dirty.iter().map(|d| d.len as u64).sum();
     Scan {
         dirty,
-        groups: Vec::new(),
-        stale,
         hashed_bytes,
+        blake3_bytes,
     }
 }
 
@@ -257,14 +289,37 @@ mod tests {
         let mut known = RegionHashes::unknown(data.len(), ps);
         let s = scan_all(&data, ps, &known);
         assert_eq!(s.dirty.len(), 41);
-        assert_eq!(s.hashed_bytes, 2 * data.len() as u64);
+        // The first scan hashes each page once with each hash.
+        assert_eq!(s.hashed_bytes, data.len() as u64);
+        assert_eq!(s.blake3_bytes, data.len() as u64);
         known.apply(&s);
         let s = scan_all(&data, ps, &known);
         assert!(s.dirty.is_empty());
+        assert_eq!(s.blake3_bytes, 0);
         data[5 * ps + 7] ^= 1;
         data[40 * ps + 99] ^= 1;
         let s = scan_all(&data, ps, &known);
         let pages: Vec<u64> = s.dirty.iter().map(|d| d.page).collect();
         assert_eq!(pages, vec![5, 40]);
+        assert_eq!(s.blake3_bytes, ps as u64 + 100);
+        for d in &s.dirty {
+            assert_eq!(d.hash, page_hash(d.bytes()));
+            assert_eq!(d.fast, fast_hash(d.bytes()));
+        }
+        // The state after a restore equals the state after the scans.
+        known.apply(&s);
+        assert_eq!(RegionHashes::of(&data, ps).pages, known.pages);
+    }
+
+    #[test]
+    fn the_fast_hash_separates_pages_that_differ_in_one_bit() {
+        let page = vec![7u8; 4096];
+        let h = fast_hash(&page);
+        for bit in [0usize, 1, 4095 * 8 + 7, 2048 * 8] {
+            let mut p = page.clone();
+            p[bit / 8] ^= 1 << (bit % 8);
+            assert_ne!(fast_hash(&p), h, "bit {bit}");
+        }
+        assert_eq!(fast_hash(&page), h);
     }
 }

@@ -68,7 +68,7 @@ pub use config::{CheckpointStats, Config, RestoreStats, Tracking};
 pub use error::{Error, Result};
 pub use format::{Identity, TrackingKind};
 #[cfg(feature = "internals")]
-pub use hash::{page_hash, GROUP_BYTES};
+pub use hash::page_hash;
 pub use read::catalog;
 pub use region::RegionHandle;
 pub use store::Store;
@@ -103,10 +103,9 @@ pub fn uffd_support() -> std::result::Result<(), String> {
 /// Hashing entry points exposed for benchmarks (feature `bench`).
 #[cfg(feature = "bench")]
 pub mod hashing {
-    pub use crate::hash::GROUP_BYTES;
-
-    /// Hashes `data` the way a checkpoint does when nothing is known yet (every group and every
-    /// page), returning the number of dirty pages found. For benchmarks.
+    /// Hashes `data` the way a checkpoint does when nothing is known yet (every page once
+    /// with the change-detection hash and once with blake3, from one copy), returning the
+    /// number of pages found. For benchmarks.
     pub fn hash_fresh(data: &[u8], page_size: usize) -> usize {
         let known = crate::hash::RegionHashes::unknown(data.len(), page_size);
         crate::hash::scan_all(data, page_size, &known).dirty.len()
@@ -127,5 +126,10 @@ pub mod hashing {
     /// Re-scans `data` against a remembered state; returns the number of dirty pages.
     pub fn rescan(data: &[u8], page_size: usize, known: &Known) -> usize {
         crate::hash::scan_all(data, page_size, &known.0).dirty.len()
+    }
+
+    /// The change-detection hash (XXH3-128) of one page.
+    pub fn fast_hash(page: &[u8]) -> u128 {
+        crate::hash::fast_hash(page)
     }
 }

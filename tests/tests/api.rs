@@ -34,8 +34,8 @@ fn restoring_a_region_number_that_does_not_exist_is_an_error() {
     let s = ck.checkpoint().unwrap();
     let v = Version::open(&s.path).unwrap();
     let mut buf = vec![0u8; 5000];
-    v.restore_region(0, &mut buf).unwrap();
-    let e = v.restore_region(1, &mut buf).unwrap_err();
+    v.restore_region(0, &mut buf, false).unwrap();
+    let e = v.restore_region(1, &mut buf, false).unwrap_err();
     assert!(e.to_string().contains("region number 1"), "{e}");
 }
 

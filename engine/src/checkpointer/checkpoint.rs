@@ -123,7 +123,6 @@ impl Checkpointer {
             regions: &self.regions,
             known: &self.hashes,
             candidates: plan.candidates.as_deref().filter(|_| plan.use_candidates),
-            tracker_reported: plan.candidates.is_some(),
             full: plan.full,
             page_size: self.config.page_size as usize,
             level: self.config.compression_level,

@@ -164,17 +164,14 @@ impl Checkpointer {
         self.tracker.set_scan_vec_len(n);
     }
 
-    /// Bytes of bookkeeping the engine keeps between checkpoints: page and group hashes, the
+    /// Bytes of bookkeeping the engine keeps between checkpoints: page hashes (16 bytes a page), the
     /// parent's file table and extents, pending tracker pages. (The registered memory itself
     /// is not counted.)
     pub fn metadata_bytes(&self) -> usize {
         let hashes: usize = self
             .hashes
             .iter()
-            .map(|h| {
-                h.pages.capacity() * 32
-                    + h.groups.capacity() * std::mem::size_of::<Option<[u8; 32]>>()
-            })
+            .map(|h| h.pages.capacity() * std::mem::size_of::<crate::hash::Fast>())
             .sum();
         let parent = self.parent.as_ref().map_or(0, |p| {
             p.files

@@ -116,11 +116,10 @@ impl Checkpointer {
                 continue;
             };
             bytes += out.len() as u64;
-            let pages = v.restore_region(i, out)?;
-            let mut h = RegionHashes::unknown(out.len(), ps);
-            h.pages = pages;
-            h.pages_known = true;
-            new_hashes.push(h);
+            new_hashes.push(RegionHashes {
+                pages: v.restore_region(i, out, true)?,
+                pages_known: true,
+            });
         }
         // Only now: a failed restore leaves the old page size and hashes (which describe
         // contents, so they stay truthful whatever the restore overwrote).

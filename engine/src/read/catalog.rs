@@ -233,7 +233,7 @@ pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, V
         crate::sys::reserve(&f, r.byte_len).map_err(|e| Error::io(&tmp, "reserve space", e))?;
         let mut map =
             crate::sys::mapping::map_new_output(&f).map_err(|e| Error::io(&tmp, "mmap", e))?;
-        v.restore_region(i, &mut map)?;
+        v.restore_region(i, &mut map, false)?;
         map.flush().map_err(|e| Error::io(&tmp, "flush", e))?;
     }
     let mut written = Vec::new();

@@ -426,8 +426,10 @@ impl Version {
     }
 
     /// Restores region number `i` (in region-table order) into `out`, which must have the
-    /// region's length, checking every page against its hash. Returns each page's hash.
-    pub fn restore_region(&self, i: usize, out: &mut [u8]) -> Result<Vec<Hash>> {
+    /// region's length, checking every page against its blake3 hash. With `fast`, also
+    /// returns each page's change-detection hash, taken while the page is still in cache
+    /// (what a checkpointer remembers after a restore); else an empty vector.
+    pub fn restore_region(&self, i: usize, out: &mut [u8], fast: bool) -> Result<Vec<u128>> {
         let region = *self.regions().get(i).ok_or_else(|| Error::RegionMismatch {
             path: self.files[0].path().to_path_buf(),
             why: format!(
@@ -448,18 +450,27 @@ impl Version {
         }
         let ps = self.page_size();
         let starts = self.starts(&region);
-        let mut hashes = vec![[0u8; 32]; region.page_count(ps as u32) as usize];
-        out.par_chunks_mut(ps)
-            .zip(hashes.par_iter_mut())
-            .enumerate()
-            .try_for_each(|(p, (page, h))| {
-                let (f, rec) = self.resolve(&region, &starts, p as u64)?;
-                self.files[f]
-                    .read_record(rec, page, &|| format!("page {p} of region {}", region.id))?;
-                *h = rec.hash;
-                Ok(())
-            })?;
-        Ok(hashes)
+        let one = |p: usize, page: &mut [u8]| -> Result<u128> {
+            let (f, rec) = self.resolve(&region, &starts, p as u64)?;
+            self.files[f]
+                .read_record(rec, page, &|| format!("page {p} of region {}", region.id))?;
+            Ok(if fast {
+                crate::hash::fast_hash(page)
+            } else {
+                0
+            })
+        };
+        if fast {
+            out.par_chunks_mut(ps)
+                .enumerate()
+                .map(|(p, page)| one(p, page))
+                .collect()
+        } else {
+            out.par_chunks_mut(ps)
+                .enumerate()
+                .try_for_each(|(p, page)| one(p, page).map(drop))?;
+            Ok(Vec::new())
+        }
     }
 
     /// Checks every page reference of the version without decoding data: each resolves to an

@@ -25,8 +25,6 @@ pub(crate) struct ScanJob<'a> {
     pub(crate) known: &'a [RegionHashes],
     /// The tracker's candidate pages per region, when they choose what to hash.
     pub(crate) candidates: Option<&'a [Vec<u64>]>,
-    /// Whether the tracker reported at all (then group hashes are never consulted).
-    pub(crate) tracker_reported: bool,
     /// A full version: every page is read, hashed and stored.
     pub(crate) full: bool,
     /// The engine's page size.
@@ -61,10 +59,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
         scan_secs: 0.0,
         pages_total: 0,
     };
-    let span_groups = (SPAN_BYTES / (hash::pages_per_group(ps) * ps)).max(1);
-    let ppg = hash::pages_per_group(ps) as u64;
-    // uffd mode never consults group hashes (audits hash every page anyway).
-    let want_groups = !job.tracker_reported;
+    let span_pages = (SPAN_BYTES / ps).max(1);
     let tmp = writer.tmp_path().to_path_buf();
     let records = writer.write_stream(job.level, job.min_saving, |emit| {
         for (ri, (r, known)) in job.regions.iter().zip(job.known).enumerate() {
@@ -72,20 +67,19 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
             out.pages_total += bytes.len().div_ceil(ps) as u64;
             let mut region_scan = Scan::default();
             let mut region_stored = Vec::new();
-            let ngroups = known.groups.len();
+            let npages = known.pages.len();
             let mut g = 0;
-            while g < ngroups {
-                let end = (g + span_groups).min(ngroups);
+            while g < npages {
+                let end = (g + span_pages).min(npages);
                 let ts = Instant::now();
                 let mut scan = match job.candidates {
                     Some(c) => {
                         let c = &c[ri];
-                        let (lo, hi) = (g as u64 * ppg, end as u64 * ppg);
-                        let a = c.partition_point(|&p| p < lo);
-                        let b = c.partition_point(|&p| p < hi);
+                        let a = c.partition_point(|&p| p < g as u64);
+                        let b = c.partition_point(|&p| p < end as u64);
                         hash::scan_candidates(bytes, ps, known, &c[a..b])
                     }
-                    None => hash::scan_groups(bytes, ps, known, g..end, want_groups, job.full),
+                    None => hash::scan_pages(bytes, ps, known, g..end, job.full),
                 };
                 out.scan_secs += ts.elapsed().as_secs_f64();
                 // The stored bytes are the copies the hashes were computed from.
