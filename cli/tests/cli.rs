@@ -193,17 +193,24 @@ fn bench_reports_the_documented_fields() {
         "delta_bytes",
         "baseline_write_secs",
         "floor_secs",
+        "tuned_write_secs",
         "restore_newest_secs",
         "restore_first_secs",
+        "cold_read_secs",
+        "restore_newest_cold_secs",
+        "cold_cache",
     ] {
         assert!(!j[k].is_null(), "missing {k}: {j}");
     }
     assert_eq!(j["verified"], true);
     assert!(j["floor_secs"].as_f64().unwrap() > 0.0, "{j}");
-    assert!(
-        j["ratios"]["delta_over_floor"].as_f64().unwrap() > 0.0,
-        "{j}"
-    );
+    for r in [
+        "delta_over_floor",
+        "full_over_tuned",
+        "restore_over_cold_read",
+    ] {
+        assert!(j["ratios"][r].as_f64().unwrap() > 0.0, "{r}: {j}");
+    }
     assert_eq!(j["tracking"], "hash");
     assert_eq!(j["state_bytes"], 8 << 20);
     // A 5 % delta stores about 5 % of the state, not all of it.

@@ -89,6 +89,10 @@ pub struct BenchReport {
     pub delta_scan_secs: f64,
     /// Raw write plus fsync of the same state: mean of one run before and one after version 1.
     pub baseline_write_secs: f64,
+    /// A tuned streaming write of the same state: 8 MiB writes, each pushed to the disk with
+    /// `sync_file_range` write-behind as the next is written, and a final fsync (best of two,
+    /// next to the baselines).
+    pub tuned_write_secs: f64,
     /// The floor under a delta: `delta_bytes` written to a new file, fsynced, renamed into
     /// place and the directory fsynced (median of three, in this run).
     pub floor_secs: f64,
@@ -96,6 +100,15 @@ pub struct BenchReport {
     pub restore_newest_secs: f64,
     /// Restore of the first version (best of three, alternating with the newest).
     pub restore_first_secs: f64,
+    /// A cold sequential read of exactly the bytes the newest version's restore reads (file by
+    /// file, range by range, 8 MiB requests), after dropping the store's files from the page
+    /// cache.
+    pub cold_read_secs: f64,
+    /// The restore of the newest version from the same cold cache.
+    pub restore_newest_cold_secs: f64,
+    /// Whether dropping the cache worked (`posix_fadvise(DONTNEED)` on every store file);
+    /// when false, the two cold figures above are warm.
+    pub cold_cache: bool,
     /// Depth of the newest version.
     pub newest_depth: u32,
     /// Files the newest version's pages were read from.
@@ -107,6 +120,9 @@ pub struct BenchReport {
     pub compact_secs: Option<f64>,
     /// With `compact_keep`: bytes the compaction wrote.
     pub compact_bytes_written: Option<u64>,
+    /// With `compact_keep`: of those, stored page bytes copied as they were (in the kernel
+    /// where the file system allows).
+    pub compact_bytes_copied: Option<u64>,
     /// Ratios of the figures above, measured within this run.
     pub ratios: BenchRatios,
 }
@@ -126,6 +142,10 @@ pub struct BenchRatios {
     pub delta_bytes_over_state: f64,
     /// Full checkpoint time over a raw write + fsync of the same bytes.
     pub full_over_baseline: f64,
+    /// Full checkpoint time over the tuned streaming write of the same bytes.
+    pub full_over_tuned: f64,
+    /// Cold restore of the newest version over the cold read of the bytes it reads.
+    pub restore_over_cold_read: f64,
     /// Restore time of the newest version over the first's.
     pub restore_newest_over_first: f64,
 }
@@ -210,6 +230,69 @@ fn baseline(dir: &std::path::Path, state: &[Vec<u8>]) -> Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     std::fs::remove_file(&raw_path).map_err(|e| Error::io(&raw_path, "remove", e))?;
     Ok(secs)
+}
+
+/// Times a tuned streaming write of `state` to a new file in `dir`: 8 MiB writes, the one
+/// before each pushed to the disk with `sync_file_range` (write-behind), and a final fsync;
+/// then removes the file.
+fn tuned_write(dir: &std::path::Path, state: &[Vec<u8>]) -> Result<f64> {
+    const CHUNK: usize = 8 << 20;
+    let path = dir.join(".bench-tuned.tmp");
+    let t = Instant::now();
+    {
+        let mut f = crate::store::create_new_file(&path)?;
+        let (mut pos, mut pushed) = (0u64, 0u64);
+        for r in state {
+            for c in r.chunks(CHUNK) {
+                f.write_all(c).map_err(|e| Error::io(&path, "write", e))?;
+                pos += c.len() as u64;
+                // Best effort: push what is written, one chunk behind.
+                let _ = crate::sys::start_writeback(&f, pushed, pos - pushed);
+                pushed = pos;
+            }
+        }
+        f.sync_all().map_err(|e| Error::io(&path, "fsync", e))?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(&path).map_err(|e| Error::io(&path, "remove", e))?;
+    Ok(secs)
+}
+
+/// Drops every file of the store directory from the page cache; whether it worked for all.
+fn drop_store_cache(dir: &std::path::Path) -> Result<bool> {
+    let mut ok = true;
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, "read directory", e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::io(dir, "read directory", e))?;
+        if !e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            continue;
+        }
+        let p = e.path();
+        let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, "open", e))?;
+        ok &= crate::sys::drop_cached(&f).is_ok();
+    }
+    Ok(ok)
+}
+
+/// Times a sequential read of `plan` (per file, its byte ranges) in 8 MiB requests.
+fn read_plan(files: &[PathBuf], plan: &[Vec<(u64, u64)>]) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 8 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let t = Instant::now();
+    for (path, ranges) in files.iter().zip(plan) {
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        for &(a, b) in ranges {
+            let mut at = a;
+            while at < b {
+                let n = (b - at).min(CHUNK) as usize;
+                f.read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| Error::io(path, "read", e))?;
+                at += n as u64;
+            }
+        }
+    }
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// The floor under a delta checkpoint: write `bytes` (taken from the state) to a new file,
@@ -320,6 +403,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
 
     let baseline_after = baseline(&p.dir, &first_state)?;
     let baseline_write_secs = (baseline_before + baseline_after) / 2.0;
+    let tuned_write_secs =
+        tuned_write(&p.dir, &first_state)?.min(tuned_write(&p.dir, &first_state)?);
 
     let mut rng = Rng::new(p.seed.wrapping_mul(7919) ^ 0x5eed);
     let mut delta_secs = Vec::new();
@@ -380,7 +465,24 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         ok_first &= ok;
     }
 
+    // Cold cache: the bytes the newest version's restore reads, read plainly; then the
+    // restore itself, each after dropping the store's files from the cache.
+    let newest_path = store.path_of(last.version);
+    let version = crate::read::Version::open(&newest_path)?;
+    let plan = version.read_plan();
+    let files: Vec<PathBuf> = version
+        .files()
+        .iter()
+        .map(|f| f.path().to_path_buf())
+        .collect();
+    drop(version);
+    let mut cold_cache = drop_store_cache(&p.dir)?;
+    let cold_read_secs = read_plan(&files, &plan)?;
+    cold_cache &= drop_store_cache(&p.dir)?;
+    let (restore_newest_cold_secs, ok_cold, _) = restore(last.version, &last_state)?;
+
     let (mut compact_secs, mut compact_bytes_written, mut ok_compacted) = (None, None, true);
+    let mut compact_bytes_copied = None;
     if let Some(keep) = p.compact_keep {
         let t = Instant::now();
         let r = crate::compact::compact(
@@ -393,6 +495,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         )?;
         compact_secs = Some(t.elapsed().as_secs_f64());
         compact_bytes_written = Some(r.bytes_written);
+        compact_bytes_copied = Some(r.bytes_copied);
         ok_compacted = restore(last.version, &last_state)?.1;
     }
 
@@ -406,6 +509,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         delta_over_full: delta_secs / full_secs,
         delta_bytes_over_state: delta_bytes as f64 / state_bytes as f64,
         full_over_baseline: full_secs / baseline_write_secs,
+        full_over_tuned: full_secs / tuned_write_secs,
+        restore_over_cold_read: restore_newest_cold_secs / cold_read_secs,
         restore_newest_over_first: restore_newest_secs / restore_first_secs,
     };
     Ok(BenchReport {
@@ -422,14 +527,19 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         delta_bytes,
         delta_scan_secs: median(&mut delta_scan),
         baseline_write_secs,
+        tuned_write_secs,
         floor_secs,
         restore_newest_secs,
         restore_first_secs,
+        cold_read_secs,
+        restore_newest_cold_secs,
+        cold_cache,
         newest_depth: last.depth,
         newest_files_read,
-        verified: ok_newest && ok_first && ok_compacted,
+        verified: ok_newest && ok_first && ok_cold && ok_compacted,
         compact_secs,
         compact_bytes_written,
+        compact_bytes_copied,
         ratios,
     })
 }

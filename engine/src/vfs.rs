@@ -30,6 +30,30 @@ pub trait VfsFile: Write + Send {
     fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Appends `len` bytes of `src` from `offset`. The default reads and writes them; the real
+    /// file system copies in the kernel (`copy_file_range`, a reflink on XFS and btrfs).
+    fn copy_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<()> {
+        copy_through_memory(self, src, offset, len)
+    }
+}
+
+/// Appends `len` bytes of `src` at `offset` to `dst` by reading and writing them.
+pub fn copy_through_memory<W: Write + ?Sized>(
+    dst: &mut W,
+    src: &File,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(8 << 20) as usize];
+    let (mut at, end) = (offset, offset + len);
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// The operations that change a store. Each takes full paths and reports the operating
@@ -83,6 +107,14 @@ impl VfsFile for RealFile {
     }
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         crate::sys::start_writeback(&self.0, offset, len)
+    }
+    fn copy_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<()> {
+        match crate::sys::copy_range(src, offset, &self.0, len) {
+            Ok(done) if done == len => Ok(()),
+            // Not supported here (another file system, an old kernel): copy what is left.
+            Ok(done) => copy_through_memory(&mut self.0, src, offset + done, len - done),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -13,9 +13,10 @@
 //!
 //! Exploring every subset is exponential, so [`crash_states`] takes, at every crash point:
 //! every subset of the pending directory operations when there are at most
-//! [`ALL_SUBSETS_UP_TO`] of them (else all, none, each prefix and each one alone undone),
-//! crossed with the writes kept all, none, by prefix or with one write lost; then it removes
-//! duplicate states.
+//! [`ALL_SUBSETS_UP_TO`] of them (else all, none, each prefix and each one alone undone or
+//! kept), crossed with the writes kept all, none, by prefix or with one write lost (prefixes
+//! and single losses sampled evenly, at most [`MAX_SAMPLES`] of each, when there are more);
+//! then it removes duplicate states.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Write};
@@ -501,6 +502,21 @@ pub struct Explored {
     pub distinct: usize,
 }
 
+/// At most this many prefixes, and this many single losses, are tried per crash point.
+pub const MAX_SAMPLES: usize = 24;
+
+/// `n` indices 0..n, or `MAX_SAMPLES` of them evenly spread (first and last included).
+fn sample(n: usize) -> Vec<usize> {
+    if n <= MAX_SAMPLES {
+        return (0..n).collect();
+    }
+    let mut v: Vec<usize> = (0..MAX_SAMPLES)
+        .map(|k| k * (n - 1) / (MAX_SAMPLES - 1))
+        .collect();
+    v.dedup();
+    v
+}
+
 /// Choices of which pending items to keep: `n` items, each choice a keep-mask.
 fn choices(n: usize, all_subsets: bool) -> Vec<Vec<bool>> {
     let mut out = Vec::new();
@@ -510,14 +526,14 @@ fn choices(n: usize, all_subsets: bool) -> Vec<Vec<bool>> {
         }
         return out;
     }
-    for len in 0..=n {
+    for len in sample(n + 1) {
         out.push((0..n).map(|i| i < len).collect());
     }
-    for lost in 0..n {
+    for lost in sample(n) {
         out.push((0..n).map(|i| i != lost).collect());
     }
     if all_subsets {
-        for kept in 0..n {
+        for kept in sample(n) {
             out.push((0..n).map(|i| i == kept).collect());
         }
     }

@@ -205,6 +205,11 @@ fn scenario_compaction(tmp: &Path) {
         r
     };
     assert_eq!(report.kept, vec![7, 8]);
+    if std::env::var_os("DUMP").is_some() {
+        for op in rec.ops() {
+            eprintln!("{op:?}");
+        }
+    }
     assert!(
         !report.removed.is_empty() && !report.rewritten.is_empty(),
         "{report:?}"

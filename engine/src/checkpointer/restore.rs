@@ -79,6 +79,7 @@ impl Checkpointer {
 
     fn restore_inner(&mut self, path: &Path, only: Option<&[u64]>) -> Result<RestoreStats> {
         let v = Version::open(path)?;
+        v.prefetch();
         let header = &v.file().header;
         if header.name != self.store.name() {
             return Err(Error::ChainMismatch {

@@ -97,6 +97,10 @@ pub struct Report {
     pub temps_removed: Vec<PathBuf>,
     /// Bytes written (new revisions).
     pub bytes_written: u64,
+    /// Of those, the stored page bytes copied as they are from the old files (in the kernel,
+    /// with `copy_file_range`, where the file system allows). Compaction never decodes and
+    /// re-encodes a page to store it, so nothing is recompressed.
+    pub bytes_copied: u64,
     /// Bytes freed (removed files and replaced revisions).
     pub bytes_freed: u64,
     /// Wall-clock seconds.
@@ -261,8 +265,9 @@ fn run_round(
     // kept file, so that later rewrites reference it instead of copying the page again.
     let mut pool: HashMap<(Hash, u32), (String, u64)> = HashMap::new();
     for &v in &plan.rewrite {
-        let (written, freed) = rewrite_one(store, v, &kept, opts.max_depth, &mut pool)?;
+        let (written, freed, copied) = rewrite_one(store, v, &kept, opts.max_depth, &mut pool)?;
         report.bytes_written += written;
+        report.bytes_copied += copied;
         report.bytes_freed += freed;
         done += 1;
         progress(done, total);

@@ -10,7 +10,7 @@ use crate::format::{
 };
 use crate::read::{read_header_footer, Version, VersionFile};
 use crate::store::Store;
-use crate::write::file::{PageIn, VersionWriter};
+use crate::write::file::VersionWriter;
 use crate::write::index::push;
 
 /// Where a page of the new revision comes from.
@@ -23,14 +23,14 @@ enum Src {
 
 /// Writes a new revision of version `v` that references only files in `kept` (and none at
 /// all if it is deeper than `max_depth`), and renames it over the old one.
-/// Returns (bytes written, bytes freed).
+/// Returns (bytes written, bytes freed, bytes copied from earlier files' records).
 pub(super) fn rewrite_one(
     store: &Store,
     v: u64,
     kept: &HashSet<String>,
     max_depth: Option<u32>,
     pool: &mut HashMap<(Hash, u32), (String, u64)>,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, u64)> {
     let path = store.path_of(v);
     let old = Version::open(&path)?;
     let f = old.file();
@@ -132,7 +132,6 @@ pub(super) fn rewrite_one(
 
     // Pages: the old records as they are, then the appended copies, all checked on the way.
     let ps = f.header.page_size as usize;
-    let zeros = vec![0u8; ps];
     let mut sources: Vec<(&VersionFile, &crate::format::Record)> =
         f.index.records.iter().map(|r| (f, r)).collect();
     for &(fi, ri) in &appended {
@@ -141,9 +140,13 @@ pub(super) fn rewrite_one(
     }
     let tmp = store.temp_path(v)?;
     let mut writer = VersionWriter::create(tmp, path.clone(), header)?;
-    let records = writer.write_stream(0, 0.0, |emit| {
-        for batch in sources.chunks(2048) {
-            batch.par_iter().enumerate().try_for_each_init(
+    // The stored bytes are copied as they are, in the kernel, while every page is decoded
+    // and checked against its hash in parallel: nothing unverified is ever committed.
+    let mut records = Vec::with_capacity(sources.len());
+    let mut copied = 0u64;
+    std::thread::scope(|s| -> Result<()> {
+        let verify = s.spawn(|| {
+            sources.par_iter().enumerate().try_for_each_init(
                 || vec![0u8; ps],
                 |buf, (i, (src, rec))| {
                     let n = rec.raw_len as usize;
@@ -151,18 +154,34 @@ pub(super) fn rewrite_one(
                         format!("record copied by compaction ({i})")
                     })
                 },
-            )?;
-            let pages: Vec<PageIn<'_>> = batch
-                .iter()
-                .map(|(src, rec)| PageIn {
-                    bytes: &zeros[..rec.raw_len as usize],
-                    hash: rec.hash,
-                    stored: Some((rec.codec, src.stored_bytes(rec))),
-                })
-                .collect();
-            emit(&pages)?;
-        }
-        Ok(())
+            )
+        });
+        let mut k = 0;
+        let copy = (|| -> Result<()> {
+            while k < sources.len() {
+                let src = sources[k].0;
+                let mut m = k + 1;
+                while m < sources.len() && std::ptr::eq(sources[m].0, src) {
+                    m += 1;
+                }
+                let recs: Vec<crate::format::Record> =
+                    sources[k..m].iter().map(|(_, r)| **r).collect();
+                copied += recs.iter().map(|r| r.stored_len as u64).sum::<u64>();
+                records.extend(writer.copy_records(src, &recs)?);
+                k = m;
+            }
+            Ok(())
+        })();
+        let verified = verify.join().map_err(|_| {
+            Error::io(
+                &path,
+                "verify pages",
+                std::io::Error::other("verification thread panicked"),
+            )
+        })?;
+        // A damaged page explains a failure better than the copy that stopped with it.
+        verified?;
+        copy
     })?;
     let mut superseded = f.index.superseded.clone();
     superseded.push(f.footer.index_checksum);
@@ -191,5 +210,5 @@ pub(super) fn rewrite_one(
         );
     }
     debug_assert_eq!(identity.file_id, f.header.file_id);
-    Ok((new_size, old_size))
+    Ok((new_size, old_size, copied))
 }

@@ -25,6 +25,7 @@ use crate::hash::page_hash;
 /// checksums, the index checked for internal consistency. Page data is checked when read.
 pub struct VersionFile {
     path: PathBuf,
+    file: File,
     map: Mmap,
     /// The decoded header.
     pub header: Header,
@@ -71,6 +72,7 @@ impl VersionFile {
         let index = Index::decode(path, ib, &header, &footer)?;
         Ok(VersionFile {
             path: path.to_path_buf(),
+            file,
             map,
             header,
             footer,
@@ -81,6 +83,11 @@ impl VersionFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open file (for in-kernel copies of its bytes).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// Total size in bytes.
@@ -102,6 +109,11 @@ impl VersionFile {
         want.file_id == self.header.file_id
             && (want.index_checksum == self.footer.index_checksum
                 || self.index.superseded.contains(&want.index_checksum))
+    }
+
+    /// `len` bytes of the file at `offset` (which the caller took from checked records).
+    pub(crate) fn bytes(&self, offset: u64, len: u64) -> &[u8] {
+        &self.map[offset as usize..(offset + len) as usize]
     }
 
     /// The stored (possibly compressed) bytes of a record of this file.
@@ -369,6 +381,54 @@ impl Version {
             }
         }
         Ok(())
+    }
+
+    /// The byte ranges of each file that a restore of this version reads (its records that
+    /// the version's extents use), per file in file-table order, ascending and merged where
+    /// they touch.
+    pub fn read_plan(&self) -> Vec<Vec<(u64, u64)>> {
+        let main = &self.files[0];
+        let mut plan: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.files.len()];
+        for region in &main.index.regions {
+            for ext in main.index.extents_of(region) {
+                let Some(f) = self.files.get(ext.file as usize) else {
+                    continue;
+                };
+                let recs = &f.index.records;
+                let (a, n) = (ext.first_record as usize, ext.page_count as usize);
+                // check_extents made these in range; stay total anyway.
+                let (Some(first), Some(last)) = (recs.get(a), recs.get(a + n.max(1) - 1)) else {
+                    continue;
+                };
+                plan[ext.file as usize].push((first.offset, last.offset + last.stored_len as u64));
+            }
+        }
+        for ranges in &mut plan {
+            ranges.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+            for &(a, b) in ranges.iter() {
+                match merged.last_mut() {
+                    Some(m) if a <= m.1 => m.1 = m.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            *ranges = merged;
+        }
+        plan
+    }
+
+    /// Asks the kernel to read ahead, asynchronously, every byte range a restore of this
+    /// version will read (`madvise(MADV_WILLNEED)` on the mappings), so that a restore from a
+    /// cold cache reads each file in large sequential requests, all files at once, while
+    /// the pages are decoded and verified. A hint: failures are ignored.
+    pub fn prefetch(&self) {
+        for (f, ranges) in self.files.iter().zip(self.read_plan()) {
+            for (a, b) in ranges {
+                let _ = f
+                    .map
+                    .advise_range(memmap2::Advice::WillNeed, a as usize, (b - a) as usize);
+            }
+        }
     }
 
     /// The version's own file.

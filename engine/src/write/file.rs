@@ -19,6 +19,20 @@ use crate::vfs::VfsFile;
 /// disk works while the next batches compress instead of all at the final fsync.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// Runs of stored bytes at least this long are copied in the kernel; shorter ones are
+/// gathered and written together.
+const IN_KERNEL_COPY_MIN: u64 = 1 << 20;
+
+/// Writes the gathered short runs of [`VersionWriter::copy_records`].
+fn flush_pending(file: &mut Box<dyn VfsFile>, pending: &mut Vec<u8>, tmp: &Path) -> Result<()> {
+    if !pending.is_empty() {
+        file.write_all(pending)
+            .map_err(|e| Error::io(tmp, "copy pages", e))?;
+        pending.clear();
+    }
+    Ok(())
+}
+
 /// One page to store.
 pub(crate) struct PageIn<'a> {
     /// The page bytes (the last page of a region may be short).
@@ -40,6 +54,8 @@ pub(crate) struct VersionWriter {
     offset: u64,
     stored_raw: u64,
     data_hash: blake3::Hasher,
+    /// Short runs gathered by `copy_records`, written before anything else is.
+    pending: Vec<u8>,
 }
 
 thread_local! {
@@ -143,6 +159,7 @@ impl VersionWriter {
             offset: HEADER_LEN as u64,
             stored_raw: 0,
             data_hash: blake3::Hasher::new(),
+            pending: Vec::new(),
         };
         let encoded = w.header.encode();
         if let Some(f) = w.file.as_mut() {
@@ -175,6 +192,7 @@ impl VersionWriter {
             .file
             .as_mut()
             .ok_or_else(|| Error::io(&self.tmp, "write", std::io::Error::other("closed")))?;
+        flush_pending(file, &mut self.pending, &self.tmp)?;
         let tmp = &self.tmp;
         let mut records = Vec::new();
         let mut offset = self.offset;
@@ -255,13 +273,74 @@ impl VersionWriter {
         Ok(records)
     }
 
+    /// Appends the stored bytes of records `recs` of `src` as they are (no decoding, no
+    /// recompression): each run of records that lie back to back in `src` is one in-kernel
+    /// copy (`VfsFile::copy_from`: `copy_file_range`, a reflink on XFS and btrfs). Returns
+    /// the new file's records for them, in order. The caller verifies the pages.
+    pub(crate) fn copy_records(
+        &mut self,
+        src: &crate::read::VersionFile,
+        recs: &[Record],
+    ) -> Result<Vec<Record>> {
+        let digests: Vec<Hash> = recs
+            .par_iter()
+            .map(|r| match r.codec {
+                Codec::Raw => r.hash,
+                Codec::Zstd => *blake3::hash(src.stored_bytes(r)).as_bytes(),
+            })
+            .collect();
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::io(&self.tmp, "write", std::io::Error::other("closed")))?;
+        let mut out = Vec::with_capacity(recs.len());
+        let pending = &mut self.pending;
+        let mut i = 0;
+        while i < recs.len() {
+            let start = recs[i].offset;
+            let mut end = start + recs[i].stored_len as u64;
+            let mut j = i + 1;
+            while j < recs.len() && recs[j].offset == end {
+                end += recs[j].stored_len as u64;
+                j += 1;
+            }
+            if end - start >= IN_KERNEL_COPY_MIN {
+                flush_pending(file, pending, &self.tmp)?;
+                file.copy_from(src.file(), start, end - start)
+                    .map_err(|e| Error::io(&self.tmp, "copy pages", e))?;
+            } else {
+                // A short run (scattered pages): gather it with others into one write
+                // rather than a system call per page.
+                pending.extend_from_slice(src.bytes(start, end - start));
+                if pending.len() >= IN_KERNEL_COPY_MIN as usize {
+                    flush_pending(file, pending, &self.tmp)?;
+                }
+            }
+            for r in &recs[i..j] {
+                out.push(Record {
+                    offset: self.offset + (r.offset - start),
+                    ..*r
+                });
+                self.stored_raw += r.raw_len as u64;
+            }
+            self.offset += end - start;
+            i = j;
+        }
+        for d in &digests {
+            self.data_hash.update(d);
+        }
+        Ok(out)
+    }
+
     /// fsyncs the data written so far (so that the fsync at commit, which may run under the
     /// commit lock, only has the index left to flush).
     pub(crate) fn sync_data(&mut self) -> Result<()> {
         match self.file.as_mut() {
-            Some(f) => f
-                .sync_data()
-                .map_err(|e| Error::io(&self.tmp, "fdatasync", e)),
+            Some(f) => {
+                flush_pending(f, &mut self.pending, &self.tmp)?;
+                f.sync_data()
+                    .map_err(|e| Error::io(&self.tmp, "fdatasync", e))
+            }
             None => Ok(()),
         }
     }
@@ -283,6 +362,7 @@ impl VersionWriter {
             .file
             .take()
             .ok_or_else(|| Error::io(&self.tmp, "commit", std::io::Error::other("closed")))?;
+        flush_pending(&mut file, &mut self.pending, &self.tmp)?;
         // Stream the index through a hasher into the file.
         let index_len = index.encoded_len() as u64;
         let mut hw = HashingWriter {
