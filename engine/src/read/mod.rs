@@ -417,16 +417,40 @@ impl Version {
         plan
     }
 
-    /// Asks the kernel to read ahead, asynchronously, every byte range a restore of this
-    /// version will read (`madvise(MADV_WILLNEED)` on the mappings), so that a restore from a
-    /// cold cache reads each file in large sequential requests, all files at once, while
-    /// the pages are decoded and verified. A hint: failures are ignored.
+    /// Asks the kernel to read ahead every byte range a restore of this version will read
+    /// (`madvise(MADV_WILLNEED)` on the mappings), from one short-lived thread per file, so
+    /// that a restore from a cold cache reads every file at once, in large sequential
+    /// requests, while the pages already read are decoded and verified. A hint: failures are
+    /// ignored, and the restore reads what is not there yet itself.
     pub fn prefetch(&self) {
         for (f, ranges) in self.files.iter().zip(self.read_plan()) {
-            for (a, b) in ranges {
-                let _ = f
-                    .map
-                    .advise_range(memmap2::Advice::WillNeed, a as usize, (b - a) as usize);
+            if ranges.is_empty() {
+                continue;
+            }
+            let f = Arc::clone(f);
+            let spawned = std::thread::Builder::new()
+                .name("ckpt-prefetch".into())
+                .spawn(move || {
+                    // In 8 MiB steps from the front, so that the first pages the restore needs
+                    // are asked for first.
+                    for (a, b) in ranges {
+                        let mut at = a;
+                        while at < b {
+                            let n = (b - at).min(8 << 20);
+                            let _ = f.map.advise_range(
+                                memmap2::Advice::WillNeed,
+                                at as usize,
+                                n as usize,
+                            );
+                            at += n;
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::debug!(
+                    "no prefetch thread for {}: {e}",
+                    self.files[0].path().display()
+                );
             }
         }
     }

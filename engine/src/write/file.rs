@@ -306,8 +306,18 @@ impl VersionWriter {
             }
             if end - start >= IN_KERNEL_COPY_MIN {
                 flush_pending(file, pending, &self.tmp)?;
-                file.copy_from(src.file(), start, end - start)
-                    .map_err(|e| Error::io(&self.tmp, "copy pages", e))?;
+                // In steps, each pushed to the disk while the next is copied (write-behind),
+                // so that the final fsync does not find the whole copy still in memory.
+                // Nothing is pending now: the file ends at `self.offset`.
+                let base = self.offset;
+                let mut at = start;
+                while at < end {
+                    let n = (end - at).min(WRITEBACK_EVERY);
+                    file.copy_from(src.file(), at, n)
+                        .map_err(|e| Error::io(&self.tmp, "copy pages", e))?;
+                    let _ = file.start_writeback(base + (at - start), n);
+                    at += n;
+                }
             } else {
                 // A short run (scattered pages): gather it with others into one write
                 // rather than a system call per page.
