@@ -169,6 +169,11 @@ impl VersionWriter {
         Ok(w)
     }
 
+    /// Bytes of page data written so far.
+    pub(crate) fn data_bytes(&self) -> u64 {
+        self.offset - HEADER_LEN as u64
+    }
+
     /// The temporary file being written.
     pub(crate) fn tmp_path(&self) -> &Path {
         &self.tmp
