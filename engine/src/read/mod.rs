@@ -423,9 +423,19 @@ impl Version {
     /// requests, while the pages already read are decoded and verified. A hint: failures are
     /// ignored, and the restore reads what is not there yet itself.
     pub fn prefetch(&self) {
-        for (f, ranges) in self.files.iter().zip(self.read_plan()) {
-            if ranges.is_empty() {
+        for (f, exact) in self.files.iter().zip(self.read_plan()) {
+            if exact.is_empty() {
                 continue;
+            }
+            // Ranges closer than this are advised as one: reading a small gap costs less than
+            // a system call per range (an old file of a deep chain is in many small pieces).
+            const GAP: u64 = 1 << 20;
+            let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(exact.len());
+            for (a, b) in exact {
+                match ranges.last_mut() {
+                    Some(last) if a <= last.1 + GAP => last.1 = last.1.max(b),
+                    _ => ranges.push((a, b)),
+                }
             }
             let f = Arc::clone(f);
             let spawned = std::thread::Builder::new()
