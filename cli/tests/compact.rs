@@ -1,7 +1,6 @@
 //! Compaction: crash injection at every step, a concurrent writer, the mapped-parent
 //! scenario, branches, retention limits and flattening.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use ckpt_engine::catalog::verify_version;
 use ckpt_engine::compact::{self, CompactOptions};
 use ckpt_engine::read::{Version, VersionFile};
 use ckpt_engine::{Checkpointer, Store};
-use ckpt_tests::{copy_dir, export_hash, register, restore_hash, run_steps};
+use ckpt_tests::{copy_dir, export_hash, register, restore_hash, run_steps, version_hashes};
 
 const COMPACT: &str = env!("CARGO_BIN_EXE_ckpt-compact");
 
@@ -37,17 +36,6 @@ fn keep_newest(s: &Store, keep: usize) -> compact::Report {
         ..CompactOptions::default()
     };
     compact::compact(s, &opts, &mut |_, _| {}).unwrap()
-}
-
-/// Hash of every version's contents, by number.
-fn snapshot(dir: &Path, name: &str) -> BTreeMap<u64, String> {
-    let store = Store::new(dir, name).unwrap();
-    store
-        .versions()
-        .unwrap()
-        .into_iter()
-        .map(|v| (v, export_hash(dir, name, v).unwrap()))
-        .collect()
 }
 
 /// Every version present verifies: nothing references a missing or replaced file.
@@ -96,7 +84,7 @@ fn sigkill_at_every_step_of_compaction_loses_nothing_kept() {
         let template = base.path().join(format!("shape{shape}"));
         std::fs::create_dir_all(&template).unwrap();
         let (keep, extra) = build_shape(&template, shape);
-        let before = snapshot(&template, "job");
+        let before = version_hashes(&template, "job");
         let store = Store::new(&template, "job").unwrap();
         let plan = compact::plan(
             &store,
@@ -164,7 +152,7 @@ fn sigkill_at_every_step_of_compaction_loses_nothing_kept() {
     let template = base.path().join("big");
     std::fs::create_dir_all(&template).unwrap();
     run_steps(&template, "job", 8, 9, 14, None, 400).unwrap();
-    let before = snapshot(&template, "job");
+    let before = version_hashes(&template, "job");
     let kept: Vec<u64> = before.keys().rev().take(2).rev().copied().collect();
     let mut rng = ckpt_engine::bench::Rng::new(5);
     let named = kills;
@@ -236,12 +224,12 @@ fn branches_are_removed_and_kept_versions_restore() {
 fn dry_run_changes_nothing_and_max_depth_flattens() {
     let dir = tempfile::tempdir().unwrap();
     run_steps(dir.path(), "job", 1, 1, 6, None, 20).unwrap();
-    let before = snapshot(dir.path(), "job");
+    let before = version_hashes(dir.path(), "job");
     let out = compactor(dir.path(), 3, &["--dry-run"], None);
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["kept"], serde_json::json!([4, 5, 6]));
     assert_eq!(
-        snapshot(dir.path(), "job"),
+        version_hashes(dir.path(), "job"),
         before,
         "dry run changed the store"
     );

@@ -118,24 +118,25 @@ impl VfsFile for RealFile {
     }
 }
 
+/// Options every store file is opened with: created mode 0600, never through a symlink.
+fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
 impl Vfs for RealFs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
-        let f = OpenOptions::new()
+        let f = private_file()
             .write(true)
             .read(true)
             .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
         Ok(Box::new(RealFile(f)))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)?;
+        let f = private_file().create(true).append(true).open(path)?;
         Ok(Box::new(RealFile(f)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -122,6 +122,20 @@ pub fn export_hash(
     Ok(ckpt_engine::format::hex(&ckpt_engine::page_hash(&all)))
 }
 
+/// [`export_hash`] of every version of chain `name` in `dir`, by version number.
+pub fn version_hashes(
+    dir: &std::path::Path,
+    name: &str,
+) -> std::collections::BTreeMap<u64, String> {
+    let store = ckpt_engine::Store::new(dir, name).expect("chain name");
+    store
+        .versions()
+        .expect("list versions")
+        .into_iter()
+        .map(|v| (v, export_hash(dir, name, v).expect("export")))
+        .collect()
+}
+
 /// Copies every file of directory `from` into a fresh directory `to`.
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     let _ = std::fs::remove_dir_all(to);

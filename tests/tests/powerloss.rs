@@ -6,7 +6,7 @@
 //!
 //! The backend is process-wide, so the scenarios run one after another in one test.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,27 +14,17 @@ use ckpt_engine::compact::{self, CompactOptions};
 use ckpt_engine::job::JobStore;
 use ckpt_engine::{Checkpointer, Store};
 use ckpt_tests::crashfs::{crash_states, CrashState, Explored, Recorder};
+use ckpt_tests::version_hashes;
 
 const MIB: usize = 1;
 const NAME: &str = "sim";
-
-/// Export hashes of every version of chain `name` in `dir`.
-fn version_hashes(dir: &Path, name: &str) -> HashMap<u64, String> {
-    let store = Store::new(dir, name).unwrap();
-    store
-        .versions()
-        .unwrap()
-        .into_iter()
-        .map(|v| (v, ckpt_tests::export_hash(dir, name, v).unwrap()))
-        .collect()
-}
 
 /// Checks one chain of a crash state: the versions it lists are known and restore exactly,
 /// and `must` are all listed.
 fn check_chain(
     dir: &Path,
     name: &str,
-    expected: &HashMap<u64, String>,
+    expected: &BTreeMap<u64, String>,
     must: &BTreeSet<u64>,
 ) -> Result<Vec<u64>, String> {
     let store = Store::new(dir, name).map_err(|e| e.to_string())?;
@@ -143,11 +133,6 @@ fn scenario_checkpoint(tmp: &Path) {
     drop(ck);
     let expected = version_hashes(&store_dir, NAME);
     assert_eq!(expected.len(), 4);
-    if std::env::var_os("DUMP").is_some() {
-        for op in rec.ops() {
-            eprintln!("{:?}", op);
-        }
-    }
     let (states, explored) = crash_states(&rec);
     check_all("checkpoint", tmp, &states, explored, &|d, s| {
         let mut must: BTreeSet<u64> = [1, 2].into();
@@ -205,11 +190,6 @@ fn scenario_compaction(tmp: &Path) {
         r
     };
     assert_eq!(report.kept, vec![7, 8]);
-    if std::env::var_os("DUMP").is_some() {
-        for op in rec.ops() {
-            eprintln!("{op:?}");
-        }
-    }
     assert!(
         !report.removed.is_empty() && !report.rewritten.is_empty(),
         "{report:?}"
@@ -242,7 +222,7 @@ fn scenario_job_commit(tmp: &Path) {
     }
     let job = JobStore::new(&job_dir, "heat").unwrap();
     assert_eq!(job.commits().unwrap(), vec![1, 2, 3]);
-    let expected: Vec<HashMap<u64, String>> = (0..2)
+    let expected: Vec<BTreeMap<u64, String>> = (0..2)
         .map(|r| version_hashes(&job.rank_dir(r), "heat"))
         .collect();
     let (states, explored) = crash_states(&rec);
@@ -275,7 +255,7 @@ fn scenario_job_commit(tmp: &Path) {
 fn check_job(
     dir: &Path,
     must: &BTreeSet<u64>,
-    expected: &[HashMap<u64, String>],
+    expected: &[BTreeMap<u64, String>],
 ) -> Result<Vec<u64>, String> {
     let job = JobStore::new(dir, "heat").map_err(|e| e.to_string())?;
     let commits = if dir.exists() {
@@ -319,7 +299,7 @@ fn scenario_job_copy(tmp: &Path) {
     local
         .copy_version_to(&persistent, 1, true, None, &mut report)
         .unwrap();
-    let expected: Vec<HashMap<u64, String>> = (0..2)
+    let expected: Vec<BTreeMap<u64, String>> = (0..2)
         .map(|r| version_hashes(&local.rank_dir(r), "heat"))
         .collect();
     let rec = Arc::new(Recorder::new(&root).unwrap());
