@@ -369,6 +369,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         keep: None,
         auto_compact: false,
         naming: crate::store::Naming::Ckpt,
+        ..Config::default()
     };
     let state_bytes = (p.state_mib as u64) << 20;
     let nregions: u64 = if p.state_mib >= 4 { 4 } else { 1 };

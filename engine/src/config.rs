@@ -50,6 +50,63 @@ impl std::str::FromStr for Tracking {
     }
 }
 
+/// How an asynchronous checkpoint ([`Checkpointer::checkpoint_async`]) takes its snapshot,
+/// so that the application may write its regions while the version is written.
+///
+/// [`Checkpointer::checkpoint_async`]: crate::Checkpointer::checkpoint_async
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Snapshot {
+    /// [`Copy`](Snapshot::Copy) when the pages to hash fit in
+    /// [`Config::async_copy_limit`] (a sparse userfaultfd delta), else
+    /// [`Fork`](Snapshot::Fork) (a full version, hash mode, a dense interval), else a
+    /// blocking checkpoint. The default.
+    #[default]
+    Auto,
+    /// Copy the candidate pages into a reused staging buffer, then hash, compress and write
+    /// them in a background thread. The application is stopped for one copy of those pages.
+    /// Needs a report from userfaultfd; a checkpoint whose pages exceed
+    /// [`Config::async_copy_limit`] blocks instead.
+    Copy,
+    /// `fork()`: a child process, which shares the memory copy-on-write, writes and commits
+    /// the version; a page costs a copy only when the application writes it during the
+    /// flush. The child never calls MPI or returns into the application. Regions mapped
+    /// shared or excluded from fork (`MADV_DONTFORK`, `MADV_WIPEONFORK`) cannot be taken this
+    /// way; such a checkpoint blocks instead.
+    Fork,
+}
+
+impl Snapshot {
+    /// The name used on command lines and in reports: `auto`, `copy` or `fork`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Snapshot::Auto => "auto",
+            Snapshot::Copy => "copy",
+            Snapshot::Fork => "fork",
+        }
+    }
+}
+
+impl std::fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Snapshot {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Snapshot::Auto),
+            "copy" => Ok(Snapshot::Copy),
+            "fork" => Ok(Snapshot::Fork),
+            _ => Err(Error::Config(format!(
+                "unknown snapshot mechanism {s:?} (expected auto, copy or fork)"
+            ))),
+        }
+    }
+}
+
 /// Engine settings: start from [`Config::default`] and change what you need, with the
 /// `with_*` methods or by assigning the public fields.
 ///
@@ -87,6 +144,11 @@ pub struct Config {
     /// How version files are named: `<name>.ckpt.<N>` (the default) or VeloC's
     /// `<name>-<V>.dat` (the VeloC interface names its chains `<name>-<rank>`).
     pub naming: crate::store::Naming,
+    /// How asynchronous checkpoints take their snapshot. Default [`Snapshot::Auto`].
+    pub snapshot: Snapshot,
+    /// The most bytes of pages an asynchronous checkpoint copies into its staging buffer
+    /// ([`Snapshot::Copy`]); the buffer is kept and reused. Default 64 MiB.
+    pub async_copy_limit: u64,
 }
 
 impl Default for Config {
@@ -101,6 +163,8 @@ impl Default for Config {
             keep: None,
             auto_compact: false,
             naming: crate::store::Naming::Ckpt,
+            snapshot: Snapshot::Auto,
+            async_copy_limit: 64 << 20,
         }
     }
 }
@@ -147,6 +211,18 @@ impl Config {
     /// Names version files the `naming` way (sets [`naming`](Self::naming)).
     pub fn with_naming(mut self, naming: crate::store::Naming) -> Self {
         self.naming = naming;
+        self
+    }
+
+    /// Sets [`snapshot`](Self::snapshot).
+    pub fn with_snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.snapshot = snapshot;
+        self
+    }
+
+    /// Sets [`async_copy_limit`](Self::async_copy_limit).
+    pub fn with_async_copy_limit(mut self, bytes: u64) -> Self {
+        self.async_copy_limit = bytes;
         self
     }
 
@@ -203,6 +279,11 @@ pub struct CheckpointStats {
     pub scan_secs: f64,
     /// Seconds spent compressing, writing and committing (the rest of the checkpoint).
     pub write_secs: f64,
+    /// Seconds the caller was stopped: the whole checkpoint for a blocking one; taking the
+    /// snapshot for an asynchronous one.
+    pub blocked_secs: f64,
+    /// How an asynchronous checkpoint took its snapshot (`None`: it blocked).
+    pub snapshot: Option<Snapshot>,
 }
 
 /// What one restore did.

@@ -144,6 +144,15 @@ pub enum Error {
         /// What was being done.
         what: String,
     },
+    /// An asynchronous checkpoint's background flush failed; nothing was committed under
+    /// `path`, and the pages it would have stored go into the next checkpoint.
+    #[error("{path}: the asynchronous checkpoint failed: {why}")]
+    Flush {
+        /// The version file it was writing.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
     /// A requested feature is not available on this system.
     #[error("{0}")]
     Unsupported(String),
@@ -182,7 +191,8 @@ impl Error {
             | Error::RegionMismatch { path, .. }
             | Error::Locked { path, .. }
             | Error::VersionExists { path, .. }
-            | Error::ChainMismatch { path, .. } => Some(path),
+            | Error::ChainMismatch { path, .. }
+            | Error::Flush { path, .. } => Some(path),
             Error::NotFound { dir, .. } | Error::NoRegions { dir } | Error::Contended { dir } => {
                 Some(dir)
             }

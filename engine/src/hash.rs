@@ -15,6 +15,8 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
+
+use crate::write::pipeline::Source;
 use twox_hash::XxHash3_128;
 
 use crate::format::Hash;
@@ -155,7 +157,8 @@ impl RegionHashes {
         }
     }
 
-    /// Records a committed scan.
+    /// Records a committed scan (the engine applies the `(page, hash)` pairs a flush sends).
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn apply(&mut self, scan: &Scan) {
         for d in &scan.dirty {
             self.pages[d.page as usize] = d.fast;
@@ -246,33 +249,43 @@ impl Scan {
     }
 }
 
-/// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker.
-/// Pages whose fast hash equals the parent's are not dirty.
+/// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker,
+/// read from `data`; `first` is the index of `candidates[0]` in the region's whole candidate
+/// list (where a staged source keeps its copy). Pages whose fast hash equals the parent's are
+/// not dirty. `None` if `data` does not hold a candidate page (a bug in the caller).
 pub(crate) fn scan_candidates(
-    data: &[u8],
+    data: &Source<'_>,
+    first: usize,
     page_size: usize,
     known: &RegionHashes,
     candidates: &[u64],
-) -> Scan {
-    let dirty: Vec<DirtyPage> = candidates
+) -> Option<Scan> {
+    let len = data.len();
+    let page_len = |p: u64| len.saturating_sub(p as usize * page_size).min(page_size);
+    let found: Option<Vec<Option<DirtyPage>>> = candidates
         .par_iter()
-        .filter_map(|&p| {
-            let start = p as usize * page_size;
-            let end = (start + page_size).min(data.len());
-            let k = known.pages_known.then(|| known.pages[p as usize]);
-            read_page(p, &data[start..end], k)
+        .enumerate()
+        .map(|(k, &p)| {
+            let n = page_len(p);
+            let bytes = match *data {
+                Source::Live(b) => b.get(p as usize * page_size..)?.get(..n)?,
+                Source::Staged { pages, .. } => pages.get((first + k) * page_size..)?.get(..n)?,
+            };
+            let k = match known.pages_known {
+                true => Some(*known.pages.get(p as usize)?),
+                false => None,
+            };
+            Some(read_page(p, bytes, k))
         })
         .collect();
-    let hashed_bytes = candidates
-        .iter()
-        .map(|&p| (data.len() - p as usize * page_size).min(page_size) as u64)
-        .sum();
+    let dirty: Vec<DirtyPage> = found?.into_iter().flatten().collect();
+    let hashed_bytes = candidates.iter().map(|&p| page_len(p) as u64).sum();
     let blake3_bytes = dirty.iter().map(|d| d.len as u64).sum();
-    Scan {
+    Some(Scan {
         dirty,
         hashed_bytes,
         blake3_bytes,
-    }
+    })
 }
 
 #[cfg(test)]

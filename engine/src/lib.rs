@@ -63,8 +63,8 @@ mod track;
 pub mod vfs;
 mod write;
 
-pub use checkpointer::Checkpointer;
-pub use config::{CheckpointStats, Config, RestoreStats, Tracking};
+pub use checkpointer::{AsyncCheckpoint, Checkpointer};
+pub use config::{CheckpointStats, Config, RestoreStats, Snapshot, Tracking};
 pub use error::{Error, Result};
 pub use format::{Identity, TrackingKind};
 #[cfg(feature = "internals")]

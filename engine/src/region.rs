@@ -69,6 +69,9 @@ impl Memory {
 pub(crate) struct Region {
     pub(crate) id: u64,
     pub(crate) mem: Memory,
+    /// A forked child would see this memory as it was at the fork (private, copied to the
+    /// child): asynchronous checkpoints may snapshot it by forking.
+    pub(crate) forkable: bool,
 }
 
 impl Region {

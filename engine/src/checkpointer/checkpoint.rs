@@ -1,36 +1,59 @@
-//! The steps of one checkpoint: plan, scan and emit, commit, after-commit bookkeeping.
+//! The steps of one checkpoint: take (the tracker's report, the version number), plan, scan
+//! and emit, commit, apply (after-commit bookkeeping).
+//!
+//! Taking and applying need the engine; the steps between need only a [`Writing`], which owns
+//! what they read, so that they run the same way inline (a blocking checkpoint), on a
+//! background thread over staged page copies, or in a forked child (asynchronous checkpoints,
+//! `flight.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Checkpointer;
-use crate::config::CheckpointStats;
+use crate::config::{CheckpointStats, Config};
 use crate::error::{Error, Result};
 use crate::format::{self, FileEntry, Header, Identity, Index, TrackingKind, FLAG_FULL};
+use crate::hash::{Fast, RegionHashes};
 use crate::read::Version;
+use crate::store::Store;
 use crate::track::Outcome;
 use crate::write::file::VersionWriter;
 use crate::write::index::{build_index, Parent, RegionPlan};
-use crate::write::pipeline::{self, ScanJob, Scanned};
+use crate::write::pipeline::{self, ScanJob, Scanned, Source};
 
 /// Versions with at least this much data flush it before taking the commit lock.
 const EARLY_SYNC_BYTES: u64 = 32 << 20;
 
+/// Everything the writing half of a checkpoint (plan, scan, commit) reads, owned.
+pub(super) struct Writing {
+    pub(super) store: Store,
+    pub(super) config: Config,
+    /// Registered regions' ids and byte lengths, in engine order.
+    pub(super) regions: Vec<(u64, usize)>,
+    /// What is remembered of the parent's pages.
+    pub(super) hashes: Arc<Vec<RegionHashes>>,
+    /// The parent picture in force (`None`: the version is full).
+    pub(super) parent: Option<Arc<Parent>>,
+    /// The number to write.
+    pub(super) version: u64,
+    /// The tracker's candidates, if it reported (even when they do not choose the pages).
+    pub(super) candidates: Option<Vec<Vec<u64>>>,
+    /// Every page is hashed to count pages the tracker missed.
+    pub(super) audit: bool,
+    /// When the checkpoint was asked for.
+    pub(super) started: Instant,
+}
+
 /// What the plan step decided.
 struct Plan {
-    version: u64,
-    /// The tracker's candidates, if it reported (even when they do not choose the pages).
-    candidates: Option<Vec<Vec<u64>>>,
     /// Whether the candidates choose the pages to hash.
     use_candidates: bool,
-    /// Every page is hashed to count pages the tracker missed.
-    audit: bool,
     /// No parent: every page is read, hashed and stored.
     full: bool,
     depth: u32,
     file_id: format::FileId,
     dst: PathBuf,
-    started: Instant,
 }
 
 /// A committed version, as the commit step leaves it.
@@ -39,6 +62,20 @@ struct Committed {
     identity: Identity,
     /// The version its references came from.
     parent_version: Option<u64>,
+}
+
+/// A committed version and what the engine must remember of it.
+#[derive(Debug)]
+pub(super) struct Landed {
+    pub(super) stats: CheckpointStats,
+    /// What to tell the tracker.
+    pub(super) outcome: Outcome,
+    /// The checkpoint was an audit.
+    pub(super) audit: bool,
+    /// Per region: the new fast hashes of the pages stored.
+    pub(super) updates: Vec<Vec<(u64, Fast)>>,
+    /// The new parent picture (`None`: read it from the committed file).
+    pub(super) parent: Option<Parent>,
 }
 
 /// Whether a parent picture is current: every file it references is present with the file
@@ -56,41 +93,46 @@ fn picture_valid(dir: &Path, parent: &Parent) -> bool {
     })
 }
 
-impl Checkpointer {
-    /// The parent picture in force: `None` when the next version must be full.
-    fn usable_parent(&self) -> Option<&Parent> {
-        self.parent
-            .as_ref()
-            .filter(|p| p.depth < self.config.max_chain_depth)
+/// The current picture of `old`'s version on disk: `None` if its file is gone or is another
+/// file now (a compactor's revision keeps the file id).
+fn reload_parent(store: &Store, regions: &[(u64, usize)], old: &Parent) -> Option<Parent> {
+    let path = store.path_of(old.parent.version);
+    let v = Version::open(&path).ok()?;
+    if v.file().header.file_id != old.parent.identity.file_id {
+        return None;
+    }
+    super::restore::parent_from_version(&v, old.parent.version, regions).ok()
+}
+
+impl Writing {
+    /// The same checkpoint with no report from the tracker (a retry in a forked child, which
+    /// has no tracker), against `parent`.
+    pub(super) fn without_candidates(self, parent: Option<Arc<Parent>>) -> Writing {
+        Writing {
+            candidates: None,
+            audit: false,
+            parent,
+            ..self
+        }
     }
 
-    /// Step 1: ask the tracker, choose the number, the kind of version and how pages are
-    /// found, and create the temporary file with its header.
-    fn plan(&mut self, want: Option<u64>) -> Result<(Plan, VersionWriter)> {
-        let started = Instant::now();
-        // Ask the tracker first: pages written after this instant are re-protected already
-        // and will be reported to the next checkpoint.
-        let candidates = self
-            .tracker
-            .candidates(self.config.page_size as usize)
-            .map_err(|e| Error::io("/proc/self/pagemap", "PAGEMAP_SCAN", e))?;
-        let audit = candidates.is_some()
-            && self.config.audit_every > 0
-            && self.since_audit + 1 >= self.config.audit_every;
-        let parent = self.usable_parent();
+    /// Step 1: choose the kind of version and how pages are found, and create the temporary
+    /// file with its header.
+    fn plan(&self) -> Result<(Plan, VersionWriter)> {
+        let parent = self.parent.as_deref();
         // A full version reads and hashes every page it stores: it never records a
         // remembered hash for a page the tracker did not report.
         let full = parent.is_none();
-        let use_candidates =
-            candidates.is_some() && !audit && !full && self.hashes.iter().all(|h| h.pages_known);
-        let latest = self.store.latest()?.unwrap_or(0);
-        let version = want.unwrap_or(latest.max(self.last_written) + 1);
+        let use_candidates = self.candidates.is_some()
+            && !self.audit
+            && !full
+            && self.hashes.iter().all(|h| h.pages_known);
         let depth = parent.map_or(0, |p| p.depth + 1);
         let file_id =
             format::new_file_id().map_err(|e| Error::io(self.store.dir(), "draw a file id", e))?;
         let header = Header {
             file_id,
-            version,
+            version: self.version,
             parent: parent.map(|p| p.parent),
             page_size: self.config.page_size,
             depth,
@@ -104,28 +146,30 @@ impl Checkpointer {
             created_unix_nanos: format::unix_nanos(),
             name: self.store.name().to_string(),
         };
-        let dst = self.store.path_of(version);
-        let writer = VersionWriter::create(self.store.temp_path(version)?, dst.clone(), header)?;
+        let dst = self.store.path_of(self.version);
+        let writer =
+            VersionWriter::create(self.store.temp_path(self.version)?, dst.clone(), header)?;
         let plan = Plan {
-            version,
-            candidates,
             use_candidates,
-            audit,
             full,
             depth,
             file_id,
             dst,
-            started,
         };
         Ok((plan, writer))
     }
 
     /// Step 2: scan the regions and stream the dirty pages into the file.
-    fn scan(&self, plan: &Plan, writer: &mut VersionWriter) -> Result<Scanned> {
+    fn scan(
+        &self,
+        plan: &Plan,
+        writer: &mut VersionWriter,
+        sources: &[Source<'_>],
+    ) -> Result<Scanned> {
         let job = ScanJob {
-            regions: &self.regions,
+            sources,
             known: &self.hashes,
-            candidates: plan.candidates.as_deref().filter(|_| plan.use_candidates),
+            candidates: self.candidates.as_deref().filter(|_| plan.use_candidates),
             full: plan.full,
             page_size: self.config.page_size as usize,
             level: self.config.compression_level,
@@ -148,9 +192,9 @@ impl Checkpointer {
             .regions
             .iter()
             .zip(&scanned.stored)
-            .map(|(r, s)| RegionPlan {
-                id: r.id,
-                byte_len: r.len() as u64,
+            .map(|(&(id, len), s)| RegionPlan {
+                id,
+                byte_len: len as u64,
                 stored: s,
             })
             .collect();
@@ -159,8 +203,8 @@ impl Checkpointer {
                 file_id: plan.file_id,
                 index_checksum: [0; 32],
             },
-            version: plan.version,
-            name: self.store.file_name(plan.version),
+            version: self.version,
+            name: self.store.file_name(self.version),
         };
         let mut writer = writer;
         // A large version's data is flushed before the commit lock, so that the fsync under
@@ -172,17 +216,17 @@ impl Checkpointer {
         }
         let _commit_lock = self.store.lock_commit()?;
         let mut reloaded = None;
-        if let Some(p) = self.usable_parent() {
+        if let Some(p) = self.parent.as_deref() {
             if !picture_valid(self.store.dir(), p) {
                 // A compaction rewrote the parent (same pages, new layout) or removed files
                 // it referenced. Our dirty pages are still right; only the references change.
-                match self.reload_parent(p) {
+                match reload_parent(&self.store, &self.regions, p) {
                     Some(fresh) => reloaded = Some(fresh),
                     None => return Ok(None), // the parent itself is gone: retry as full
                 }
             }
         }
-        let parent = reloaded.as_ref().or(self.usable_parent());
+        let parent = reloaded.as_ref().or(self.parent.as_deref());
         let records = std::mem::take(&mut scanned.records);
         let index = build_index(self_entry, parent, &plans, records, self.config.page_size);
         if plan.full {
@@ -197,26 +241,33 @@ impl Checkpointer {
         }))
     }
 
-    /// Step 4: the version is committed; remember it as the next parent, tell the tracker,
-    /// report an audit's findings, and describe what was done.
-    fn after_commit(
-        &mut self,
-        plan: Plan,
-        scanned: Scanned,
-        committed: Committed,
-    ) -> Result<CheckpointStats> {
+    /// Steps 1 to 3 over `sources` (the regions' memory, or copies of their candidate
+    /// pages), then what the engine must remember. `Ok(None)`: the parent was removed by a
+    /// compaction meanwhile; nothing was committed.
+    pub(super) fn run(&self, sources: &[Source<'_>]) -> Result<Option<Landed>> {
+        let (plan, mut writer) = self.plan()?;
+        let mut scanned = self.scan(&plan, &mut writer, sources)?;
+        let Some(committed) = self.commit(&plan, writer, &mut scanned)? else {
+            return Ok(None);
+        };
+        self.landed(plan, scanned, committed).map(Some)
+    }
+
+    /// Step 4, the part that needs no engine: audit findings, the new parent picture and
+    /// the statistics.
+    fn landed(&self, plan: Plan, scanned: Scanned, committed: Committed) -> Result<Landed> {
         let Committed {
             index,
             identity,
             parent_version,
         } = committed;
-        let write_secs = plan.started.elapsed().as_secs_f64() - scanned.scan_secs;
-        let reported: Option<u64> = plan
+        let write_secs = self.started.elapsed().as_secs_f64() - scanned.scan_secs;
+        let reported: Option<u64> = self
             .candidates
             .as_ref()
             .map(|c| c.iter().map(|c| c.len() as u64).sum());
         let mut audit_misses = None;
-        if let (true, Some(c)) = (plan.audit, plan.candidates.as_ref()) {
+        if let (true, Some(c)) = (self.audit, self.candidates.as_ref()) {
             let misses: u64 = scanned
                 .scans
                 .iter()
@@ -238,57 +289,137 @@ impl Checkpointer {
             }
             audit_misses = Some(misses);
         }
-        if reported.is_some() {
-            self.since_audit = if plan.audit { 0 } else { self.since_audit + 1 };
-        }
-        self.tracker.committed(Outcome {
-            reported,
-            used: plan.use_candidates,
-            pages_total: scanned.pages_total,
-        });
-        for (h, s) in self.hashes.iter_mut().zip(&scanned.scans) {
-            h.apply(s);
-        }
-        self.parent = Some(Parent::from_index(
-            &index,
-            plan.version,
-            identity,
-            plan.depth,
-        ));
-        self.last_written = plan.version;
         let file_bytes = std::fs::metadata(&plan.dst)
             .map_err(|e| Error::io(&plan.dst, "stat", e))?
             .len();
-        Ok(CheckpointStats {
-            version: plan.version,
-            parent: parent_version,
-            identity,
-            path: plan.dst,
-            file_bytes,
-            pages_total: scanned.pages_total,
-            pages_stored: scanned.stored.iter().map(|s| s.len() as u64).sum(),
-            hashed_bytes: scanned.scans.iter().map(|s| s.hashed_bytes).sum(),
-            depth: plan.depth,
-            tracking: if plan.use_candidates {
-                TrackingKind::Uffd
-            } else {
-                TrackingKind::Hash
+        let updates = scanned
+            .scans
+            .iter()
+            .map(|s| s.dirty.iter().map(|d| (d.page, d.fast)).collect())
+            .collect();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        Ok(Landed {
+            stats: CheckpointStats {
+                version: self.version,
+                parent: parent_version,
+                identity,
+                path: plan.dst,
+                file_bytes,
+                pages_total: scanned.pages_total,
+                pages_stored: scanned.stored.iter().map(|s| s.len() as u64).sum(),
+                hashed_bytes: scanned.scans.iter().map(|s| s.hashed_bytes).sum(),
+                depth: plan.depth,
+                tracking: if plan.use_candidates {
+                    TrackingKind::Uffd
+                } else {
+                    TrackingKind::Hash
+                },
+                audit_misses,
+                scan_secs: scanned.scan_secs,
+                write_secs,
+                blocked_secs: elapsed,
+                snapshot: None,
             },
-            audit_misses,
-            scan_secs: scanned.scan_secs,
-            write_secs,
+            outcome: Outcome {
+                reported,
+                used: plan.use_candidates,
+                pages_total: scanned.pages_total,
+            },
+            audit: self.audit,
+            updates,
+            parent: Some(Parent::from_index(
+                &index,
+                self.version,
+                identity,
+                plan.depth,
+            )),
+        })
+    }
+}
+
+impl Checkpointer {
+    /// The parent picture in force: `None` when the next version must be full.
+    pub(super) fn usable_parent(&self) -> Option<&Arc<Parent>> {
+        self.parent
+            .as_ref()
+            .filter(|p| p.depth < self.config.max_chain_depth)
+    }
+
+    /// The number the next version gets: `want`, or one more than any version in the store
+    /// or written by this engine.
+    pub(super) fn next_version(&self, want: Option<u64>) -> Result<u64> {
+        match want {
+            Some(v) => Ok(v),
+            None => Ok(self.version_floor()? + 1),
+        }
+    }
+
+    /// The part of step 1 that needs the engine: ask the tracker (pages written after this
+    /// instant are re-protected already and will be reported to the next checkpoint), decide
+    /// whether this is an audit, and number the version.
+    pub(super) fn take(&mut self, want: Option<u64>, started: Instant) -> Result<Writing> {
+        let candidates = self
+            .tracker
+            .candidates(self.config.page_size as usize)
+            .map_err(|e| Error::io("/proc/self/pagemap", "PAGEMAP_SCAN", e))?;
+        let audit = candidates.is_some()
+            && self.config.audit_every > 0
+            && self.since_audit + 1 >= self.config.audit_every;
+        Ok(Writing {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            regions: self.regions(),
+            hashes: Arc::clone(&self.hashes),
+            parent: self.usable_parent().cloned(),
+            version: self.next_version(want)?,
+            candidates,
+            audit,
+            started,
         })
     }
 
-    /// One attempt at a checkpoint. `Ok(None)` means the parent picture was stale (a
-    /// compaction changed the store); nothing was committed.
-    pub(super) fn checkpoint_once(&mut self, want: Option<u64>) -> Result<Option<CheckpointStats>> {
-        let (plan, mut writer) = self.plan(want)?;
-        let mut scanned = self.scan(&plan, &mut writer)?;
-        match self.commit(&plan, writer, &mut scanned)? {
-            Some(committed) => self.after_commit(plan, scanned, committed).map(Some),
-            None => Ok(None),
+    /// The registered regions' memory, as scan sources.
+    pub(super) fn live_sources(&self) -> Vec<Source<'_>> {
+        self.regions
+            .iter()
+            .map(|r| Source::Live(r.mem.bytes()))
+            .collect()
+    }
+
+    /// Step 4, the engine's part: tell the tracker, remember the new hashes and parent.
+    pub(super) fn apply(&mut self, landed: Landed) {
+        if landed.outcome.reported.is_some() {
+            self.since_audit = if landed.audit {
+                0
+            } else {
+                self.since_audit + 1
+            };
         }
+        self.tracker.committed(landed.outcome);
+        let hashes = Arc::make_mut(&mut self.hashes);
+        for (h, u) in hashes.iter_mut().zip(&landed.updates) {
+            for &(p, f) in u {
+                if let Some(slot) = h.pages.get_mut(p as usize) {
+                    *slot = f;
+                }
+            }
+            h.pages_known = true;
+        }
+        self.parent = landed.parent.map(Arc::new);
+        self.last_written = self.last_written.max(landed.stats.version);
+    }
+
+    /// One blocking attempt at a checkpoint. `Ok(None)` means the parent picture was stale
+    /// (a compaction changed the store); nothing was committed.
+    pub(super) fn checkpoint_once(&mut self, want: Option<u64>) -> Result<Option<CheckpointStats>> {
+        let w = self.take(want, Instant::now())?;
+        let landed = w.run(&self.live_sources())?;
+        drop(w);
+        Ok(landed.map(|l| {
+            let stats = l.stats.clone();
+            self.apply(l);
+            stats
+        }))
     }
 
     /// Re-reads the parent version from disk after a compaction changed the files it
@@ -297,17 +428,6 @@ impl Checkpointer {
         let Some(old) = self.parent.take() else {
             return;
         };
-        self.parent = self.reload_parent(&old);
-    }
-
-    /// The current picture of `old`'s version on disk: `None` if its file is gone or is
-    /// another file now (a compactor's revision keeps the file id).
-    fn reload_parent(&self, old: &Parent) -> Option<Parent> {
-        let path = self.store.path_of(old.parent.version);
-        let v = Version::open(&path).ok()?;
-        if v.file().header.file_id != old.parent.identity.file_id {
-            return None;
-        }
-        self.parent_from_version(&v, old.parent.version).ok()
+        self.parent = reload_parent(&self.store, &self.regions(), &old).map(Arc::new);
     }
 }

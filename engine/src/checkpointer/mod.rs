@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use crate::config::{CheckpointStats, Config, Tracking};
 use crate::error::{Error, Result};
@@ -16,7 +17,10 @@ use crate::track::Tracker;
 use crate::write::index::Parent;
 
 mod checkpoint;
+mod flight;
 mod restore;
+
+pub use flight::AsyncCheckpoint;
 
 /// An application's checkpoint engine for one chain (`<dir>/<name>.ckpt.<N>`).
 ///
@@ -39,8 +43,9 @@ pub struct Checkpointer {
     store: Store,
     config: Config,
     regions: Vec<Region>,
-    hashes: Vec<RegionHashes>,
-    parent: Option<Parent>,
+    /// What is remembered of each region's parent contents (shared with a flush in flight).
+    hashes: Arc<Vec<RegionHashes>>,
+    parent: Option<Arc<Parent>>,
     last_written: u64,
     tracker: Box<dyn Tracker>,
     /// Checkpoints since the last audit (uffd mode).
@@ -51,11 +56,17 @@ pub struct Checkpointer {
     last_compaction: Option<Result<crate::compact::Report>>,
     /// This engine's identity, stamped on the region handles it issues.
     engine_id: u64,
+    /// The asynchronous checkpoint in flight, if any.
+    in_flight: Option<flight::InFlight>,
+    /// The staging buffer of copy snapshots, kept for reuse.
+    staging: Vec<u8>,
     _lock: WriterLock,
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
+        // An asynchronous checkpoint in flight commits (or fails) first.
+        self.settle_logged();
         // Let a running compaction finish (it is crash-safe, but finishing is tidier).
         if let Some(h) = self.compactor.take() {
             let _ = h.join();
@@ -109,7 +120,7 @@ impl Checkpointer {
             store,
             config,
             regions: Vec::new(),
-            hashes: Vec::new(),
+            hashes: Arc::new(Vec::new()),
             parent: None,
             last_written: 0,
             tracker,
@@ -117,6 +128,8 @@ impl Checkpointer {
             compactor: None,
             last_compaction: None,
             engine_id: region::new_engine_id(),
+            in_flight: None,
+            staging: Vec::new(),
             _lock: lock,
         })
     }
@@ -140,6 +153,7 @@ impl Checkpointer {
     /// show (an RDMA NIC writing into it, for example). The pages are hashed at the next
     /// checkpoint. Has no effect in hash mode, which hashes everything anyway.
     pub fn mark_dirty(&mut self, id: u64, range: std::ops::Range<usize>) -> Result<()> {
+        self.settle_logged();
         let i = self.slot_of(id)?;
         let len = self.regions[i].len();
         if range.start > range.end || range.end > len {
@@ -211,15 +225,20 @@ impl Checkpointer {
     }
 
     fn push_region(&mut self, id: u64, mem: Memory) -> Result<()> {
+        self.settle_logged();
         let len = mem.bytes().len();
+        let forkable = match mem {
+            Memory::Owned(_) => true,
+            Memory::Raw { .. } => crate::sys::fork_snapshots(mem.addr(), len).unwrap_or(false),
+        };
         self.tracker
             .add_region(mem.addr(), len)
             .map_err(|e| Error::Region {
                 id,
                 why: format!("cannot write-protect for dirty tracking: {e}"),
             })?;
-        self.regions.push(Region { id, mem });
-        self.hashes
+        self.regions.push(Region { id, mem, forkable });
+        Arc::make_mut(&mut self.hashes)
             .push(RegionHashes::unknown(len, self.config.page_size as usize));
         // A new region has no parent data: the next checkpoint is a full version.
         self.parent = None;
@@ -276,6 +295,7 @@ impl Checkpointer {
     /// for caller memory, no longer touches it, so the caller may free it afterwards. The
     /// next checkpoint is a full version.
     pub fn unregister(&mut self, id: u64) -> Result<()> {
+        self.settle_logged();
         let slot = self.slot_of(id)?;
         self.tracker
             .remove_region(slot)
@@ -284,7 +304,7 @@ impl Checkpointer {
                 why: format!("cannot stop dirty tracking: {e}"),
             })?;
         self.regions.remove(slot);
-        self.hashes.remove(slot);
+        Arc::make_mut(&mut self.hashes).remove(slot);
         // (Handles of later regions now name the wrong slot; `find_typed` refuses them.)
         self.parent = None;
         Ok(())
@@ -365,6 +385,7 @@ impl Checkpointer {
     /// must be larger than every version in the store. A coordinator (the MPI shim) uses it so
     /// that all ranks write the same number.
     pub fn checkpoint_numbered(&mut self, version: u64) -> Result<CheckpointStats> {
+        self.settle_logged();
         let floor = self.version_floor()?;
         if version <= floor {
             return Err(Error::VersionExists {
@@ -380,6 +401,7 @@ impl Checkpointer {
     /// whose applications choose version numbers themselves (the VeloC interface). Numbers of
     /// versions a compaction removed must not be reused: that is the caller's duty here.
     pub fn checkpoint_at(&mut self, version: u64) -> Result<CheckpointStats> {
+        self.settle_logged();
         let path = self.store.path_of(version);
         if version == 0 || store::exists(&path)? {
             return Err(Error::VersionExists {
@@ -391,6 +413,7 @@ impl Checkpointer {
     }
 
     fn checkpoint_inner(&mut self, want: Option<u64>) -> Result<CheckpointStats> {
+        self.settle_logged();
         if self.regions.is_empty() {
             return Err(Error::NoRegions {
                 dir: self.store.dir().to_path_buf(),

@@ -2,6 +2,7 @@
 
 use super::Checkpointer;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::RestoreStats;
 use crate::error::{Error, Result};
@@ -9,34 +10,43 @@ use crate::hash::RegionHashes;
 use crate::read::Version;
 use crate::write::index::Parent;
 
-impl Checkpointer {
-    /// For each registered region (in engine order), its index in the version's region
-    /// table. Every registered region must be in the version with the same size, and every
-    /// region of the version must be registered.
-    pub(super) fn region_order(&self, v: &Version) -> Result<Vec<usize>> {
-        let path = v.file().path();
-        let mismatch = |why: String| Error::RegionMismatch {
+/// For each registered region (`regions`: ids and byte lengths, in engine order), its index
+/// in the version's region table. Every registered region must be in the version with the
+/// same size, and every region of the version must be registered.
+pub(super) fn region_order(v: &Version, regions: &[(u64, usize)]) -> Result<Vec<usize>> {
+    let path = v.file().path();
+    let order = regions
+        .iter()
+        .map(|&(id, len)| stored_index(v, id, len))
+        .collect::<Result<Vec<usize>>>()?;
+    if let Some(e) = v
+        .regions()
+        .iter()
+        .find(|e| !regions.iter().any(|r| r.0 == e.id))
+    {
+        return Err(Error::RegionMismatch {
             path: path.to_path_buf(),
-            why,
-        };
-        let order = self
-            .regions
-            .iter()
-            .map(|r| stored_index(v, r.id, r.len()))
-            .collect::<Result<Vec<usize>>>()?;
-        if let Some(e) = v
-            .regions()
-            .iter()
-            .find(|e| !self.regions.iter().any(|r| r.id == e.id))
-        {
-            return Err(mismatch(format!(
-                "region {} is in the checkpoint but not registered",
-                e.id
-            )));
-        }
-        Ok(order)
+            why: format!("region {} is in the checkpoint but not registered", e.id),
+        });
     }
+    Ok(order)
+}
 
+/// The parent picture of version `version` (already opened), with extents listed in the
+/// engine's region order (`regions`).
+pub(super) fn parent_from_version(
+    v: &Version,
+    version: u64,
+    regions: &[(u64, usize)],
+) -> Result<Parent> {
+    let order = region_order(v, regions)?;
+    let file = v.file();
+    let mut parent = Parent::from_index(&file.index, version, file.identity(), file.header.depth);
+    parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
+    Ok(parent)
+}
+
+impl Checkpointer {
     /// Restores version `version` (the newest if `None`) into the registered regions. Every
     /// region of the checkpoint must be registered with the same size, and every registered
     /// region must be in the checkpoint. The next checkpoint is a delta against the restored
@@ -48,6 +58,8 @@ impl Checkpointer {
     /// With `version` `None` and `CKPT_RESTORE_VERSION` set (by `ckpt debug`), that version
     /// is restored instead of the newest.
     pub fn restore(&mut self, version: Option<u64>) -> Result<RestoreStats> {
+        // An asynchronous checkpoint in flight may be the version asked for.
+        self.settle_logged();
         let version = match version {
             Some(v) => Some(v),
             None => crate::restore_version_override()?,
@@ -78,6 +90,7 @@ impl Checkpointer {
     }
 
     fn restore_inner(&mut self, path: &Path, only: Option<&[u64]>) -> Result<RestoreStats> {
+        self.settle_logged();
         let v = Version::open(path)?;
         v.prefetch();
         let header = &v.file().header;
@@ -92,7 +105,10 @@ impl Checkpointer {
         let ps = v.page_size();
         // For each registered region: its index in the version, or None to leave it alone.
         let order: Vec<Option<usize>> = match only {
-            None => self.region_order(&v)?.into_iter().map(Some).collect(),
+            None => region_order(&v, &self.regions())?
+                .into_iter()
+                .map(Some)
+                .collect(),
             Some(ids) => self.selected_order(&v, ids)?,
         };
         if only.is_some() && ps != self.config.page_size as usize {
@@ -110,7 +126,7 @@ impl Checkpointer {
             .map_err(|e| Error::io(path, "remove write-protection before restore", e))?;
         let mut bytes = 0u64;
         let mut new_hashes = Vec::with_capacity(self.regions.len());
-        for ((r, i), old) in self.regions.iter_mut().zip(&order).zip(&self.hashes) {
+        for ((r, i), old) in self.regions.iter_mut().zip(&order).zip(self.hashes.iter()) {
             let out = r.mem.bytes_mut();
             let Some(i) = *i else {
                 new_hashes.push(old.clone());
@@ -125,7 +141,7 @@ impl Checkpointer {
         // Only now: a failed restore leaves the old page size and hashes (which describe
         // contents, so they stay truthful whatever the restore overwrote).
         self.config.page_size = ps as u32;
-        self.hashes = new_hashes;
+        self.hashes = Arc::new(new_hashes);
         // The regions now hold exactly the restored version: nothing is dirty. (After a
         // selective restore the next checkpoint is full, so the others need no tracking.)
         self.tracker
@@ -133,7 +149,7 @@ impl Checkpointer {
             .map_err(|e| Error::io(path, "write-protect after restore", e))?;
         let here = path.parent().map(|d| same_dir(d, self.store.dir()));
         if only.is_none() && here == Some(true) {
-            self.parent = Some(self.parent_from_version(&v, version)?);
+            self.parent = Some(Arc::new(parent_from_version(&v, version, &self.regions())?));
         }
         crate::sys::ckpt_restored(version);
         Ok(RestoreStats {
@@ -165,17 +181,6 @@ impl Checkpointer {
                 stored_index(v, r.id, r.len()).map(Some)
             })
             .collect()
-    }
-
-    /// The parent picture of version `version` (already opened), with extents listed in the
-    /// engine's region order.
-    pub(super) fn parent_from_version(&self, v: &Version, version: u64) -> Result<Parent> {
-        let order = self.region_order(v)?;
-        let file = v.file();
-        let mut parent =
-            Parent::from_index(&file.index, version, file.identity(), file.header.depth);
-        parent.extents = order.iter().map(|&i| parent.extents[i].clone()).collect();
-        Ok(parent)
     }
 }
 

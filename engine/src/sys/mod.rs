@@ -115,3 +115,108 @@ pub(crate) fn reserve(file: &File, len: u64) -> std::io::Result<()> {
 pub extern "C" fn ckpt_restored(version: u64) {
     std::hint::black_box(version);
 }
+
+/// Whether the memory `[addr, addr + len)` can be snapshotted by `fork()`: every mapping
+/// overlapping it is private and copied to a child (not shared, `MADV_DONTFORK` or
+/// `MADV_WIPEONFORK`), as `/proc/self/smaps` says.
+pub(crate) fn fork_snapshots(addr: usize, len: usize) -> std::io::Result<bool> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let end = addr.saturating_add(len);
+    let mut overlapping = false;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                overlapping = lo < end && addr < hi;
+                if overlapping && words.next().is_some_and(|perms| perms.contains('s')) {
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
+        if overlapping && first == "VmFlags:" && words.any(|f| f == "dc" || f == "wf" || f == "sh")
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A child process started by [`fork_with_pipe`].
+#[derive(Debug)]
+pub(crate) struct Child {
+    /// Its process id.
+    pub(crate) pid: i32,
+    /// The read end of the pipe it writes its answer to.
+    pub(crate) answer: File,
+}
+
+/// Forks. The child runs `child`, writes the bytes it returns to a pipe, and leaves with
+/// `_exit` (no destructor, atexit handler or MPI finalisation of the parent's state runs in
+/// it); it is killed if the parent thread dies first (`PR_SET_PDEATHSIG`). The parent gets
+/// the child's pid and the pipe's read end; `child` is dropped uncalled there.
+///
+/// `child` runs in a copy of a possibly multi-threaded process in which only the calling
+/// thread exists: it must not wait for locks other threads may have held, nor for work
+/// queued to thread pools that existed before the fork.
+pub(crate) fn fork_with_pipe(child: impl FnOnce() -> Vec<u8>) -> std::io::Result<Child> {
+    use std::io::Write;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let parent = std::process::id() as i32;
+    // SAFETY: fork duplicates the process; the parent continues as usual. The child, which
+    // has only this thread, runs `child` (whose contract is above: glibc's allocator and
+    // thread creation work after fork, and no lock held by another thread is waited for),
+    // writes to its pipe and leaves with `_exit`, never returning into the caller's code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(write);
+            Ok(Child {
+                pid: child.as_raw(),
+                answer: File::from(read),
+            })
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read);
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes plain integers. getppid cannot fail.
+            let orphan = unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                    || libc::getppid() != parent
+            };
+            let code = if orphan {
+                3
+            } else {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
+                    Ok(bytes) => {
+                        let mut out = File::from(write);
+                        if out.write_all(&bytes).is_ok() {
+                            0
+                        } else {
+                            2
+                        }
+                    }
+                    Err(_) => 101,
+                }
+            };
+            // SAFETY: _exit ends the process at once; nothing of the parent's state is
+            // finalised twice.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// Waits for child `pid` to end: `Ok(None)` if it exited with status 0, else what happened.
+pub(crate) fn wait_child(pid: i32) -> std::io::Result<Option<String>> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, 0)) => return Ok(None),
+            Ok(WaitStatus::Exited(_, c)) => return Ok(Some(format!("exited with status {c}"))),
+            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(Some(format!("was killed by {s}"))),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -12,15 +12,40 @@ use super::file::{PageIn, VersionWriter};
 use crate::error::{Error, Result};
 use crate::format::Record;
 use crate::hash::{self, RegionHashes, Scan};
-use crate::region::Region;
 
 /// Bytes of a region scanned before their dirty pages are handed to the writer.
 const SPAN_BYTES: usize = 8 << 20;
 
+/// Where a region's pages are read from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// The region's memory itself (or a forked child's copy-on-write view of it).
+    Live(&'a [u8]),
+    /// Copies of the region's candidate pages only, taken when an asynchronous checkpoint
+    /// was asked for: the k-th candidate at `pages[k * page_size..]` (the region's last page
+    /// may be short). Only a scan that the candidates choose can read it.
+    Staged {
+        /// The region's length in bytes.
+        len: usize,
+        /// The copies.
+        pages: &'a [u8],
+    },
+}
+
+impl Source<'_> {
+    /// The region's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Source::Live(b) => b.len(),
+            Source::Staged { len, .. } => *len,
+        }
+    }
+}
+
 /// What to scan and how.
 pub(crate) struct ScanJob<'a> {
-    /// The registered regions, in engine order.
-    pub(crate) regions: &'a [Region],
+    /// Each registered region's pages, in engine order.
+    pub(crate) sources: &'a [Source<'a>],
     /// What is remembered of each region's parent contents.
     pub(crate) known: &'a [RegionHashes],
     /// The tracker's candidate pages per region, when they choose what to hash.
@@ -54,17 +79,16 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
     let ps = job.page_size;
     let mut out = Scanned {
         records: Vec::new(),
-        scans: Vec::with_capacity(job.regions.len()),
-        stored: Vec::with_capacity(job.regions.len()),
+        scans: Vec::with_capacity(job.sources.len()),
+        stored: Vec::with_capacity(job.sources.len()),
         scan_secs: 0.0,
         pages_total: 0,
     };
     let span_pages = (SPAN_BYTES / ps).max(1);
     let tmp = writer.tmp_path().to_path_buf();
     let records = writer.write_stream(job.level, job.min_saving, |emit| {
-        for (ri, (r, known)) in job.regions.iter().zip(job.known).enumerate() {
-            let bytes = r.mem.bytes();
-            out.pages_total += bytes.len().div_ceil(ps) as u64;
+        for (ri, (src, known)) in job.sources.iter().zip(job.known).enumerate() {
+            out.pages_total += src.len().div_ceil(ps) as u64;
             let mut region_scan = Scan::default();
             let mut region_stored = Vec::new();
             let npages = known.pages.len();
@@ -72,14 +96,33 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
             while g < npages {
                 let end = (g + span_pages).min(npages);
                 let ts = Instant::now();
-                let mut scan = match job.candidates {
-                    Some(c) => {
+                let mut scan = match (job.candidates, src) {
+                    (Some(c), _) => {
                         let c = &c[ri];
                         let a = c.partition_point(|&p| p < g as u64);
                         let b = c.partition_point(|&p| p < end as u64);
-                        hash::scan_candidates(bytes, ps, known, &c[a..b])
+                        hash::scan_candidates(src, a, ps, known, &c[a..b]).ok_or_else(|| {
+                            Error::io(
+                                &tmp,
+                                "scan pages",
+                                std::io::Error::other(format!(
+                                    "region {ri}: a candidate page is outside its source"
+                                )),
+                            )
+                        })?
                     }
-                    None => hash::scan_pages(bytes, ps, known, g..end, job.full),
+                    (None, Source::Live(bytes)) => {
+                        hash::scan_pages(bytes, ps, known, g..end, job.full)
+                    }
+                    (None, Source::Staged { .. }) => {
+                        return Err(Error::io(
+                            &tmp,
+                            "scan pages",
+                            std::io::Error::other(
+                                "staged page copies cannot serve a scan of every page",
+                            ),
+                        ))
+                    }
                 };
                 out.scan_secs += ts.elapsed().as_secs_f64();
                 // The stored bytes are the copies the hashes were computed from.
