@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! ckpt-testapp DIR NAME MIB SEED STEPS [restore=V|restore=latest] [writes=N] [ready] [keep=K]
+//!              [async=auto|copy|fork]
 //! ckpt-testapp compact DIR NAME KEEP
 //! ```
 //! With `keep=K`, the engine compacts in the background after each checkpoint (retention).
 //! `compact` runs one compaction keeping K versions and prints `compacted`.
 //! Prints `restored V HASH`, then for each step `committed V HASH`. With `ready`, prints
-//! `ready` before each checkpoint and flushes, so that a parent can time a kill.
+//! `ready` before each checkpoint and flushes, so that a parent can time a kill. With
+//! `async=M`, checkpoints are asynchronous (snapshot mechanism M): each prints
+//! `started V HASH` once its snapshot is taken, and `committed V - PAGES` once collected.
 
 use std::io::Write;
 
@@ -66,6 +69,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut writes = 20usize;
     let mut ready = false;
     let mut keep = None;
+    let mut snapshot: Option<ckpt_engine::Snapshot> = None;
     for a in &args[6..] {
         if let Some(v) = a.strip_prefix("restore=") {
             restore = Some(v.to_string());
@@ -75,11 +79,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             ready = true;
         } else if let Some(k) = a.strip_prefix("keep=") {
             keep = Some(k.parse()?);
+        } else if let Some(m) = a.strip_prefix("async=") {
+            snapshot = Some(m.parse()?);
         }
     }
     let mut c = config(4096, 16);
     if let Some(k) = keep {
         c = c.with_retention(k);
+    }
+    if let Some(m) = snapshot {
+        c = c.with_snapshot(m);
     }
     let mut ck = Checkpointer::open(dir, name, c)?;
     register(&mut ck, mib)?;
@@ -95,11 +104,30 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             writeln!(out.lock(), "restored {v} {}", state_hash(&ck))?;
         }
     }
+    let mut in_flight: Option<ckpt_engine::AsyncCheckpoint> = None;
+    let done = |h: ckpt_engine::AsyncCheckpoint| -> Result<(), Box<dyn std::error::Error>> {
+        let s = h.wait()?;
+        writeln!(out.lock(), "committed {} - {}", s.version, s.pages_stored)?;
+        out.lock().flush()?;
+        Ok(())
+    };
     for step in 0..steps {
         mutate(&mut ck, mib, seed, step, writes);
         if ready {
             writeln!(out.lock(), "ready")?;
             out.lock().flush()?;
+        }
+        if snapshot.is_some() {
+            // The state at the call is the version's; the flush runs while the next step
+            // mutates, and the next call (or the end) collects it.
+            let hash = state_hash(&ck);
+            let h = ck.checkpoint_async()?;
+            writeln!(out.lock(), "started {} {hash}", h.version())?;
+            out.lock().flush()?;
+            if let Some(p) = in_flight.replace(h) {
+                done(p)?;
+            }
+            continue;
         }
         let s = ck.checkpoint()?;
         writeln!(
@@ -110,6 +138,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             s.pages_stored
         )?;
         out.lock().flush()?;
+    }
+    if let Some(p) = in_flight.take() {
+        done(p)?;
     }
     Ok(())
 }
