@@ -49,6 +49,27 @@ impl From<TrackingArg> for ckpt_engine::Tracking {
     }
 }
 
+/// Snapshot mechanisms of asynchronous checkpoints, as command-line values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotArg {
+    /// Copy for sparse userfaultfd deltas, fork otherwise.
+    Auto,
+    /// Copy the candidate pages into a staging buffer.
+    Copy,
+    /// fork(): the child writes the version from its copy-on-write view.
+    Fork,
+}
+
+impl From<SnapshotArg> for ckpt_engine::Snapshot {
+    fn from(s: SnapshotArg) -> Self {
+        match s {
+            SnapshotArg::Auto => ckpt_engine::Snapshot::Auto,
+            SnapshotArg::Copy => ckpt_engine::Snapshot::Copy,
+            SnapshotArg::Fork => ckpt_engine::Snapshot::Fork,
+        }
+    }
+}
+
 /// `println!` for command output that does not panic when stdout is a closed pipe
 /// (`ckpt ls DIR | head -1`): the process then exits at once, with status 141 as if killed by
 /// SIGPIPE; any other write error ends it with status 2 and a message.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ckpt_cli::{emit, finish, hooks, progress_bar, StoreArgs, TrackingArg};
+use ckpt_cli::{emit, finish, hooks, progress_bar, SnapshotArg, StoreArgs, TrackingArg};
 use ckpt_engine::bench::{self, BenchParams};
 use ckpt_engine::catalog;
 use ckpt_engine::job::JobStore;
@@ -159,6 +159,13 @@ struct BenchArgs {
     /// Afterwards, compact the chain keeping K versions and report its cost.
     #[arg(long)]
     compact_keep: Option<usize>,
+    /// Take the versions asynchronously (checkpoint_async), rewriting the next version's
+    /// pages while each flush runs, and compare with blocking versions of the same state.
+    #[arg(long = "async")]
+    asynchronous: bool,
+    /// With --async: how the snapshot is taken.
+    #[arg(long, value_enum, default_value_t = SnapshotArg::Auto, requires = "asynchronous")]
+    snapshot: SnapshotArg,
 }
 
 /// `ckpt ls` on a job store: its committed versions.
@@ -453,6 +460,7 @@ fn run_bench(a: BenchArgs, json_mode: bool) -> Result<bool> {
         max_chain_depth: a.max_depth,
         seed: a.seed,
         compact_keep: a.compact_keep,
+        asynchronous: a.asynchronous.then(|| a.snapshot.into()),
     };
     let pb = progress_bar(params.versions, "checkpoint", json_mode);
     let r = bench::run(&params, &mut |done, _| pb.set_position(done)).context("bench failed")?;

@@ -239,6 +239,58 @@ fn bench_reports_the_documented_fields() {
     );
 }
 
+/// `ckpt bench --async` reports the stopped times against blocking versions of the same
+/// state, and every version (asynchronous ones included) restores exactly.
+#[test]
+fn bench_async_reports_blocked_times_and_verifies_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    for snapshot in ["fork", "auto"] {
+        let d = dir.path().join(snapshot);
+        let (code, j, stderr) = ckpt(&[
+            "bench",
+            "--dir",
+            d.to_str().unwrap(),
+            "--state-mib",
+            "8",
+            "--versions",
+            "4",
+            "--async",
+            "--snapshot",
+            snapshot,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(j["verified"], true, "{j}");
+        assert_eq!(j["snapshot"], snapshot, "{j}");
+        for k in [
+            "blocked_secs",
+            "full_blocked_secs",
+            "blocking_full_secs",
+            "blocking_delta_secs",
+            "compute_pages_per_sec_idle",
+            "compute_pages_per_sec_flushing",
+        ] {
+            assert!(j[k].as_f64().unwrap() > 0.0, "{k} in {j}");
+        }
+        assert!(j["peak_extra_rss_bytes"].as_u64().is_some(), "{j}");
+        let used: u64 = j["snapshots_used"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(used, 4, "{j}");
+        if snapshot == "fork" {
+            assert_eq!(j["snapshots_used"]["fork"], 4, "{j}");
+        }
+        // The reference chain is gone; the bench chain holds the four versions.
+        assert!(!d.join("blocking-reference").exists());
+    }
+    // --snapshot without --async is refused.
+    let (code, _, _) = ckpt(&["bench", "--dir", "x", "--snapshot", "fork"]);
+    assert_eq!(code, 2);
+}
+
 /// `--json` works anywhere on the line, errors are one JSON document, and the OS reason is
 /// given once, not repeated by the cause chain.
 #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::{Checkpointer, Config, Tracking};
+use crate::{Checkpointer, Config, Snapshot, Tracking};
 
 /// Chain name used by the benchmark.
 pub const BENCH_CHAIN: &str = "bench";
@@ -40,6 +40,9 @@ pub struct BenchParams {
     pub seed: u64,
     /// After the restores, compact the chain keeping this many versions, and time it.
     pub compact_keep: Option<usize>,
+    /// Take every version with `checkpoint_async` and this snapshot mechanism, rewriting the
+    /// next version's pages in a loop while each flush runs ([`AsyncFigures`]).
+    pub asynchronous: Option<Snapshot>,
 }
 
 impl Default for BenchParams {
@@ -56,6 +59,7 @@ impl Default for BenchParams {
             max_chain_depth: 16,
             seed: 1,
             compact_keep: None,
+            asynchronous: None,
         }
     }
 }
@@ -125,6 +129,43 @@ pub struct BenchReport {
     pub compact_bytes_copied: Option<u64>,
     /// Ratios of the figures above, measured within this run.
     pub ratios: BenchRatios,
+    /// With `asynchronous`: what the application was stopped for, against blocking versions.
+    #[serde(flatten)]
+    pub asynchronous: Option<AsyncFigures>,
+}
+
+/// The figures of an asynchronous run (`ckpt bench --async`). In such a run `full_secs` and
+/// `delta_secs` are the times from the call until the version is durable, while the bench
+/// rewrites the next version's pages.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AsyncFigures {
+    /// The mechanism asked for.
+    pub snapshot: String,
+    /// How many versions each mechanism took (`blocked`: no mechanism applied).
+    pub snapshots_used: std::collections::BTreeMap<String, u64>,
+    /// Median wall time the application was stopped in `checkpoint_async`, over the deltas.
+    pub blocked_secs: f64,
+    /// The same for the full version.
+    pub full_blocked_secs: f64,
+    /// A blocking full version of the same state, written in this run (a second chain).
+    pub blocking_full_secs: f64,
+    /// A blocking delta at the same dirty fraction, written in this run after it.
+    pub blocking_delta_secs: f64,
+    /// Peak memory above the state while flushes ran: this process's growth in resident
+    /// memory plus the private memory of its flushing child (pages copied on write, buffers).
+    pub peak_extra_rss_bytes: u64,
+    /// The bench's page rewrites per second while no flush runs (same pages, already written
+    /// once, so no fault is taken).
+    pub compute_pages_per_sec_idle: f64,
+    /// The same while a flush runs, including the first write of each page after the call
+    /// (a write-protect fault in userfaultfd mode, a copy-on-write fault after a fork).
+    pub compute_pages_per_sec_flushing: f64,
+    /// `compute_pages_per_sec_idle / compute_pages_per_sec_flushing`.
+    pub compute_slowdown: f64,
+    /// `blocked_secs / blocking_delta_secs`.
+    pub blocked_over_blocking_delta: f64,
+    /// `full_blocked_secs / blocking_full_secs`.
+    pub full_blocked_over_blocking_full: f64,
 }
 
 /// Ratios of a [`BenchReport`]'s figures (both terms from the same run).
@@ -369,6 +410,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         keep: None,
         auto_compact: false,
         naming: crate::store::Naming::Ckpt,
+        snapshot: p.asynchronous.unwrap_or_default(),
         ..Config::default()
     };
     let state_bytes = (p.state_mib as u64) << 20;
@@ -394,44 +436,108 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     };
     let first_state = snapshot(&ck)?;
 
-    // Reference: the same bytes written raw and fsynced, once before and once after the full
-    // version (the disk is shared and noisy; the mean of the two is reported).
+    // Reference: the same bytes written raw and fsynced, once before and once after the
+    // versions (the disk is shared and noisy; the mean of the two is reported).
     let baseline_before = baseline(&p.dir, &first_state)?;
-    let t = Instant::now();
-    let first = ck.checkpoint()?;
-    let full_secs = t.elapsed().as_secs_f64();
-    progress(1, p.versions);
-
-    let baseline_after = baseline(&p.dir, &first_state)?;
-    let baseline_write_secs = (baseline_before + baseline_after) / 2.0;
-    let tuned_write_secs =
-        tuned_write(&p.dir, &first_state)?.min(tuned_write(&p.dir, &first_state)?);
-
     let mut rng = Rng::new(p.seed.wrapping_mul(7919) ^ 0x5eed);
-    let mut delta_secs = Vec::new();
-    let mut delta_scan = Vec::new();
-    let mut delta_bytes = Vec::new();
-    let mut last = first.clone();
-    for v in 2..=p.versions {
-        for gp in pick(&mut rng, total_pages, dirty_pages) {
+    let per_page = (ps / 8) as usize;
+    // Rewrites the chosen pages (global page numbers) with a random bump.
+    let bump = |ck: &mut Checkpointer, pages: &[u64], rng: &mut Rng| -> Result<()> {
+        let bump = rng.next_f64() * 0.01 + 1.0e-6;
+        for &gp in pages {
             let (r, page) = (gp / pages_per_region, gp % pages_per_region);
             let data = ck.region_mut(&handles[r as usize])?;
-            let per_page = (ps / 8) as usize;
             let start = page as usize * per_page;
             let end = (start + per_page).min(data.len());
-            let bump = rng.next_f64() * 0.01 + 1.0e-6;
             for x in &mut data[start..end] {
                 *x += bump;
             }
         }
+        Ok(())
+    };
+    let mut delta_secs = Vec::new();
+    let mut delta_scan = Vec::new();
+    let mut delta_bytes = Vec::new();
+    let mut full_secs = 0.0;
+    let mut first = None;
+    let mut last = None;
+    let mut last_state = Vec::new();
+    let mut asynchronous = p.asynchronous.map(AsyncRun::new);
+    let mut pages = Vec::new();
+    for v in 1..=p.versions {
+        if v > 1 && asynchronous.is_none() {
+            bump(&mut ck, &pick(&mut rng, total_pages, dirty_pages), &mut rng)?;
+        }
+        if v == p.versions {
+            last_state = snapshot(&ck)?;
+        }
+        // (Outside the timing: the state's hash, to check the version holds it.)
+        let hash = match asynchronous {
+            Some(_) => state_hash(&ck, &handles)?,
+            None => [0; 32],
+        };
+        let base_rss = rss_bytes();
         let t = Instant::now();
-        last = ck.checkpoint()?;
-        delta_secs.push(t.elapsed().as_secs_f64());
-        delta_scan.push(last.scan_secs);
-        delta_bytes.push(last.file_bytes as f64);
+        let stats = match asynchronous.as_mut() {
+            None => ck.checkpoint()?,
+            Some(a) => {
+                let h = ck.checkpoint_async()?;
+                let stopped = t.elapsed().as_secs_f64();
+                a.called(h.version(), hash, h.snapshot(), stopped, v == 1);
+                // The next version's pages are rewritten while this one flushes (none after
+                // the last: its state is the one the restores check).
+                if v < p.versions {
+                    pages = pick(&mut rng, total_pages, dirty_pages);
+                    let tf = Instant::now();
+                    let mut sampled = Instant::now();
+                    loop {
+                        bump(&mut ck, &pages, &mut rng)?;
+                        a.flushing_pages += pages.len() as u64;
+                        if sampled.elapsed().as_secs_f64() > 0.005 || h.is_done() {
+                            let extra =
+                                rss_bytes().saturating_sub(base_rss) + children_private_bytes();
+                            a.peak_extra_rss = a.peak_extra_rss.max(extra);
+                            sampled = Instant::now();
+                        }
+                        if h.is_done() {
+                            break;
+                        }
+                    }
+                    a.flushing_secs += tf.elapsed().as_secs_f64();
+                }
+                let stats = h.wait()?;
+                if v < p.versions {
+                    // The same rewrites with no flush running, for as long.
+                    let span = t.elapsed().as_secs_f64().min(a.flushing_secs.max(1e-3));
+                    let ti = Instant::now();
+                    while ti.elapsed().as_secs_f64() < span.min(1.0) {
+                        bump(&mut ck, &pages, &mut rng)?;
+                        a.idle_pages += pages.len() as u64;
+                    }
+                    a.idle_secs += ti.elapsed().as_secs_f64();
+                }
+                stats
+            }
+        };
+        let secs = t.elapsed().as_secs_f64();
+        if v == 1 {
+            full_secs = secs;
+            first = Some(stats.clone());
+        } else {
+            delta_secs.push(secs);
+            delta_scan.push(stats.scan_secs);
+            delta_bytes.push(stats.file_bytes as f64);
+        }
+        last = Some(stats);
         progress(v, p.versions);
     }
-    let last_state = snapshot(&ck)?;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Err(Error::Config("bench needs at least 2 versions".into()));
+    };
+    let baseline_after = baseline(&p.dir, &first_state)?;
+    let baseline_write_secs = (baseline_before + baseline_after) / 2.0;
+    let tuned_write_secs =
+        tuned_write(&p.dir, &first_state)?.min(tuned_write(&p.dir, &first_state)?);
     let tracking = last.tracking.as_str().to_string();
     drop(ck);
 
@@ -500,6 +606,51 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         ok_compacted = restore(last.version, &last_state)?.1;
     }
 
+    // Asynchronous run: every version restores to the state at its call; and the blocking
+    // references, on a second chain holding the same state.
+    let mut ok_async = true;
+    let asynchronous = match asynchronous {
+        None => None,
+        Some(a) => {
+            for (v, want) in &a.at_call {
+                let mut ck = Checkpointer::open(&p.dir, BENCH_CHAIN, config.clone())?;
+                let mut hs = Vec::new();
+                for r in 0..nregions {
+                    hs.push(ck.alloc_region::<f64>(r + 1, region_elems)?);
+                }
+                ck.restore(Some(*v))?;
+                ok_async &= state_hash(&ck, &hs)? == *want;
+            }
+            let ref_dir = p.dir.join("blocking-reference");
+            let (full, delta) = {
+                let mut ck = Checkpointer::open(&ref_dir, BENCH_CHAIN, config.clone())?;
+                let mut hs = Vec::new();
+                for (r, bytes) in last_state.iter().enumerate() {
+                    let h = ck.alloc_region::<f64>(r as u64 + 1, region_elems)?;
+                    bytemuck::cast_slice_mut::<f64, u8>(ck.region_mut(&h)?).copy_from_slice(bytes);
+                    hs.push(h);
+                }
+                let t = Instant::now();
+                ck.checkpoint()?;
+                let full = t.elapsed().as_secs_f64();
+                let chosen = pick(&mut rng, total_pages, dirty_pages);
+                let bump = rng.next_f64() * 0.01 + 1.0e-6;
+                for &gp in &chosen {
+                    let (r, page) = (gp / pages_per_region, gp % pages_per_region);
+                    let data = ck.region_mut(&hs[r as usize])?;
+                    let start = page as usize * per_page;
+                    let end = (start + per_page).min(data.len());
+                    data[start..end].iter_mut().for_each(|x| *x += bump);
+                }
+                let t = Instant::now();
+                ck.checkpoint()?;
+                (full, t.elapsed().as_secs_f64())
+            };
+            std::fs::remove_dir_all(&ref_dir).map_err(|e| Error::io(&ref_dir, "remove", e))?;
+            Some(a.figures(full, delta))
+        }
+    };
+
     let delta_secs = median(&mut delta_secs);
     let delta_bytes = median(&mut delta_bytes) as u64;
     let floor_secs = commit_floor(&p.dir, &last_state, delta_bytes)?;
@@ -537,10 +688,120 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         cold_cache,
         newest_depth: last.depth,
         newest_files_read,
-        verified: ok_newest && ok_first && ok_cold && ok_compacted,
+        verified: ok_newest && ok_first && ok_cold && ok_compacted && ok_async,
         compact_secs,
         compact_bytes_written,
         compact_bytes_copied,
         ratios,
+        asynchronous,
     })
+}
+
+/// What an asynchronous run gathers as it goes.
+struct AsyncRun {
+    snapshot: Snapshot,
+    used: std::collections::BTreeMap<String, u64>,
+    /// Each version and the hash of the state at its call.
+    at_call: Vec<(u64, [u8; 32])>,
+    blocked: Vec<f64>,
+    full_blocked: f64,
+    peak_extra_rss: u64,
+    flushing_pages: u64,
+    flushing_secs: f64,
+    idle_pages: u64,
+    idle_secs: f64,
+}
+
+impl AsyncRun {
+    fn new(snapshot: Snapshot) -> AsyncRun {
+        AsyncRun {
+            snapshot,
+            used: Default::default(),
+            at_call: Vec::new(),
+            blocked: Vec::new(),
+            full_blocked: 0.0,
+            peak_extra_rss: 0,
+            flushing_pages: 0,
+            flushing_secs: 0.0,
+            idle_pages: 0,
+            idle_secs: 0.0,
+        }
+    }
+
+    /// Records a call that returned after `stopped` seconds.
+    fn called(&mut self, v: u64, hash: [u8; 32], how: Option<Snapshot>, stopped: f64, full: bool) {
+        *self
+            .used
+            .entry(how.map_or("blocked", Snapshot::name).to_string())
+            .or_default() += 1;
+        self.at_call.push((v, hash));
+        if full {
+            self.full_blocked = stopped;
+        } else {
+            self.blocked.push(stopped);
+        }
+    }
+
+    fn figures(mut self, blocking_full: f64, blocking_delta: f64) -> AsyncFigures {
+        let blocked = median(&mut self.blocked);
+        let idle = self.idle_pages as f64 / self.idle_secs.max(1e-9);
+        let flushing = self.flushing_pages as f64 / self.flushing_secs.max(1e-9);
+        AsyncFigures {
+            snapshot: self.snapshot.name().to_string(),
+            snapshots_used: self.used,
+            blocked_secs: blocked,
+            full_blocked_secs: self.full_blocked,
+            blocking_full_secs: blocking_full,
+            blocking_delta_secs: blocking_delta,
+            peak_extra_rss_bytes: self.peak_extra_rss,
+            compute_pages_per_sec_idle: idle,
+            compute_pages_per_sec_flushing: flushing,
+            compute_slowdown: idle / flushing.max(1e-9),
+            blocked_over_blocking_delta: blocked / blocking_delta,
+            full_blocked_over_blocking_full: self.full_blocked / blocking_full,
+        }
+    }
+}
+
+/// blake3 over the blake3 of each MiB of the regions.
+fn state_hash(ck: &Checkpointer, handles: &[crate::RegionHandle<f64>]) -> Result<[u8; 32]> {
+    let mut all = Vec::new();
+    for h in handles {
+        let bytes = bytemuck::cast_slice::<f64, u8>(ck.region(h)?);
+        let parts: Vec<[u8; 32]> = bytes
+            .par_chunks(1 << 20)
+            .map(crate::hash::page_hash)
+            .collect();
+        all.extend(parts.iter().flatten());
+    }
+    Ok(crate::hash::page_hash(&all))
+}
+
+/// This process's resident memory (`/proc/self/statm`), 0 if unreadable.
+fn rss_bytes() -> u64 {
+    let page = crate::sys::uffd::os_page_size() as u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
+/// The private memory of this thread's child processes (a flushing child's copied pages and
+/// buffers), from `/proc/<pid>/smaps_rollup`; 0 if unreadable.
+fn children_private_bytes() -> u64 {
+    let Ok(children) = std::fs::read_to_string("/proc/thread-self/children") else {
+        return 0;
+    };
+    children
+        .split_whitespace()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .map(|rollup| {
+            rollup
+                .lines()
+                .filter(|l| l.starts_with("Private_"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+                * 1024
+        })
+        .sum()
 }
