@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! heat --store DIR --n N --iters I --ckpt-every K [--crash-at ITER] [--tracking auto|hash|uffd]
+//!      [--async [--snapshot auto|copy|fork]] [--stats]
 //! ```
+//! With `--async` the iterations go on while each version is written; rank 0 prints
+//! `committed <version>` when a version commits (at the next checkpoint, or at the end).
 //! If DIR holds a committed version, the run restarts from it (`restarted-from <version>`).
 //! It ends with `checksum <hex>` of the final global grid, printed by rank 0: a crashed run
 //! followed by a rerun prints exactly the checksum of an uninterrupted run. It runs under
@@ -63,6 +66,13 @@ struct Args {
     /// Print timing statistics as JSON (rank 0).
     #[arg(long)]
     stats: bool,
+    /// Asynchronous checkpoints (`Job::checkpoint_async`): the iterations go on while each
+    /// version is written; a version commits at the next checkpoint or at the end.
+    #[arg(long = "async")]
+    asynchronous: bool,
+    /// With --async: the snapshot mechanism (auto, copy or fork).
+    #[arg(long, default_value = "auto")]
+    snapshot: String,
 }
 
 /// What `--stats` prints (rank 0), as one JSON object after `stats `.
@@ -76,6 +86,7 @@ struct Stats {
     ckpt_ms_mean: f64,
     coord_ms_mean: f64,
     tracking: &'static str,
+    asynchronous: bool,
 }
 
 fn rank_version(s: &Option<String>) -> Option<(u32, u64)> {
@@ -111,7 +122,9 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
     let r1 = (rank + 1) * n / size;
     let rows = r1 - r0;
     let tracking: Tracking = a.tracking.parse()?;
-    let mut config = Config::default().with_tracking(tracking);
+    let mut config = Config::default()
+        .with_tracking(tracking)
+        .with_snapshot(a.snapshot.parse()?);
     if let Some(k) = a.keep {
         config = config.with_retention(k);
     }
@@ -154,6 +167,7 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
     let mut scratch = vec![0f64; rows * n];
     let t_run = Instant::now();
     let (mut ckpts, mut coord, mut total) = (0u32, 0f64, 0f64);
+    let mut last_started: Option<u64> = None;
     for it in start..=a.iters {
         if a.crash_at == Some(it) && rank == size - 1 {
             eprintln!("heat: rank {rank} crashing at iteration {it}");
@@ -208,29 +222,54 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
         if due || asked {
             job.checkpointer().region_mut(&state)?[0] = it;
             if let Some((r, v)) = rank_version(&a.kill_in_write) {
-                let next = job.checkpointer().latest_version()?.unwrap_or(0) + 1;
+                // (An asynchronous version in flight is not on disk yet.)
+                let next = match last_started {
+                    Some(l) => l + 1,
+                    None => job.checkpointer().latest_version()?.unwrap_or(0) + 1,
+                };
                 if r as usize == rank && v == next {
                     ckpt_engine::fault::arm_kill("mid-write");
                 }
             }
-            match job.checkpoint() {
-                Ok(s) => {
-                    ckpts += 1;
-                    coord += s.coordination_secs();
-                    total += s.total_secs;
-                    if asked && rank == 0 {
-                        println!("signal-checkpoint {} at iteration {it}", s.version);
-                    }
-                    if asked && a.exit_on_signal {
-                        if rank == 0 {
-                            println!("exiting after signal-checkpoint {}", s.version);
+            if a.asynchronous && !asked {
+                // The call returns once this rank's snapshot is taken; the previous version
+                // commits here, once every rank's flush is durable.
+                let t = Instant::now();
+                match job.checkpoint_async() {
+                    Ok(s) => {
+                        ckpts += 1;
+                        total += t.elapsed().as_secs_f64();
+                        last_started = Some(s.version);
+                        if let (Some(c), 0) = (s.committed, rank) {
+                            println!("committed {}", c.version);
                         }
-                        break;
+                    }
+                    Err(e) => {
+                        if rank == 0 {
+                            println!("checkpoint-failed {e}");
+                        }
                     }
                 }
-                Err(e) => {
-                    if rank == 0 {
-                        println!("checkpoint-failed {e}");
+            } else {
+                match job.checkpoint() {
+                    Ok(s) => {
+                        ckpts += 1;
+                        coord += s.coordination_secs();
+                        total += s.total_secs;
+                        if asked && rank == 0 {
+                            println!("signal-checkpoint {} at iteration {it}", s.version);
+                        }
+                        if asked && a.exit_on_signal {
+                            if rank == 0 {
+                                println!("exiting after signal-checkpoint {}", s.version);
+                            }
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if rank == 0 {
+                            println!("checkpoint-failed {e}");
+                        }
                     }
                 }
             }
@@ -240,6 +279,16 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                 println!("halted at iteration {it}");
             }
             break;
+        }
+    }
+    // The last asynchronous version commits once every rank's flush is durable.
+    match job.wait() {
+        Ok(Some(c)) if rank == 0 => println!("committed {}", c.version),
+        Ok(_) => {}
+        Err(e) => {
+            if rank == 0 {
+                println!("checkpoint-failed {e}");
+            }
         }
     }
     let wall = t_run.elapsed().as_secs_f64();
@@ -273,6 +322,7 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                 ckpt_ms_mean: 1e3 * total / c,
                 coord_ms_mean: 1e3 * coord / c,
                 tracking: job.checkpointer().tracking().name(),
+                asynchronous: a.asynchronous,
             };
             println!("stats {}", serde_json::to_string(&stats)?);
         }

@@ -803,3 +803,75 @@ fn halt_stops_the_job_after_its_next_checkpoint() {
         .unwrap());
     verify_all_commits(d.path());
 }
+
+/// Asynchronous checkpoints at np = 2 and 4: the same answer as without checkpoints; a rank
+/// crashing while version 4's flush may still run (iteration 41, version 4 started at 40 and
+/// committed only at the next checkpoint) restarts from version 3, the newest committed on
+/// every rank, with the uninterrupted checksum; a rank killed inside its flush of version 4
+/// does the same. Both snapshot mechanisms.
+#[test]
+fn async_checkpoints_crash_mid_flush_and_restart_from_the_last_committed_version() {
+    let want = reference();
+    for (np, snapshot) in [(2usize, "copy"), (4, "fork"), (4, "copy")] {
+        let tag = format!("np={np} {snapshot}");
+        let clean = tempfile::tempdir().unwrap();
+        let a = ["--async", "--snapshot", snapshot];
+        let out = mpirun(np, &args(clean.path().to_str().unwrap(), &a));
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            checksum(&out),
+            want,
+            "{tag}: async checkpoints changed the result"
+        );
+        // Every version committed, the last one by the final wait.
+        assert_eq!(commits(clean.path()), vec![1, 2, 3, 4, 5], "{tag}");
+        verify_all_commits(clean.path());
+
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().to_str().unwrap();
+        let mut crash = a.to_vec();
+        crash.extend(["--crash-at", "41"]);
+        let out = mpirun(np, &args(s, &crash));
+        assert!(!out.status.success(), "{tag}: the crashed run must fail");
+        assert_eq!(commits(d.path()), vec![1, 2, 3], "{tag}");
+        let out = mpirun(np, &args(s, &a));
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(line(&out, "restarted-from ").as_deref(), Some("3"), "{tag}");
+        assert_eq!(checksum(&out), want, "{tag}: restarted run");
+        // Two more versions committed after the restart; version 4's files, written but never
+        // committed, keep their number (numbers are never reused), so they may be 5 and 6.
+        let c = commits(d.path());
+        assert_eq!(&c[..3], &[1, 2, 3], "{tag}");
+        assert_eq!(c.len(), 5, "{tag}: {c:?}");
+        verify_all_commits(d.path());
+    }
+    // A rank killed inside its flush of version 4 (copy snapshots: the flush runs in the
+    // rank's own process).
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap();
+    let out = mpirun(
+        2,
+        &args(
+            s,
+            &["--async", "--snapshot", "copy", "--kill-in-write", "1:4"],
+        ),
+    );
+    assert!(!out.status.success(), "the job dies with its rank");
+    assert_eq!(commits(d.path()), vec![1, 2, 3]);
+    let out = mpirun(2, &args(s, &["--async"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(line(&out, "restarted-from ").as_deref(), Some("3"));
+    assert_eq!(checksum(&out), want);
+}

@@ -221,8 +221,28 @@ pub struct Job<'c, C: Communicator> {
     size: u32,
     /// A halt request was honoured at the last checkpoint: the job should stop.
     halted: bool,
+    /// The asynchronous checkpoint started by every rank and not yet collected (the same on
+    /// every rank: each records it, even where its local start failed).
+    pending: Option<Pending>,
     #[cfg(feature = "fault-injection")]
     inject_failure: Option<u64>,
+}
+
+/// An asynchronous collective checkpoint, from this rank's side.
+struct Pending {
+    version: u64,
+    started: Instant,
+    /// This rank's flush, or why it could not start.
+    local: ckpt_engine::Result<ckpt_engine::AsyncCheckpoint>,
+}
+
+/// What [`Job::checkpoint_async`] did.
+#[derive(Debug, Clone)]
+pub struct AsyncStarted {
+    /// The version whose flush started on every rank (committed by a later call).
+    pub version: u64,
+    /// The previous asynchronous version, committed by this call.
+    pub committed: Option<CommitStats>,
 }
 
 impl<'c, C: Communicator> Job<'c, C> {
@@ -298,6 +318,7 @@ impl<'c, C: Communicator> Job<'c, C> {
             rank,
             size,
             halted: false,
+            pending: None,
             #[cfg(feature = "fault-injection")]
             inject_failure: None,
         })
@@ -418,6 +439,10 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// Tries the committed versions (only `only`, if given), newest first, and returns the
     /// first whose files check out (and, with `restore`, restore) on every rank.
     fn find_committed(&mut self, only: Option<u64>, restore: bool) -> Result<Option<u64>> {
+        // An asynchronous checkpoint in flight may be the newest committed version.
+        if self.pending.is_some() {
+            self.collect()?;
+        }
         // `ckpt debug` asks for one version (the same environment on every rank).
         let only = match only {
             Some(v) => Some(v),
@@ -509,6 +534,10 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// its reason, and the job may carry on and checkpoint again later.
     pub fn checkpoint(&mut self) -> Result<CommitStats> {
         let t0 = Instant::now();
+        // An asynchronous checkpoint in flight is committed (or reported) first.
+        if self.pending.is_some() {
+            self.collect()?;
+        }
         // Phase 0: agree on the number.
         let version = self.next_version()?;
         // Phase 1: every rank writes and fsyncs its file.
@@ -550,6 +579,139 @@ impl<'c, C: Communicator> Job<'c, C> {
                     total_secs: t0.elapsed().as_secs_f64(),
                     slowest_local_secs,
                 })
+            }
+            _ => Err(Error::NotCommitted {
+                version,
+                failures: committed,
+            }),
+        }
+    }
+
+    /// Starts a collective checkpoint and returns once this rank's snapshot is taken (see
+    /// [`Checkpointer::checkpoint_async`]); every rank then computes while its version is
+    /// written. The version is committed (its commit record written) only once every rank's
+    /// flush is durable, which the job learns at the next `checkpoint_async`, `checkpoint`,
+    /// [`wait`](Self::wait) or restart: no collective is spent on it in between, and this
+    /// call costs fewer collectives than a blocking checkpoint.
+    ///
+    /// This call first collects the previous asynchronous checkpoint (waiting for this
+    /// rank's flush, if still running). If it did not commit, every rank returns the same
+    /// [`Error::NotCommitted`] naming each failing rank, and no new checkpoint is started.
+    /// A rank whose own start fails reports it when the version is collected: the version
+    /// then commits nowhere.
+    pub fn checkpoint_async(&mut self) -> Result<AsyncStarted> {
+        let (committed, floor) = self.collect()?;
+        let version = floor + 1;
+        let local = self.start_local(version);
+        if let Err(e) = &local {
+            tracing::warn!("rank {}: version {version} did not start: {e}", self.rank);
+        }
+        self.pending = Some(Pending {
+            version,
+            started: Instant::now(),
+            local,
+        });
+        Ok(AsyncStarted { version, committed })
+    }
+
+    /// Waits until the asynchronous checkpoint in flight (if any) is durable on every rank
+    /// and commits it: `Ok(Some(stats))` with what was committed, `Ok(None)` when none was in
+    /// flight. Collective. Call it before the job ends (after the last `checkpoint_async`):
+    /// dropping a `Job` finishes this rank's flush but cannot commit the version.
+    pub fn wait(&mut self) -> Result<Option<CommitStats>> {
+        self.collect().map(|(c, _)| c)
+    }
+
+    fn start_local(&mut self, version: u64) -> ckpt_engine::Result<ckpt_engine::AsyncCheckpoint> {
+        #[cfg(feature = "fault-injection")]
+        if self.inject_failure == Some(version) {
+            return Err(ckpt_engine::Error::Io {
+                path: self.store.rank_dir(self.rank),
+                op: "write (injected failure)",
+                source: std::io::Error::other("injected"),
+            });
+        }
+        self.ck.checkpoint_async_numbered(version)
+    }
+
+    /// Collects the pending asynchronous checkpoint: waits for this rank's flush, agrees on
+    /// every rank's outcome, and commits the version if all succeeded. Returns what was
+    /// committed and the floor for the next version number (the maximum over ranks of their
+    /// newest version, and over the commit records). Collective: four collectives whether or
+    /// not one is pending (a maximum, an agreement, a gather, an agreement).
+    fn collect(&mut self) -> Result<(Option<CommitStats>, u64)> {
+        let pending = self.pending.take();
+        let outcome = pending.map(|p| {
+            let local = p.local.and_then(ckpt_engine::AsyncCheckpoint::wait);
+            (p.version, p.started, local)
+        });
+        let mut floor = self.ck.version_floor();
+        if self.rank == 0 {
+            floor = floor.and_then(|f| {
+                let c = self.store.commits()?;
+                Ok(f.max(c.last().copied().unwrap_or(0)))
+            });
+        }
+        // One maximum: the floor, and the slowest rank's flush (the bits of non-negative
+        // doubles order as the doubles do).
+        let flush_secs = match &outcome {
+            Some((_, _, Ok(s))) => {
+                s.blocked_secs.max(0.0) + s.scan_secs.max(0.0) + s.write_secs.max(0.0)
+            }
+            _ => 0.0,
+        };
+        let mine = [*floor.as_ref().unwrap_or(&0), flush_secs.to_bits()];
+        let mut all = [0u64; 2];
+        self.comm
+            .all_reduce_into(&mine[..], &mut all[..], SystemOperation::max());
+        let reason: Option<String> = match (&floor, &outcome) {
+            (Err(e), _) => Some(format!("find the next version number: {e}")),
+            (_, Some((v, _, Err(e)))) => Some(format!("version {v}: {e}")),
+            _ => None,
+        };
+        let failed = failures(self.comm, reason.as_ref().map(|r| r as &dyn Display));
+        let Some((version, started, local)) = outcome else {
+            return if failed.is_empty() {
+                Ok((None, all[0]))
+            } else {
+                Err(Error::Ranks {
+                    op: "find the next version number",
+                    failures: failed,
+                })
+            };
+        };
+        if !failed.is_empty() {
+            return Err(Error::NotCommitted {
+                version,
+                failures: failed,
+            });
+        }
+        let ident: Vec<u8> = match &local {
+            Ok(s) => [&s.identity.file_id[..], &s.identity.index_checksum[..]].concat(),
+            Err(_) => vec![0u8; 48],
+        };
+        let root = self.comm.process_at_rank(0);
+        let mut commit: std::result::Result<(), ckpt_engine::Error> = Ok(());
+        if self.rank == 0 {
+            let mut ids = vec![0u8; 48 * self.size as usize];
+            root.gather_into_root(&ident[..], &mut ids[..]);
+            commit = self.store.write_commit(&commit_record(version, &ids));
+        } else {
+            root.gather_into(&ident[..]);
+        }
+        let committed = failures(self.comm, commit.as_ref().err().map(|e| e as &dyn Display));
+        match local {
+            Ok(local) if committed.is_empty() => {
+                self.check_halt();
+                Ok((
+                    Some(CommitStats {
+                        version,
+                        local,
+                        total_secs: started.elapsed().as_secs_f64(),
+                        slowest_local_secs: f64::from_bits(all[1]),
+                    }),
+                    all[0].max(version),
+                ))
             }
             _ => Err(Error::NotCommitted {
                 version,
