@@ -19,7 +19,7 @@ module ckpt
   implicit none
   private
   public :: ckpt_init, ckpt_init_single, ckpt_protect, ckpt_unprotect, ckpt_checkpoint, &
-            ckpt_restart_test, ckpt_restart, ckpt_should_checkpoint, ckpt_should_exit, &
+            ckpt_checkpoint_async, ckpt_wait, ckpt_restart_test, ckpt_restart, ckpt_should_checkpoint, ckpt_should_exit, &
             ckpt_finalize, ckpt_error_message
   integer, parameter, public :: CKPT_SUCCESS = 0, CKPT_ERR_ARG = -1, CKPT_ERR_STATE = -2, &
        CKPT_ERR_IO = -3, CKPT_ERR_CORRUPT = -4, CKPT_ERR_NOT_FOUND = -5, CKPT_ERR_REGION = -6, &
@@ -48,6 +48,14 @@ module ckpt
       integer(c_int), value :: id
     end function
     integer(c_int) function c_checkpoint(version) bind(C, name="ckpt_checkpoint")
+      import :: c_int, c_int64_t
+      integer(c_int64_t) :: version
+    end function
+    integer(c_int) function c_checkpoint_async(version) bind(C, name="ckpt_checkpoint_async")
+      import :: c_int, c_int64_t
+      integer(c_int64_t) :: version
+    end function
+    integer(c_int) function c_wait(version) bind(C, name="ckpt_wait")
       import :: c_int, c_int64_t
       integer(c_int64_t) :: version
     end function
@@ -119,6 +127,24 @@ contains
     integer, intent(out) :: ierr
     version = 0
     ierr = c_checkpoint(version)
+  end subroutine
+
+  ! Starts a checkpoint and returns once its snapshot is taken; the protected arrays may be
+  ! written at once. The previous asynchronous version commits here. Collective.
+  subroutine ckpt_checkpoint_async(version, ierr)
+    integer(c_int64_t), intent(out) :: version
+    integer, intent(out) :: ierr
+    version = 0
+    ierr = c_checkpoint_async(version)
+  end subroutine
+
+  ! Waits until the asynchronous checkpoint in flight is committed on every rank; `version`
+  ! receives it (0 if none was in flight). Collective.
+  subroutine ckpt_wait(version, ierr)
+    integer(c_int64_t), intent(out) :: version
+    integer, intent(out) :: ierr
+    version = 0
+    ierr = c_wait(version)
   end subroutine
 
   ! `version` receives the newest version committed on every rank, 0 if none. Collective.

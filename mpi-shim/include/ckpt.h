@@ -70,6 +70,19 @@ int ckpt_unprotect(int id);
  * every rank or on none. */
 int ckpt_checkpoint(uint64_t *version);
 
+/* Starts a checkpoint and returns once its snapshot is taken: the protected memory may be
+ * written at once while the version is hashed, compressed and written in the background.
+ * Stores its number in *version (if not NULL). At most one is in flight: the next call
+ * waits for the previous one. Collective: in an MPI session the previous asynchronous
+ * version is committed here, once every rank's flush is durable (if it could not be, this
+ * returns the error and starts nothing). */
+int ckpt_checkpoint_async(uint64_t *version);
+
+/* Waits until the asynchronous checkpoint in flight (if any) is durable and committed on
+ * every rank, and stores its version in *committed (0 if none was in flight; if not NULL).
+ * Collective. ckpt_finalize does this too. */
+int ckpt_wait(uint64_t *committed);
+
 /* Stores in *version the newest version committed on every rank whose files check out on
  * every rank, or 0 if there is none. Restores nothing. Collective. */
 int ckpt_restart_test(uint64_t *version);
@@ -91,7 +104,9 @@ int ckpt_should_exit(void);
  * checkpoint. The handler only sets a flag. */
 int ckpt_catch_signal(int signum);
 
-/* Ends the session. Never deletes a checkpoint. Collective. */
+/* Commits the asynchronous checkpoint in flight, if any (as ckpt_wait), then ends the
+ * session, even if that commit failed (the failure is returned). Never deletes a
+ * checkpoint. Collective. */
 int ckpt_finalize(void);
 
 /* A static description of an error code. */

@@ -72,13 +72,15 @@ fn number<T: std::str::FromStr>(path: &Path, key: &str, v: &str) -> Result<T, Co
 }
 
 /// Engine settings any configuration file may carry: `tracking` (auto, hash, uffd),
-/// `compression` (zstd level, 0 = none), `max_chain_depth`, `page_size`, `audit_every`.
-const ENGINE_KEYS: [&str; 5] = [
+/// `compression` (zstd level, 0 = none), `max_chain_depth`, `page_size`, `audit_every`,
+/// `snapshot` (how asynchronous checkpoints take their snapshot: auto, copy, fork).
+const ENGINE_KEYS: [&str; 6] = [
     "tracking",
     "compression",
     "max_chain_depth",
     "page_size",
     "audit_every",
+    "snapshot",
 ];
 
 fn engine_config(
@@ -92,6 +94,14 @@ fn engine_config(
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
+    }
+    if let Some(v) = lookup(pairs, prefix, "snapshot") {
+        c.snapshot = v
+            .parse::<ckpt_engine::Snapshot>()
+            .map_err(|e| ConfigError {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })?;
     }
     if let Some(v) = lookup(pairs, prefix, "compression") {
         c.compression_level = number(path, "compression", &v)?;
@@ -137,7 +147,9 @@ pub enum Mode {
     /// `mode = sync`: durable in scratch and persistent when the checkpoint returns.
     Sync,
     /// `mode = async`: durable in scratch when it returns; a background thread copies it to
-    /// persistent storage (`VELOC_Checkpoint_wait` waits for that).
+    /// persistent storage (`VELOC_Checkpoint_wait` waits for that). With `nonblocking =
+    /// true` (a ckpt extension), it returns once its snapshot is taken, and the scratch write
+    /// is in the background too.
     Async,
 }
 
@@ -161,12 +173,16 @@ pub struct VelocConfig {
     pub persistent_interval: Option<u64>,
     /// `ec_interval`, seconds: accepted for compatibility; ckpt has no erasure-coding level.
     pub ec_interval: Option<i64>,
+    /// `nonblocking` (ckpt's extension, `mode = async` only): checkpoints return once their
+    /// snapshot is taken, before the scratch write (`VELOC_Checkpoint_wait` waits for it).
+    pub nonblocking: bool,
     /// Engine settings.
     pub engine: Config,
 }
 
-const VELOC_KEYS: [&str; 13] = [
+const VELOC_KEYS: [&str; 14] = [
     "scratch",
+    "nonblocking",
     "persistent",
     "mode",
     "max_versions",
@@ -217,6 +233,16 @@ impl VelocConfig {
                 .transpose()
                 .map(|o| o.filter(|&n| n > 0))
         };
+        let nonblocking = match get("nonblocking").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") if mode == Mode::Async => true,
+            Some("true" | "1") => {
+                return Err(err(
+                    "nonblocking = true needs mode = async (sync mode waits for every copy)".into(),
+                ))
+            }
+            Some(v) => return Err(err(format!("nonblocking = {v:?}: expected true or false"))),
+        };
         if let Some(v) = get("chksum") {
             if !matches!(v.as_str(), "true" | "false" | "1" | "0") {
                 return Err(err(format!("chksum = {v:?}: expected true or false")));
@@ -235,6 +261,7 @@ impl VelocConfig {
             ec_interval: get("ec_interval")
                 .map(|v| number(path, "ec_interval", &v))
                 .transpose()?,
+            nonblocking,
             engine: engine_config(path, &pairs, "VELOC_")?,
         })
     }

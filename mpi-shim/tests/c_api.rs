@@ -201,6 +201,28 @@ fn native_heat_crash_restart_static() {
     );
 }
 
+/// (a') The native C API's asynchronous checkpoints: the same result; a rank dying right
+/// after starting version 6 leaves it uncommitted (it commits at the next checkpoint), so the
+/// restart is from version 5; the final `ckpt_wait` commits the last version.
+#[test]
+fn native_heat_async_crash_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let exe = build_c("heat_native.c", t.path(), false);
+    let dir = |n: &str| t.path().join(n).display().to_string();
+    let sync = mpirun_ok(&exe, &[&dir("sync"), "100", "10", "0"]);
+    let clean = mpirun_ok(&exe, &[&dir("clean"), "100", "10", "0", "async"]);
+    assert_eq!(checksum(&clean), checksum(&sync), "{clean}");
+    assert!(clean.contains("committed 10"), "{clean}");
+    let crashed = mpirun(&exe, &[&dir("crash"), "100", "10", "60", "async"]);
+    assert!(!crashed.status.success(), "the crash run did not crash");
+    let restarted = mpirun_ok(&exe, &[&dir("crash"), "100", "10", "0", "async"]);
+    assert!(
+        restarted.contains("restarted from version 5 at iteration 50"),
+        "{restarted}"
+    );
+    assert_eq!(checksum(&restarted), checksum(&sync), "{restarted}");
+}
+
 fn veloc_cfg(dir: &Path, name: &str, extra: &str) -> PathBuf {
     let cfg = dir.join(format!("{name}.cfg"));
     std::fs::write(
@@ -311,6 +333,55 @@ fn veloc_heat_async_split_calls() {
     std::fs::remove_dir_all(base.join("crash/scratch")).unwrap();
     let out = mpirun_ok(&exe, &[&cfg("crash"), "110", "10", "0", "split"]);
     assert!(out.contains("restarted from 100"), "{out}");
+}
+
+/// `nonblocking = true` (ckpt's extension of `mode = async`): VELOC_Checkpoint returns once
+/// the snapshot is taken; the result is the same, and a rank dying right after a checkpoint
+/// restarts from that checkpoint or the one before (whichever is complete on every rank).
+#[test]
+fn veloc_heat_nonblocking() {
+    let t = tempfile::tempdir().unwrap();
+    let exe = build_c("heat_veloc.c", t.path(), false);
+    let base = t.path().to_path_buf();
+    let cfg = |n: &str, extra: &str| {
+        let c = veloc_cfg(&base, n, extra);
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("mode = sync", "mode = async");
+        std::fs::write(&c, text).unwrap();
+        c.display().to_string()
+    };
+    let sync = mpirun_ok(&exe, &[&cfg("sync", ""), "100", "10", "0"]);
+    for split in [false, true] {
+        let name = format!("nb{split}");
+        let mut args = vec![
+            cfg(&name, "nonblocking = true\n"),
+            "100".into(),
+            "10".into(),
+        ];
+        args.push("0".into());
+        if split {
+            args.push("split".into());
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let clean = mpirun_ok(&exe, &a);
+        assert_eq!(checksum(&clean), checksum(&sync), "{clean}");
+        let crash = format!("{name}-crash");
+        let c = cfg(&crash, "nonblocking = true\n");
+        let mut crashed = vec![c.as_str(), "100", "10", "60"];
+        let mut again = vec![c.as_str(), "100", "10", "0"];
+        if split {
+            crashed.push("split");
+            again.push("split");
+        }
+        assert!(!mpirun(&exe, &crashed).status.success());
+        let out = mpirun_ok(&exe, &again);
+        assert!(
+            out.contains("restarted from 60") || out.contains("restarted from 50"),
+            "{out}"
+        );
+        assert_eq!(checksum(&out), checksum(&sync), "{out}");
+    }
 }
 
 /// Every VeloC function with bad arguments, out of order and before init: each returns

@@ -1,9 +1,10 @@
 /* A heat program on ckpt's native C API (ckpt's tests).
  *
- * usage: heat_native DIR ITERS CKPT_EVERY CRASH_AT
+ * usage: heat_native DIR ITERS CKPT_EVERY CRASH_AT [async]
  * As heat_veloc.c: rows split over the ranks, Jacobi sweeps with halo exchange, restart from
  * the newest version committed on every rank, a checkpoint every CKPT_EVERY iterations, and
- * the last rank dies after the checkpoint of iteration CRASH_AT (if > 0). */
+ * the last rank dies after the checkpoint of iteration CRASH_AT (if > 0). With `async`,
+ * checkpoints are ckpt_checkpoint_async (each commits at the next one, or at ckpt_wait). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -25,10 +26,11 @@ int main(int argc, char **argv) {
     int rank, size, i, j;
     long long iter = 0;
     uint64_t v = 0;
-    if (argc != 5) {
-        fprintf(stderr, "usage: heat_native DIR ITERS CKPT_EVERY CRASH_AT\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: heat_native DIR ITERS CKPT_EVERY CRASH_AT [async]\n");
         return 2;
     }
+    int nonblocking = argc == 6;
     long long iters = atoll(argv[2]), every = atoll(argv[3]), crash_at = atoll(argv[4]);
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -63,12 +65,20 @@ int main(int argc, char **argv) {
         for (i = COLS; i < (ROWS + 1) * COLS; i++) grid[i] = next[i];
         iter++;
         if (iter % every == 0) {
-            check(ckpt_checkpoint(&v), "ckpt_checkpoint", rank);
+            if (nonblocking)
+                check(ckpt_checkpoint_async(&v), "ckpt_checkpoint_async", rank);
+            else
+                check(ckpt_checkpoint(&v), "ckpt_checkpoint", rank);
             if (iter == crash_at && rank == size - 1) {
                 fprintf(stderr, "rank %d: crashing after checkpoint version %llu\n", rank, (unsigned long long)v);
                 _exit(9);
             }
         }
+    }
+    if (nonblocking) {
+        uint64_t committed = 0;
+        check(ckpt_wait(&committed), "ckpt_wait", rank);
+        if (rank == 0) printf("committed %llu\n", (unsigned long long)committed);
     }
     double local = 0.0, total = 0.0;
     for (i = COLS; i < (ROWS + 1) * COLS; i++) local += grid[i] * (double)(i % 7 + 1);

@@ -178,6 +178,20 @@ impl Checkpointer {
         self.checkpoint_async_inner(Some(version))
     }
 
+    /// Like [`checkpoint_async`](Self::checkpoint_async), but writes version number
+    /// `version`, which only has to be free (as [`checkpoint_at`](Self::checkpoint_at)).
+    pub fn checkpoint_async_at(&mut self, version: u64) -> Result<AsyncCheckpoint> {
+        self.settle_logged();
+        let path = self.store.path_of(version);
+        if version == 0 || crate::store::exists(&path)? {
+            return Err(Error::VersionExists {
+                path,
+                newest: self.version_floor()?,
+            });
+        }
+        self.checkpoint_async_inner(Some(version))
+    }
+
     /// Waits for the checkpoint in flight, if any, and returns its outcome (which its handle
     /// then no longer delivers): `Ok(None)` when none was in flight. A checkpoint the engine
     /// already waited for (because of a later call) delivers its outcome through its handle.

@@ -252,6 +252,51 @@ pub unsafe extern "C" fn ckpt_checkpoint(version: *mut u64) -> c_int {
     })
 }
 
+/// `int ckpt_checkpoint_async(uint64_t *version)`: starts a checkpoint and returns once its
+/// snapshot is taken; the protected regions may be written at once while the version is
+/// written in the background. Stores the version's number in *version (if not NULL). In an
+/// MPI session (collective) the previous asynchronous version is committed first, once every
+/// rank's flush is durable; if it could not be, this returns the error and starts nothing.
+///
+/// # Safety
+/// `version` must be null or valid for writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_checkpoint_async(version: *mut u64) -> c_int {
+    with_session("ckpt_checkpoint_async", |s| {
+        let v = match s {
+            Native::Mpi { job, .. } => job.checkpoint_async()?.version,
+            // The engine keeps the outcome for ckpt_wait.
+            Native::Single(ck) => ck.checkpoint_async()?.version(),
+        };
+        if !version.is_null() {
+            // SAFETY: non-null, and writable by the caller's contract.
+            unsafe { version.write(v) };
+        }
+        Ok(CKPT_SUCCESS)
+    })
+}
+
+/// `int ckpt_wait(uint64_t *committed)`: waits until the asynchronous checkpoint in flight
+/// (if any) is durable and committed (on every rank, in an MPI session: collective), and
+/// stores its version in *committed (0 if none was in flight; if not NULL).
+///
+/// # Safety
+/// `committed` must be null or valid for writing a `uint64_t`.
+#[no_mangle]
+pub unsafe extern "C" fn ckpt_wait(committed: *mut u64) -> c_int {
+    with_session("ckpt_wait", |s| {
+        let v = match s {
+            Native::Mpi { job, .. } => job.wait()?.map(|c| c.version),
+            Native::Single(ck) => ck.wait_checkpoint()?.map(|c| c.version),
+        };
+        if !committed.is_null() {
+            // SAFETY: non-null, and writable by the caller's contract.
+            unsafe { committed.write(v.unwrap_or(0)) };
+        }
+        Ok(CKPT_SUCCESS)
+    })
+}
+
 /// The newest version of a single-process chain that is complete on disk.
 fn newest_complete(ck: &Checkpointer) -> Result<Option<u64>, Failure> {
     if let Some(v) = ckpt_engine::restore_version_override()? {
@@ -358,16 +403,21 @@ pub extern "C" fn ckpt_catch_signal(signum: c_int) -> c_int {
     })
 }
 
-/// `int ckpt_finalize(void)`: ends the session (collective in an MPI session: frees the
-/// session's communicator). Never deletes a checkpoint.
+/// `int ckpt_finalize(void)`: commits the asynchronous checkpoint in flight, if any (as
+/// `ckpt_wait`), then ends the session (collective in an MPI session: frees the session's
+/// communicator). The session ends even if that commit fails, and the failure is returned.
+/// Never deletes a checkpoint.
 #[no_mangle]
 pub extern "C" fn ckpt_finalize() -> c_int {
     guard("ckpt_finalize", || {
         let mut s = lock(&NATIVE);
-        match s.take() {
-            Some(_) => Ok(CKPT_SUCCESS),
-            None => Err(not_initialized()),
+        let mut session = s.take().ok_or_else(not_initialized)?;
+        // (On failure `?` returns, and the session, already taken, ends all the same.)
+        match &mut session.0 {
+            Native::Mpi { job, .. } => drop(job.wait()?),
+            Native::Single(ck) => drop(ck.wait_checkpoint()?),
         }
+        Ok(CKPT_SUCCESS)
     })
 }
 

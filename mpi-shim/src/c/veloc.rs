@@ -99,6 +99,8 @@ struct FlushJob {
     persistent_keep: Option<usize>,
     /// `scratch_versions`.
     scratch_keep: Option<usize>,
+    /// In `mode = async`, the version's own flush to scratch, which must be durable first.
+    local: Option<ckpt_engine::AsyncCheckpoint>,
 }
 
 /// One VeloC session (between `VELOC_Init` and `VELOC_Finalize`).
@@ -333,8 +335,17 @@ impl Veloc {
             }
         }
         self.sync_regions(name, ids)?;
+        let nonblocking = self.cfg.nonblocking;
         let ck = self.engine_for(name)?;
-        ck.checkpoint_at(u64::from(version) + 1)?;
+        // Nonblocking (async mode only): the application goes on once the snapshot is taken;
+        // the version is written to scratch, then copied, in the background
+        // (VELOC_Checkpoint_wait waits for both).
+        let local = if nonblocking {
+            Some(ck.checkpoint_async_at(u64::from(version) + 1)?)
+        } else {
+            ck.checkpoint_at(u64::from(version) + 1)?;
+            None
+        };
         let due = match (self.cfg.persistent_interval, self.last_flush) {
             (Some(every), Some(last)) => every == 0 || last.elapsed().as_secs() >= every,
             _ => true,
@@ -346,7 +357,7 @@ impl Veloc {
             .cfg
             .scratch_versions
             .filter(|_| dst_dir.is_some() || self.cfg.persistent.is_none());
-        if dst_dir.is_none() && scratch_keep.is_none() {
+        if dst_dir.is_none() && scratch_keep.is_none() && local.is_none() {
             return Ok(());
         }
         if dst_dir.is_some() {
@@ -360,6 +371,7 @@ impl Veloc {
             head: u64::from(version) + 1,
             persistent_keep: self.cfg.max_versions,
             scratch_keep,
+            local,
         };
         let f = self.flusher.get_or_insert_with(Flusher::start);
         f.send(job)
@@ -643,8 +655,8 @@ impl Flusher {
         let (tx, rx) = mpsc::channel::<FlushJob>();
         let (done_tx, done) = mpsc::channel();
         let thread = std::thread::spawn(move || {
-            for job in rx {
-                let _ = done_tx.send(flush(&job).map_err(|e| e.to_string()));
+            for mut job in rx {
+                let _ = done_tx.send(flush(&mut job).map_err(|e| e.to_string()));
             }
         });
         Flusher {
@@ -687,11 +699,15 @@ impl Flusher {
     }
 }
 
-/// A committed version's background work: its copy to persistent storage (every file it
+/// A version's background work: in `mode = async` its own flush to scratch first; then its
+/// copy to persistent storage (every file it
 /// needs that the destination lacks or holds another file under that name, and its
 /// ancestors back to one persistent storage already has, ancestors first, each atomically;
 /// then the routed files), then retention there and in scratch.
-fn flush(job: &FlushJob) -> ckpt_engine::Result<()> {
+fn flush(job: &mut FlushJob) -> ckpt_engine::Result<()> {
+    if let Some(h) = job.local.take() {
+        h.wait()?;
+    }
     let src_dir = job.src.parent().unwrap_or(Path::new("."));
     if let Some(dst_dir) = &job.dst_dir {
         copy_version(job, src_dir, dst_dir)?;

@@ -211,7 +211,9 @@ pub extern "C" fn VELOC_Checkpoint_end(success: c_int) -> c_int {
     })
 }
 
-/// `int VELOC_Checkpoint_wait(void)`: waits for copies to persistent storage in flight.
+/// `int VELOC_Checkpoint_wait(void)`: waits for the checkpoints in flight: copies to
+/// persistent storage, and (with `nonblocking = true`) the scratch writes of asynchronous
+/// checkpoints (`Checkpointer::checkpoint_async`).
 #[no_mangle]
 pub extern "C" fn VELOC_Checkpoint_wait() -> c_int {
     with_veloc("VELOC_Checkpoint_wait", |v| {
