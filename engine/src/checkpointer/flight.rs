@@ -137,6 +137,9 @@ struct FlightEnd {
     stale: bool,
 }
 
+/// How much lower than the application's the flush's scheduling priority is.
+const FLUSH_NICENESS: i32 = 10;
+
 /// How this checkpoint is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mechanism {
@@ -369,6 +372,8 @@ impl Checkpointer {
             // In the child: no thread but this one, so a fresh pool for rayon's work; no
             // logging (another thread of the parent may have held the subscriber's lock).
             let _quiet = tracing::dispatcher::set_default(&tracing::Dispatch::none());
+            // The application's threads come first: the flush takes the CPU they leave.
+            crate::sys::lower_thread_priority(FLUSH_NICENESS);
             let result = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
                 Ok(pool) => pool.install(|| this.flush_in_child(w)),
                 Err(e) => Err(Error::Flush {

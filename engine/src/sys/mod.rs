@@ -220,3 +220,16 @@ pub(crate) fn wait_child(pid: i32) -> std::io::Result<Option<String>> {
         }
     }
 }
+
+/// Lowers the calling thread's scheduling priority by `by` (Linux `setpriority` on the
+/// thread id; threads it starts inherit it), so that a background flush yields the CPU to the
+/// application's own threads. Best effort: errors are ignored.
+pub(crate) fn lower_thread_priority(by: i32) {
+    // SAFETY: gettid and setpriority take and return plain integers and touch no memory of
+    // ours.
+    unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, (now + by).min(19));
+    }
+}
