@@ -55,6 +55,13 @@ fn secret() -> &'static [u8; SECRET_LEN] {
     })
 }
 
+/// Draws this process's secret now if it was not drawn yet. Called before a fork: a child
+/// that drew its own would compute fast hashes its parent cannot compare with (every page
+/// would look changed).
+pub(crate) fn init_secret() {
+    let _ = secret();
+}
+
 /// The change-detection hash of a page.
 pub(crate) fn fast_hash(bytes: &[u8]) -> Fast {
     match XxHash3_128::oneshot_with_secret(secret(), bytes) {

@@ -367,6 +367,8 @@ impl Checkpointer {
         let store = w.store.clone();
         let version = w.version;
         let started = w.started;
+        // The child's fast hashes must be the parent's: the same secret.
+        crate::hash::init_secret();
         let this: &mut Checkpointer = self;
         let child = match crate::sys::fork_with_pipe(|| {
             // In the child: no thread but this one, so a fresh pool for rayon's work; no
