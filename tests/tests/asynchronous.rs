@@ -392,3 +392,64 @@ fn sigkill_during_async_flushes_never_leaves_a_partial_version() {
     let temps = store.temp_files().unwrap();
     assert!(temps.len() <= 2, "temporaries piled up: {temps:?}");
 }
+
+/// Caller memory excluded from fork: detected at registration (the checkpoint blocks
+/// instead of forking), or excluded later (the child dies reading it: the flush fails with
+/// a message naming it, nothing is committed, the engine stops forking, and the next
+/// checkpoint holds the pages the failed one would have).
+#[test]
+fn memory_excluded_from_fork_is_never_snapshotted_by_forking() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::default()
+        .with_tracking(Tracking::Hash)
+        .with_snapshot(Snapshot::Fork);
+    let mut ck = Checkpointer::open(dir.path(), "nofork", config).unwrap();
+    let mut early = MmapMut::map_anon(1 << 20).unwrap();
+    let mut late = MmapMut::map_anon(1 << 20).unwrap();
+    early.fill(1);
+    late.fill(2);
+    // SAFETY: madvise on mappings this test owns; MADV_DONTFORK changes no contents.
+    let rc = unsafe { libc::madvise(early.as_mut_ptr().cast(), early.len(), libc::MADV_DONTFORK) };
+    assert_eq!(rc, 0);
+    // SAFETY: both maps outlive the engine (dropped at the end of the test, after `ck`) and
+    // are only touched between engine calls.
+    unsafe {
+        ck.register_raw(1, late.as_mut_ptr(), late.len()).unwrap();
+    }
+    let h = ck.checkpoint_async().unwrap();
+    assert_eq!(h.snapshot(), Some(Snapshot::Fork));
+    h.wait().unwrap();
+    // Excluded after registration: the child cannot read it.
+    // SAFETY: as above.
+    let rc = unsafe { libc::madvise(late.as_mut_ptr().cast(), late.len(), libc::MADV_DONTFORK) };
+    assert_eq!(rc, 0);
+    late[4096..8192].fill(3);
+    let h = ck.checkpoint_async().unwrap();
+    let v = h.version();
+    let e = h.wait().unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("nofork.ckpt.{v}")) && e.contains("SIGSEGV"),
+        "{e}"
+    );
+    assert!(!dir.path().join(format!("nofork.ckpt.{v}")).exists());
+    // The engine no longer forks; the next version holds the change.
+    let h = ck.checkpoint_async().unwrap();
+    assert_eq!(h.snapshot(), None);
+    let s = h.wait().unwrap();
+    assert_eq!(s.pages_stored, 1);
+    // Excluded before registration: never forked.
+    let mut ck2 = Checkpointer::open(
+        dir.path(),
+        "early",
+        Config::default().with_snapshot(Snapshot::Fork),
+    )
+    .unwrap();
+    // SAFETY: as above.
+    unsafe {
+        ck2.register_raw(1, early.as_mut_ptr(), early.len())
+            .unwrap();
+    }
+    assert_eq!(ck2.checkpoint_async().unwrap().snapshot(), None);
+    drop(ck2);
+    drop(ck);
+}

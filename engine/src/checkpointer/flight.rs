@@ -135,6 +135,9 @@ struct FlightEnd {
     landed: Option<Landed>,
     /// The parent was removed meanwhile: the engine must re-read it.
     stale: bool,
+    /// A forked child could not read the regions (memory excluded from fork after it was
+    /// registered, as an RDMA library may do): the engine stops forking.
+    fork_unusable: bool,
 }
 
 /// How much lower than the application's the flush's scheduling priority is.
@@ -410,11 +413,7 @@ impl Checkpointer {
             .name("ckpt-flush".into())
             .spawn(move || {
                 let collected = collect(child, &path, &store, &regions);
-                let mut end = FlightEnd {
-                    landed: None,
-                    stale: false,
-                    staging: Vec::new(),
-                };
+                let mut end = FlightEnd::default();
                 match collected {
                     Ok(mut l) => {
                         l.stats.blocked_secs = blocked;
@@ -422,7 +421,10 @@ impl Checkpointer {
                         collector.post(Ok(l.stats.clone()));
                         end.landed = Some(l);
                     }
-                    Err(e) => collector.post(Err(e)),
+                    Err((e, memory_fault)) => {
+                        end.fork_unusable = memory_fault;
+                        collector.post(Err(e));
+                    }
                 }
                 end
             })
@@ -480,6 +482,14 @@ impl Checkpointer {
         if end.stale {
             self.refresh_parent();
         }
+        if end.fork_unusable {
+            tracing::warn!(
+                "{}: a forked child could not read the registered memory (excluded from fork \
+                 since it was registered?); asynchronous checkpoints no longer fork",
+                self.store.dir().display()
+            );
+            self.regions.iter_mut().for_each(|r| r.forkable = false);
+        }
         Some(f.shared)
     }
 
@@ -529,28 +539,42 @@ fn finish(
 }
 
 /// In the parent: reads the forked child's answer, waits for it, and reads the new parent
-/// picture from the committed file.
+/// picture from the committed file. On failure, also whether the child died of a memory
+/// fault.
 fn collect(
     mut child: crate::sys::Child,
     path: &std::path::Path,
     store: &crate::store::Store,
     regions: &[(u64, usize)],
-) -> Result<Landed> {
+) -> std::result::Result<Landed, (Error, bool)> {
     let flush_err = |why: String| Error::Flush {
         path: path.to_path_buf(),
         why,
     };
     let mut answer = Vec::new();
     let read = child.answer.read_to_end(&mut answer);
-    let status = crate::sys::wait_child(child.pid)
-        .map_err(|e| flush_err(format!("cannot wait for the flushing child: {e}")))?;
-    if let Some(how) = status {
-        return Err(flush_err(format!("the flushing child {how}")));
+    let status = crate::sys::wait_child(child.pid).map_err(|e| {
+        (
+            flush_err(format!("cannot wait for the flushing child: {e}")),
+            false,
+        )
+    })?;
+    if let Some(end) = status {
+        return Err((
+            flush_err(format!("the flushing child {}", end.how)),
+            end.memory_fault,
+        ));
     }
-    read.map_err(|e| flush_err(format!("cannot read the flushing child's answer: {e}")))?;
+    read.map_err(|e| {
+        (
+            flush_err(format!("cannot read the flushing child's answer: {e}")),
+            false,
+        )
+    })?;
     let mut landed = decode(&answer, store)
-        .ok_or_else(|| flush_err("the flushing child's answer is malformed".into()))?
-        .map_err(flush_err)?;
+        .ok_or_else(|| flush_err("the flushing child's answer is malformed".into()))
+        .and_then(|r| r.map_err(flush_err))
+        .map_err(|e| (e, false))?;
     // The new parent picture, from the committed file (if it cannot be read, the next
     // version is full: correct, only larger).
     landed.parent = Version::open(&landed.stats.path)

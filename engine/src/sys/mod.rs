@@ -179,8 +179,15 @@ pub(crate) fn fork_with_pipe(child: impl FnOnce() -> Vec<u8>) -> std::io::Result
         }
         nix::unistd::ForkResult::Child => {
             drop(read);
-            // SAFETY: prctl with PR_SET_PDEATHSIG takes plain integers. getppid cannot fail.
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes plain integers; setrlimit reads the
+            // local `none`; getppid cannot fail.
             let orphan = unsafe {
+                // No core dump of a copy of the whole application if the child crashes.
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                let _ = libc::setrlimit(libc::RLIMIT_CORE, &none);
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
                     || libc::getppid() != parent
             };
@@ -206,14 +213,35 @@ pub(crate) fn fork_with_pipe(child: impl FnOnce() -> Vec<u8>) -> std::io::Result
     }
 }
 
-/// Waits for child `pid` to end: `Ok(None)` if it exited with status 0, else what happened.
-pub(crate) fn wait_child(pid: i32) -> std::io::Result<Option<String>> {
+/// How a child that did not exit cleanly ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChildEnd {
+    /// What happened, for messages ("was killed by SIGSEGV").
+    pub(crate) how: String,
+    /// It touched memory it could not read (SIGSEGV or SIGBUS): memory the parent has was
+    /// not copied to it.
+    pub(crate) memory_fault: bool,
+}
+
+/// Waits for child `pid` to end: `Ok(None)` if it exited with status 0, else how it ended.
+pub(crate) fn wait_child(pid: i32) -> std::io::Result<Option<ChildEnd>> {
+    use nix::sys::signal::Signal;
     use nix::sys::wait::{waitpid, WaitStatus};
     loop {
         match waitpid(nix::unistd::Pid::from_raw(pid), None) {
             Ok(WaitStatus::Exited(_, 0)) => return Ok(None),
-            Ok(WaitStatus::Exited(_, c)) => return Ok(Some(format!("exited with status {c}"))),
-            Ok(WaitStatus::Signaled(_, s, _)) => return Ok(Some(format!("was killed by {s}"))),
+            Ok(WaitStatus::Exited(_, c)) => {
+                return Ok(Some(ChildEnd {
+                    how: format!("exited with status {c}"),
+                    memory_fault: false,
+                }))
+            }
+            Ok(WaitStatus::Signaled(_, s, _)) => {
+                return Ok(Some(ChildEnd {
+                    how: format!("was killed by {s}"),
+                    memory_fault: matches!(s, Signal::SIGSEGV | Signal::SIGBUS),
+                }))
+            }
             Ok(_) => continue,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
