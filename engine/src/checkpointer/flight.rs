@@ -165,6 +165,23 @@ impl Checkpointer {
     /// The outcome reaches [`AsyncCheckpoint::wait`] or [`wait_checkpoint`](Self::wait_checkpoint);
     /// a failure nobody collects is logged (`tracing`) when the engine next waits for it, and
     /// the pages it held go into the next checkpoint.
+    ///
+    /// ```no_run
+    /// use ckpt_engine::{Checkpointer, Config};
+    /// let mut ck = Checkpointer::open("/scratch/job", "sim", Config::default())?;
+    /// let grid = ck.alloc_region::<f64>(1, 1 << 20)?;
+    /// for step in 0..100 {
+    ///     ck.region_mut(&grid)?.iter_mut().for_each(|x| *x += 1.0); // runs during the flush
+    ///     if step % 10 == 9 {
+    ///         let h = ck.checkpoint_async()?; // waits for the previous one, then snapshots
+    ///         println!("writing version {} in the background", h.version());
+    ///     }
+    /// }
+    /// if let Some(stats) = ck.wait_checkpoint()? {
+    ///     println!("version {} is durable", stats.version);
+    /// }
+    /// # Ok::<(), ckpt_engine::Error>(())
+    /// ```
     pub fn checkpoint_async(&mut self) -> Result<AsyncCheckpoint> {
         self.checkpoint_async_inner(None)
     }
