@@ -131,7 +131,7 @@ fn warn_unknown(path: &Path, pairs: &[(String, String, usize)], known: &[&str]) 
 }
 
 /// The native C API's optional configuration file: engine settings only (see
-/// [`ENGINE_KEYS`]); `CKPT_<KEY>` variables override it.
+/// `ENGINE_KEYS`); `CKPT_<KEY>` variables override it.
 pub fn native(path: Option<&Path>) -> Result<Config, ConfigError> {
     let (path, pairs) = match path {
         Some(p) => (p.to_path_buf(), read_ini(p)?),

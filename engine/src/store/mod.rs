@@ -466,7 +466,7 @@ pub(crate) fn lock_exclusive_now(path: &Path, name: &str) -> Result<Flock<File>>
 }
 
 /// Creates directory `dir` and any missing parents, durably and mode 0700 (see
-/// [`create_dir_durable`]); existing directories are left as they are.
+/// `create_dir_durable`); existing directories are left as they are.
 pub fn create_dir(dir: &Path) -> Result<()> {
     create_dir_durable(dir)
 }
@@ -565,7 +565,7 @@ pub(crate) fn atomic_write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<(
 }
 
 /// Copies file `src` to `dst` atomically and durably: a temporary file in `dst`'s directory
-/// (mode 0600, named as [`temp_name`] names them, so a crash leaves only recognisable
+/// (mode 0600, named as `temp_name` names them, so a crash leaves only recognisable
 /// garbage) is written, fsynced and renamed over `dst`, and the directory is fsynced. For
 /// copies between storage levels; a committed version's copy has the same bytes, so it is
 /// the same file wherever it lives.
