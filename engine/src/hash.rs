@@ -110,11 +110,6 @@ impl DirtyPage {
             .and_then(|c| c.get(self.at..self.at + self.len))
             .unwrap_or(&[])
     }
-
-    /// Frees the copy once the page has been written.
-    pub(crate) fn drop_copy(&mut self) {
-        self.copy = None;
-    }
 }
 
 /// Reads a page once into a private copy; `Some` with both hashes if its fast hash differs
@@ -245,15 +240,6 @@ pub(crate) fn scan_pages(
 #[cfg(any(test, feature = "bench"))]
 pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
     scan_pages(data, page_size, known, 0..known.pages.len(), false)
-}
-
-impl Scan {
-    /// Appends the scan of later pages.
-    pub(crate) fn extend(&mut self, other: Scan) {
-        self.dirty.extend(other.dirty);
-        self.hashed_bytes += other.hashed_bytes;
-        self.blake3_bytes += other.blake3_bytes;
-    }
 }
 
 /// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker,

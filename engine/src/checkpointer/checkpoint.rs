@@ -269,15 +269,10 @@ impl Writing {
         let mut audit_misses = None;
         if let (true, Some(c)) = (self.audit, self.candidates.as_ref()) {
             let misses: u64 = scanned
-                .scans
+                .stored
                 .iter()
                 .zip(c)
-                .map(|(s, c)| {
-                    s.dirty
-                        .iter()
-                        .filter(|d| c.binary_search(&d.page).is_err())
-                        .count() as u64
-                })
+                .map(|(s, c)| s.iter().filter(|p| c.binary_search(p).is_err()).count() as u64)
                 .sum();
             if misses > 0 {
                 tracing::warn!(
@@ -292,11 +287,8 @@ impl Writing {
         let file_bytes = std::fs::metadata(&plan.dst)
             .map_err(|e| Error::io(&plan.dst, "stat", e))?
             .len();
-        let updates = scanned
-            .scans
-            .iter()
-            .map(|s| s.dirty.iter().map(|d| (d.page, d.fast)).collect())
-            .collect();
+        let pages_stored = scanned.stored.iter().map(|s| s.len() as u64).sum();
+        let updates = scanned.updates;
         let elapsed = self.started.elapsed().as_secs_f64();
         Ok(Landed {
             stats: CheckpointStats {
@@ -306,8 +298,8 @@ impl Writing {
                 path: plan.dst,
                 file_bytes,
                 pages_total: scanned.pages_total,
-                pages_stored: scanned.stored.iter().map(|s| s.len() as u64).sum(),
-                hashed_bytes: scanned.scans.iter().map(|s| s.hashed_bytes).sum(),
+                pages_stored,
+                hashed_bytes: scanned.hashed_bytes,
                 depth: plan.depth,
                 tracking: if plan.use_candidates {
                     TrackingKind::Uffd
