@@ -442,12 +442,16 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     let baseline_before = baseline(&p.dir, &first_state)?;
     let mut rng = Rng::new(p.seed.wrapping_mul(7919) ^ 0x5eed);
     let per_page = (ps / 8) as usize;
-    // Rewrites the chosen pages (global page numbers) with a random bump.
-    let bump = |ck: &mut Checkpointer, pages: &[u64], rng: &mut Rng| -> Result<()> {
+    // Rewrites the chosen pages (global page numbers) of regions `hs` with a random bump.
+    let bump_in = |ck: &mut Checkpointer,
+                   hs: &[crate::RegionHandle<f64>],
+                   pages: &[u64],
+                   rng: &mut Rng|
+     -> Result<()> {
         let bump = rng.next_f64() * 0.01 + 1.0e-6;
         for &gp in pages {
             let (r, page) = (gp / pages_per_region, gp % pages_per_region);
-            let data = ck.region_mut(&handles[r as usize])?;
+            let data = ck.region_mut(&hs[r as usize])?;
             let start = page as usize * per_page;
             let end = (start + per_page).min(data.len());
             for x in &mut data[start..end] {
@@ -456,6 +460,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         }
         Ok(())
     };
+    let bump =
+        |ck: &mut Checkpointer, pages: &[u64], rng: &mut Rng| bump_in(ck, &handles, pages, rng);
     let mut delta_secs = Vec::new();
     let mut delta_scan = Vec::new();
     let mut delta_bytes = Vec::new();
@@ -641,14 +647,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
                 ck.checkpoint()?;
                 let full = t.elapsed().as_secs_f64();
                 let chosen = pick(&mut rng, total_pages, dirty_pages);
-                let bump = rng.next_f64() * 0.01 + 1.0e-6;
-                for &gp in &chosen {
-                    let (r, page) = (gp / pages_per_region, gp % pages_per_region);
-                    let data = ck.region_mut(&hs[r as usize])?;
-                    let start = page as usize * per_page;
-                    let end = (start + per_page).min(data.len());
-                    data[start..end].iter_mut().for_each(|x| *x += bump);
-                }
+                bump_in(&mut ck, &hs, &chosen, &mut rng)?;
                 let t = Instant::now();
                 ck.checkpoint()?;
                 (full, t.elapsed().as_secs_f64())

@@ -518,15 +518,48 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// rank's disk and above the newest commit record (a compaction may have removed rank
     /// files, never a newer commit record's number).
     fn next_version(&self) -> Result<u64> {
-        let mut floor = self.ck.version_floor();
-        if self.rank == 0 {
-            floor = floor.and_then(|f| {
-                let c = self.store.commits()?;
-                Ok(f.max(c.last().copied().unwrap_or(0)))
-            });
-        }
-        let floor = agree(self.comm, "find the next version number", floor)?;
+        let floor = agree(
+            self.comm,
+            "find the next version number",
+            self.local_floor(),
+        )?;
         Ok(self.all_max_u64(floor) + 1)
+    }
+
+    /// This rank's floor for the next version number: its newest version, and on rank 0 also
+    /// the newest commit record.
+    fn local_floor(&self) -> ckpt_engine::Result<u64> {
+        let floor = self.ck.version_floor()?;
+        if self.rank != 0 {
+            return Ok(floor);
+        }
+        Ok(floor.max(self.store.commits()?.last().copied().unwrap_or(0)))
+    }
+
+    /// Gathers every rank's identity of its file of `version` (zeros where it has none) at
+    /// rank 0, which writes the commit record if `write`. Returns rank 0's outcome (`Ok` on
+    /// the other ranks). Collective.
+    fn gather_commit(
+        &self,
+        version: u64,
+        local: Option<&Identity>,
+        write: bool,
+    ) -> ckpt_engine::Result<()> {
+        let ident: Vec<u8> = match local {
+            Some(id) => [&id.file_id[..], &id.index_checksum[..]].concat(),
+            None => vec![0u8; 48],
+        };
+        let root = self.comm.process_at_rank(0);
+        if self.rank != 0 {
+            root.gather_into(&ident[..]);
+            return Ok(());
+        }
+        let mut all = vec![0u8; 48 * self.size as usize];
+        root.gather_into_root(&ident[..], &mut all[..]);
+        if write {
+            self.store.write_commit(&commit_record(version, &all))?;
+        }
+        Ok(())
     }
 
     /// Collective checkpoint (two-phase commit). On success every rank returns the same
@@ -547,21 +580,8 @@ impl<'c, C: Communicator> Job<'c, C> {
         let slowest_local_secs = self.all_max_f64(local_secs);
         // Phase 2: did everyone succeed?
         let failed = failures(self.comm, local.as_ref().err().map(|e| e as &dyn Display));
-        let ident: Vec<u8> = match &local {
-            Ok(s) => [&s.identity.file_id[..], &s.identity.index_checksum[..]].concat(),
-            Err(_) => vec![0u8; 48],
-        };
-        let root = self.comm.process_at_rank(0);
-        let mut commit: std::result::Result<(), ckpt_engine::Error> = Ok(());
-        if self.rank == 0 {
-            let mut all = vec![0u8; 48 * self.size as usize];
-            root.gather_into_root(&ident[..], &mut all[..]);
-            if failed.is_empty() {
-                commit = self.store.write_commit(&commit_record(version, &all));
-            }
-        } else {
-            root.gather_into(&ident[..]);
-        }
+        let identity = local.as_ref().ok().map(|s| &s.identity);
+        let commit = self.gather_commit(version, identity, failed.is_empty());
         if !failed.is_empty() {
             return Err(Error::NotCommitted {
                 version,
@@ -623,14 +643,7 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     fn start_local(&mut self, version: u64) -> ckpt_engine::Result<ckpt_engine::AsyncCheckpoint> {
-        #[cfg(feature = "fault-injection")]
-        if self.inject_failure == Some(version) {
-            return Err(ckpt_engine::Error::Io {
-                path: self.store.rank_dir(self.rank),
-                op: "write (injected failure)",
-                source: std::io::Error::other("injected"),
-            });
-        }
+        self.injected(version)?;
         self.ck.checkpoint_async_numbered(version)
     }
 
@@ -645,13 +658,7 @@ impl<'c, C: Communicator> Job<'c, C> {
             let local = p.local.and_then(ckpt_engine::AsyncCheckpoint::wait);
             (p.version, p.started, local)
         });
-        let mut floor = self.ck.version_floor();
-        if self.rank == 0 {
-            floor = floor.and_then(|f| {
-                let c = self.store.commits()?;
-                Ok(f.max(c.last().copied().unwrap_or(0)))
-            });
-        }
+        let floor = self.local_floor();
         // One maximum: the floor, and the slowest rank's flush (the bits of non-negative
         // doubles order as the doubles do).
         let flush_secs = match &outcome {
@@ -686,19 +693,7 @@ impl<'c, C: Communicator> Job<'c, C> {
                 failures: failed,
             });
         }
-        let ident: Vec<u8> = match &local {
-            Ok(s) => [&s.identity.file_id[..], &s.identity.index_checksum[..]].concat(),
-            Err(_) => vec![0u8; 48],
-        };
-        let root = self.comm.process_at_rank(0);
-        let mut commit: std::result::Result<(), ckpt_engine::Error> = Ok(());
-        if self.rank == 0 {
-            let mut ids = vec![0u8; 48 * self.size as usize];
-            root.gather_into_root(&ident[..], &mut ids[..]);
-            commit = self.store.write_commit(&commit_record(version, &ids));
-        } else {
-            root.gather_into(&ident[..]);
-        }
+        let commit = self.gather_commit(version, local.as_ref().ok().map(|s| &s.identity), true);
         let committed = failures(self.comm, commit.as_ref().err().map(|e| e as &dyn Display));
         match local {
             Ok(local) if committed.is_empty() => {
@@ -721,6 +716,13 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     fn write_local(&mut self, version: u64) -> ckpt_engine::Result<ckpt_engine::CheckpointStats> {
+        self.injected(version)?;
+        self.ck.checkpoint_numbered(version)
+    }
+
+    /// The failure injected into this rank's part of `version`, if any (feature
+    /// `fault-injection`; `Ok` otherwise).
+    fn injected(&self, version: u64) -> ckpt_engine::Result<()> {
         #[cfg(feature = "fault-injection")]
         if self.inject_failure == Some(version) {
             return Err(ckpt_engine::Error::Io {
@@ -729,7 +731,8 @@ impl<'c, C: Communicator> Job<'c, C> {
                 source: std::io::Error::other("injected"),
             });
         }
-        self.ck.checkpoint_numbered(version)
+        let _ = version;
+        Ok(())
     }
 }
 

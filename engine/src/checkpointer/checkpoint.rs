@@ -357,17 +357,29 @@ impl Checkpointer {
         let audit = candidates.is_some()
             && self.config.audit_every > 0
             && self.since_audit + 1 >= self.config.audit_every;
-        Ok(Writing {
+        let version = self.next_version(want)?;
+        Ok(self.writing(version, candidates, audit, started))
+    }
+
+    /// A `Writing` of `version` from the engine's current state.
+    pub(super) fn writing(
+        &self,
+        version: u64,
+        candidates: Option<Vec<Vec<u64>>>,
+        audit: bool,
+        started: Instant,
+    ) -> Writing {
+        Writing {
             store: self.store.clone(),
             config: self.config.clone(),
             regions: self.regions(),
             hashes: Arc::clone(&self.hashes),
             parent: self.usable_parent().cloned(),
-            version: self.next_version(want)?,
+            version,
             candidates,
             audit,
             started,
-        })
+        }
     }
 
     /// The registered regions' memory, as scan sources.

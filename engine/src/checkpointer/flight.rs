@@ -190,28 +190,14 @@ impl Checkpointer {
     /// `version`, which must be larger than every version in the store (as
     /// [`checkpoint_numbered`](Self::checkpoint_numbered)).
     pub fn checkpoint_async_numbered(&mut self, version: u64) -> Result<AsyncCheckpoint> {
-        self.settle_logged();
-        let floor = self.version_floor()?;
-        if version <= floor {
-            return Err(Error::VersionExists {
-                path: self.store.path_of(version),
-                newest: floor,
-            });
-        }
+        self.check_above_floor(version)?;
         self.checkpoint_async_inner(Some(version))
     }
 
     /// Like [`checkpoint_async`](Self::checkpoint_async), but writes version number
     /// `version`, which only has to be free (as [`checkpoint_at`](Self::checkpoint_at)).
     pub fn checkpoint_async_at(&mut self, version: u64) -> Result<AsyncCheckpoint> {
-        self.settle_logged();
-        let path = self.store.path_of(version);
-        if version == 0 || crate::store::exists(&path)? {
-            return Err(Error::VersionExists {
-                path,
-                newest: self.version_floor()?,
-            });
-        }
+        self.check_free(version)?;
         self.checkpoint_async_inner(Some(version))
     }
 
@@ -364,7 +350,8 @@ impl Checkpointer {
                     .collect();
                 let result = w.run(&sources);
                 drop(sources);
-                let mut end = finish(result, &w, &shared, blocked, Snapshot::Copy);
+                let path = w.store.path_of(w.version);
+                let mut end = finish(result, &path, &shared, blocked, Snapshot::Copy);
                 end.staging = staging;
                 end
             })
@@ -409,18 +396,7 @@ impl Checkpointer {
             Err(e) => {
                 // The closure (and the `Writing` it owned) was dropped uncalled; take again
                 // without asking the tracker: its report is still pending there.
-                let w = Writing {
-                    store,
-                    config: self.config.clone(),
-                    regions,
-                    hashes: Arc::clone(&self.hashes),
-                    parent: self.usable_parent().cloned(),
-                    version,
-                    candidates: None,
-                    audit: false,
-                    started,
-                };
-                return Err((Box::new(w), e));
+                return Err((Box::new(self.writing(version, None, false, started)), e));
             }
         };
         let blocked = started.elapsed().as_secs_f64();
@@ -429,20 +405,12 @@ impl Checkpointer {
         Ok(std::thread::Builder::new()
             .name("ckpt-flush".into())
             .spawn(move || {
-                let collected = collect(child, &path, &store, &regions);
-                let mut end = FlightEnd::default();
-                match collected {
-                    Ok(mut l) => {
-                        l.stats.blocked_secs = blocked;
-                        l.stats.snapshot = Some(Snapshot::Fork);
-                        collector.post(Ok(l.stats.clone()));
-                        end.landed = Some(l);
-                    }
-                    Err((e, memory_fault)) => {
-                        end.fork_unusable = memory_fault;
-                        collector.post(Err(e));
-                    }
-                }
+                let (result, memory_fault) = match collect(child, &path, &store, &regions) {
+                    Ok(l) => (Ok(Some(l)), false),
+                    Err((e, memory_fault)) => (Err(e), memory_fault),
+                };
+                let mut end = finish(result, &path, &collector, blocked, Snapshot::Fork);
+                end.fork_unusable = memory_fault;
                 end
             })
             .map_err(|e| {
@@ -528,7 +496,7 @@ impl Checkpointer {
 /// Posts a flush's outcome to its handle and turns it into what the engine applies.
 fn finish(
     result: Result<Option<Landed>>,
-    w: &Writing,
+    path: &std::path::Path,
     shared: &Shared,
     blocked: f64,
     snapshot: Snapshot,
@@ -544,7 +512,7 @@ fn finish(
         Ok(None) => {
             end.stale = true;
             shared.post(Err(Error::Flush {
-                path: w.store.path_of(w.version),
+                path: path.to_path_buf(),
                 why: "a compaction removed its parent meanwhile; the next checkpoint is a \
                       full version"
                     .into(),

@@ -385,6 +385,13 @@ impl Checkpointer {
     /// must be larger than every version in the store. A coordinator (the MPI shim) uses it so
     /// that all ranks write the same number.
     pub fn checkpoint_numbered(&mut self, version: u64) -> Result<CheckpointStats> {
+        self.check_above_floor(version)?;
+        self.checkpoint_inner(Some(version))
+    }
+
+    /// After waiting for a checkpoint in flight: `version` must exceed every version in the
+    /// store or written by this engine.
+    fn check_above_floor(&mut self, version: u64) -> Result<()> {
         self.settle_logged();
         let floor = self.version_floor()?;
         if version <= floor {
@@ -393,14 +400,11 @@ impl Checkpointer {
                 newest: floor,
             });
         }
-        self.checkpoint_inner(Some(version))
+        Ok(())
     }
 
-    /// Like [`checkpoint_numbered`](Self::checkpoint_numbered), but `version` only has to be
-    /// free: no file of that number may exist, while newer versions may. For coordinators
-    /// whose applications choose version numbers themselves (the VeloC interface). Numbers of
-    /// versions a compaction removed must not be reused: that is the caller's duty here.
-    pub fn checkpoint_at(&mut self, version: u64) -> Result<CheckpointStats> {
+    /// After waiting for a checkpoint in flight: no file of `version` may exist.
+    fn check_free(&mut self, version: u64) -> Result<()> {
         self.settle_logged();
         let path = self.store.path_of(version);
         if version == 0 || store::exists(&path)? {
@@ -409,6 +413,15 @@ impl Checkpointer {
                 newest: self.version_floor()?,
             });
         }
+        Ok(())
+    }
+
+    /// Like [`checkpoint_numbered`](Self::checkpoint_numbered), but `version` only has to be
+    /// free: no file of that number may exist, while newer versions may. For coordinators
+    /// whose applications choose version numbers themselves (the VeloC interface). Numbers of
+    /// versions a compaction removed must not be reused: that is the caller's duty here.
+    pub fn checkpoint_at(&mut self, version: u64) -> Result<CheckpointStats> {
+        self.check_free(version)?;
         self.checkpoint_inner(Some(version))
     }
 
