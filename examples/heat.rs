@@ -2,9 +2,13 @@
 //! exchange, whose grid lives in engine-allocated regions and is checkpointed with ckpt-mpi.
 //!
 //! ```text
-//! heat --store DIR --n N --iters I --ckpt-every K [--crash-at ITER] [--tracking auto|hash|uffd]
-//!      [--async [--snapshot auto|copy|fork]] [--stats]
+//! heat (--store DIR | --config FILE) --n N --iters I --ckpt-every K [--crash-at ITER]
+//!      [--tracking auto|hash|uffd] [--async [--snapshot auto|copy|fork]] [--stats]
 //! ```
+//! `--config FILE` takes the storage levels from the TOML file's `[storage]` table
+//! (node-local cache, partner copies, persistent storage; see `ckpt::storage`). After a
+//! restart rank 0 also prints `restart-level local|partner|persistent`, and after each
+//! checkpoint `flush-status in-flight <v|none> persisted <v>`.
 //! With `--async` the iterations go on while each version is written; rank 0 prints
 //! `committed <version>` when a version commits (at the next checkpoint, or at the end).
 //! If DIR holds a committed version, the run restarts from it (`restarted-from <version>`).
@@ -28,9 +32,12 @@ use mpi::topology::Communicator;
     args_override_self = true
 )]
 struct Args {
-    /// Job store directory.
+    /// Job store directory (one storage level).
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    store: Option<String>,
+    /// TOML file whose `[storage]` table gives the storage levels.
     #[arg(long)]
-    store: String,
+    config: Option<String>,
     /// Global grid is N x N.
     #[arg(long, default_value_t = 256)]
     n: usize,
@@ -52,6 +59,10 @@ struct Args {
     /// Test hook: RANK:VERSION kills that rank with SIGKILL while it writes that version.
     #[arg(long, hide = true)]
     kill_in_write: Option<String>,
+    /// Test hook: RANK:N kills that rank with SIGKILL after its flushes to persistent
+    /// storage copied N files.
+    #[arg(long, hide = true)]
+    kill_in_flush: Option<String>,
     /// Keep only the K newest versions of each rank's chain (per-rank automatic compaction,
     /// which a job refuses: use `ckpt-compact` on the job store).
     #[arg(long)]
@@ -87,6 +98,15 @@ struct Stats {
     coord_ms_mean: f64,
     tracking: &'static str,
     asynchronous: bool,
+    /// Mean seconds per checkpoint of this rank's partner copies, in ms.
+    partner_ms_mean: f64,
+    /// Mean compute time of an iteration while a flush to persistent storage was in flight
+    /// on rank 0, and while none was, in ms.
+    iter_ms_flushing: f64,
+    iter_ms_idle: f64,
+    /// Iterations counted in each.
+    iters_flushing: u64,
+    iters_idle: u64,
 }
 
 fn rank_version(s: &Option<String>) -> Option<(u32, u64)> {
@@ -134,7 +154,19 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
             ckpt_engine::signals::SIGTERM,
         ])?;
     }
-    let mut job = Job::open(world, &a.store, "heat", config)?;
+    let mut job = match (&a.store, &a.config) {
+        (_, Some(file)) => {
+            let storage = ckpt::StorageConfig::load(std::path::Path::new(file))?;
+            Job::open_storage(world, &storage, "heat", config)?
+        }
+        (Some(dir), None) => Job::open(world, dir, "heat", config)?,
+        (None, None) => return Err("give --store DIR or --config FILE".into()),
+    };
+    if let Some((r, n)) = rank_version(&a.kill_in_flush) {
+        if r as usize == rank {
+            ckpt_engine::fault::arm_kill(&format!("copy-chain#{n}"));
+        }
+    }
     if let Some((r, v)) = rank_version(&a.inject_fail) {
         if r as usize == rank {
             job.inject_failure(v);
@@ -160,19 +192,26 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
         start = job.checkpointer().region(&state)?[0] + 1;
         if rank == 0 {
             println!("restarted-from {v}");
+            if let Some((_, level)) = job.restart_level() {
+                println!("restart-level {level}");
+            }
         }
     }
     let up = (rank > 0).then(|| world.process_at_rank(rank as i32 - 1));
     let down = (rank + 1 < size).then(|| world.process_at_rank(rank as i32 + 1));
     let mut scratch = vec![0f64; rows * n];
     let t_run = Instant::now();
-    let (mut ckpts, mut coord, mut total) = (0u32, 0f64, 0f64);
+    let (mut ckpts, mut coord, mut total, mut partner) = (0u32, 0f64, 0f64, 0f64);
+    // Compute time per iteration while a flush was in flight, and while none was.
+    let mut iter_ms = [(0u64, 0f64); 2];
     let mut last_started: Option<u64> = None;
     for it in start..=a.iters {
         if a.crash_at == Some(it) && rank == size - 1 {
             eprintln!("heat: rank {rank} crashing at iteration {it}");
             std::process::abort();
         }
+        let flushing = job.flush_status().is_some_and(|f| f.in_flight.is_some());
+        let t_iter = Instant::now();
         let g = job.checkpointer().region_mut(&grid)?;
         // Halo exchange: first row up / bottom halo from below, then last row down / top
         // halo from above.
@@ -216,6 +255,9 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
             }
         }
         g[n..(rows + 1) * n].copy_from_slice(&scratch);
+        let slot = &mut iter_ms[usize::from(flushing)];
+        slot.0 += 1;
+        slot.1 += 1e3 * t_iter.elapsed().as_secs_f64();
         let due = a.ckpt_every > 0 && it % a.ckpt_every == 0;
         // A signal on any rank (Slurm's pre-timeout USR1) checkpoints every rank at once.
         let asked = a.signal_checkpoint && job.checkpoint_requested();
@@ -239,6 +281,7 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                     Ok(s) => {
                         ckpts += 1;
                         total += t.elapsed().as_secs_f64();
+                        partner += s.committed.as_ref().map_or(0.0, |c| c.partner_secs);
                         last_started = Some(s.version);
                         if let (Some(c), 0) = (s.committed, rank) {
                             println!("committed {}", c.version);
@@ -256,6 +299,7 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                         ckpts += 1;
                         coord += s.coordination_secs();
                         total += s.total_secs;
+                        partner += s.partner_secs;
                         if asked && rank == 0 {
                             println!("signal-checkpoint {} at iteration {it}", s.version);
                         }
@@ -273,6 +317,13 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                     }
                 }
             }
+        }
+        if let (Some(f), 0, true) = (job.flush_status(), rank, due || asked) {
+            let in_flight = f.in_flight.map_or("none".to_string(), |v| v.to_string());
+            println!(
+                "flush-status in-flight {in_flight} persisted {}",
+                f.persisted
+            );
         }
         if job.should_exit() {
             if rank == 0 {
@@ -323,6 +374,11 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
                 coord_ms_mean: 1e3 * coord / c,
                 tracking: job.checkpointer().tracking().name(),
                 asynchronous: a.asynchronous,
+                partner_ms_mean: 1e3 * partner / c,
+                iter_ms_flushing: iter_ms[1].1 / iter_ms[1].0.max(1) as f64,
+                iter_ms_idle: iter_ms[0].1 / iter_ms[0].0.max(1) as f64,
+                iters_flushing: iter_ms[1].0,
+                iters_idle: iter_ms[0].0,
             };
             println!("stats {}", serde_json::to_string(&stats)?);
         }

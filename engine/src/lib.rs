@@ -93,6 +93,12 @@ pub fn restore_version_override() -> Result<Option<u64>> {
     }
 }
 
+/// Lowers the calling thread's scheduling priority (its nice value) by `by`, up to 19: for
+/// background threads that copy checkpoints while the application computes.
+pub fn lower_thread_priority(by: i32) {
+    sys::lower_thread_priority(by);
+}
+
 /// Whether userfaultfd write-protect tracking (`Tracking::Uffd`) works on this kernel:
 /// `UFFD_FEATURE_WP_ASYNC` and the `PAGEMAP_SCAN` ioctl (Linux ≥ 6.7). `Err` says what is
 /// missing; `Tracking::Auto` then hashes.

@@ -40,6 +40,9 @@
 
 pub mod c;
 pub mod config;
+pub mod storage;
+
+pub use storage::{FlushMode, FlushStatus, Level, StorageConfig};
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -203,6 +206,9 @@ pub struct CommitStats {
     pub total_secs: f64,
     /// Seconds of the slowest rank's local write (the same on every rank).
     pub slowest_local_secs: f64,
+    /// Seconds this rank spent on partner copies (sending its file to its partner and
+    /// storing its protégé's); 0 without them.
+    pub partner_secs: f64,
 }
 
 impl CommitStats {
@@ -224,6 +230,8 @@ pub struct Job<'c, C: Communicator> {
     /// The asynchronous checkpoint started by every rank and not yet collected (the same on
     /// every rank: each records it, even where its local start failed).
     pending: Option<Pending>,
+    /// Storage levels beside the node-local cache `store` ([`Job::open_storage`]).
+    levels: Option<storage::Levels>,
     #[cfg(feature = "fault-injection")]
     inject_failure: Option<u64>,
 }
@@ -256,8 +264,19 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// beside a running job) instead.
     pub fn open(comm: &'c C, dir: impl AsRef<Path>, name: &str, config: Config) -> Result<Self> {
         let dir = dir.as_ref();
-        let rank = comm.rank() as u32;
-        let size = comm.size() as u32;
+        Self::refuse_per_rank_retention(&config, dir)?;
+        let store = Self::open_job_store(comm, dir, name, comm.rank() == 0)?;
+        let ck = agree(
+            comm,
+            "open this rank's chain",
+            store
+                .checked_rank_dir(comm.rank() as u32)
+                .and_then(|d| Checkpointer::open(d, name, config)),
+        )?;
+        Ok(Self::assemble(comm, store, ck))
+    }
+
+    fn refuse_per_rank_retention(config: &Config, dir: &Path) -> Result<()> {
         if config.keep.is_some() && config.auto_compact {
             return Err(Error::Config(format!(
                 "{}: per-rank automatic compaction (keep + auto_compact) cannot be used in an MPI \
@@ -268,9 +287,15 @@ impl<'c, C: Communicator> Job<'c, C> {
                 dir.display()
             )));
         }
+        Ok(())
+    }
+
+    /// Opens job store `dir` collectively: `writer` ranks create its job description if it
+    /// has none; every rank then reads it and checks the world size.
+    fn open_job_store(comm: &C, dir: &Path, name: &str, writer: bool) -> Result<JobStore> {
+        let size = comm.size() as u32;
         let store = agree(comm, "open the job store", JobStore::new(dir, name))?;
-        // Rank 0 creates the job description; everyone then reads it.
-        let created = if rank == 0 {
+        let created = if writer {
             match store.meta() {
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => match store.write_meta(size) {
@@ -291,7 +316,7 @@ impl<'c, C: Communicator> Job<'c, C> {
             m.ok_or_else(|| ckpt_engine::Error::NotFound {
                 dir: dir.to_path_buf(),
                 what: format!(
-                    "no {} file after rank 0 created it",
+                    "no {} file after it was created",
                     ckpt_engine::job::META_FILE
                 ),
             })
@@ -304,24 +329,22 @@ impl<'c, C: Communicator> Job<'c, C> {
                 now: size,
             });
         }
-        let ck = agree(
-            comm,
-            "open this rank's chain",
-            store
-                .checked_rank_dir(rank)
-                .and_then(|d| Checkpointer::open(d, name, config)),
-        )?;
-        Ok(Job {
+        Ok(store)
+    }
+
+    fn assemble(comm: &'c C, store: JobStore, ck: Checkpointer) -> Self {
+        Job {
             comm,
             store,
             ck,
-            rank,
-            size,
+            rank: comm.rank() as u32,
+            size: comm.size() as u32,
             halted: false,
             pending: None,
+            levels: None,
             #[cfg(feature = "fault-injection")]
             inject_failure: None,
-        })
+        }
     }
 
     /// This rank's engine: register regions through it.
@@ -452,6 +475,9 @@ impl<'c, C: Communicator> Job<'c, C> {
                 ckpt_engine::restore_version_override(),
             )?,
         };
+        if self.levels.is_some() {
+            return self.restart_levels(only, restore);
+        }
         // Rank 0 lists the commit records and broadcasts them, so that all ranks try the same
         // candidates in the same order.
         let listed = if self.rank == 0 {
@@ -529,6 +555,9 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// This rank's floor for the next version number: its newest version, and on rank 0 also
     /// the newest commit record.
     fn local_floor(&self) -> ckpt_engine::Result<u64> {
+        if let Some(lv) = &self.levels {
+            return self.levels_floor(lv);
+        }
         let floor = self.ck.version_floor()?;
         if self.rank != 0 {
             return Ok(floor);
@@ -537,29 +566,39 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     /// Gathers every rank's identity of its file of `version` (zeros where it has none) at
-    /// rank 0, which writes the commit record if `write`. Returns rank 0's outcome (`Ok` on
-    /// the other ranks). Collective.
+    /// rank 0, which writes the commit record if `write` (with storage levels: sends it to
+    /// every rank, and each node-local cache's leader writes it). Returns this rank's outcome
+    /// (`Ok` on ranks that write nothing) and, with levels, the record. Collective.
     fn gather_commit(
         &self,
         version: u64,
         local: Option<&Identity>,
         write: bool,
-    ) -> ckpt_engine::Result<()> {
+    ) -> (ckpt_engine::Result<()>, Option<CommitRecord>) {
         let ident: Vec<u8> = match local {
             Some(id) => [&id.file_id[..], &id.index_checksum[..]].concat(),
             None => vec![0u8; 48],
         };
         let root = self.comm.process_at_rank(0);
-        if self.rank != 0 {
+        let all = if self.rank != 0 {
             root.gather_into(&ident[..]);
-            return Ok(());
+            None
+        } else {
+            let mut all = vec![0u8; 48 * self.size as usize];
+            root.gather_into_root(&ident[..], &mut all[..]);
+            Some(all)
+        };
+        if !write {
+            return (Ok(()), None);
         }
-        let mut all = vec![0u8; 48 * self.size as usize];
-        root.gather_into_root(&ident[..], &mut all[..]);
-        if write {
-            self.store.write_commit(&commit_record(version, &all))?;
+        if self.levels.is_some() {
+            let (out, rec) = self.levels_commit(all, version);
+            return (out, Some(rec));
         }
-        Ok(())
+        match all {
+            Some(all) => (self.store.write_commit(&commit_record(version, &all)), None),
+            None => (Ok(()), None),
+        }
     }
 
     /// Collective checkpoint (two-phase commit). On success every rank returns the same
@@ -578,10 +617,16 @@ impl<'c, C: Communicator> Job<'c, C> {
         let local = self.write_local(version);
         let local_secs = t1.elapsed().as_secs_f64();
         let slowest_local_secs = self.all_max_f64(local_secs);
+        // With partner copies, each rank's file also goes to its partner on another node.
+        let partner = self.protect(version, local.is_ok());
         // Phase 2: did everyone succeed?
-        let failed = failures(self.comm, local.as_ref().err().map(|e| e as &dyn Display));
+        let reason = match (&local, partner) {
+            (Err(e), _) => Some(e.to_string()),
+            (Ok(_), p) => p,
+        };
+        let failed = failures(self.comm, reason.as_ref().map(|r| r as &dyn Display));
         let identity = local.as_ref().ok().map(|s| &s.identity);
-        let commit = self.gather_commit(version, identity, failed.is_empty());
+        let (commit, record) = self.gather_commit(version, identity, failed.is_empty());
         if !failed.is_empty() {
             return Err(Error::NotCommitted {
                 version,
@@ -593,11 +638,16 @@ impl<'c, C: Communicator> Job<'c, C> {
         match local {
             Ok(local) if committed.is_empty() => {
                 self.check_halt();
+                let partner_secs = self.partner_secs();
+                if let Some(rec) = record {
+                    self.after_commit(rec);
+                }
                 Ok(CommitStats {
                     version,
                     local,
                     total_secs: t0.elapsed().as_secs_f64(),
                     slowest_local_secs,
+                    partner_secs,
                 })
             }
             _ => Err(Error::NotCommitted {
@@ -638,8 +688,19 @@ impl<'c, C: Communicator> Job<'c, C> {
     /// and commits it: `Ok(Some(stats))` with what was committed, `Ok(None)` when none was in
     /// flight. Collective. Call it before the job ends (after the last `checkpoint_async`):
     /// dropping a `Job` finishes this rank's flush but cannot commit the version.
+    ///
+    /// With storage levels ([`Job::open_storage`]) it also waits for the flushes to
+    /// persistent storage in flight, commits them there, and flushes the newest due version
+    /// if it is not there yet; a failed flush is an error (the versions stay committed in
+    /// the node-local caches).
     pub fn wait(&mut self) -> Result<Option<CommitStats>> {
-        self.collect().map(|(c, _)| c)
+        let committed = self.collect().map(|(c, _)| c)?;
+        self.drain_flushes()?;
+        Ok(committed)
+    }
+
+    fn partner_secs(&self) -> f64 {
+        self.levels.as_ref().map_or(0.0, |l| l.partner_secs)
     }
 
     fn start_local(&mut self, version: u64) -> ckpt_engine::Result<ckpt_engine::AsyncCheckpoint> {
@@ -671,10 +732,14 @@ impl<'c, C: Communicator> Job<'c, C> {
         let mut all = [0u64; 2];
         self.comm
             .all_reduce_into(&mine[..], &mut all[..], SystemOperation::max());
+        let partner = match &outcome {
+            Some((v, _, local)) => self.protect(*v, local.is_ok()),
+            None => None,
+        };
         let reason: Option<String> = match (&floor, &outcome) {
             (Err(e), _) => Some(format!("find the next version number: {e}")),
             (_, Some((v, _, Err(e)))) => Some(format!("version {v}: {e}")),
-            _ => None,
+            _ => partner,
         };
         let failed = failures(self.comm, reason.as_ref().map(|r| r as &dyn Display));
         let Some((version, started, local)) = outcome else {
@@ -693,17 +758,23 @@ impl<'c, C: Communicator> Job<'c, C> {
                 failures: failed,
             });
         }
-        let commit = self.gather_commit(version, local.as_ref().ok().map(|s| &s.identity), true);
+        let (commit, record) =
+            self.gather_commit(version, local.as_ref().ok().map(|s| &s.identity), true);
         let committed = failures(self.comm, commit.as_ref().err().map(|e| e as &dyn Display));
         match local {
             Ok(local) if committed.is_empty() => {
                 self.check_halt();
+                let partner_secs = self.partner_secs();
+                if let Some(rec) = record {
+                    self.after_commit(rec);
+                }
                 Ok((
                     Some(CommitStats {
                         version,
                         local,
                         total_secs: started.elapsed().as_secs_f64(),
                         slowest_local_secs: f64::from_bits(all[1]),
+                        partner_secs,
                     }),
                     all[0].max(version),
                 ))

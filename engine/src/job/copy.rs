@@ -12,9 +12,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use std::path::Path;
+
 use super::{JobStore, META_FILE};
 use crate::error::{Error, Result};
-use crate::store;
+use crate::store::{self, Store};
 
 /// What [`JobStore::copy_version_to`] did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -86,35 +88,8 @@ impl JobStore {
         }
         for rank in 0..meta.world_size {
             let src = self.check_rank_file(v, rank, meta.world_size)?;
-            let src_dir = self.rank_dir(rank);
-            let dst_dir = dst.checked_rank_dir(rank)?;
-            store::create_dir_durable(&dst_dir)?;
-            report
-                .temps_removed
-                .extend(store::remove_dead_temps(&dst_dir)?);
-            // Itself first in the list: copy what it references before it.
-            let mut needed = crate::catalog::check_complete(&src)?;
-            needed.reverse();
-            for (name, identity) in &needed {
-                let to = dst_dir.join(name);
-                if store::exists(&to)? && crate::catalog::satisfies(&to, identity).unwrap_or(false)
-                {
-                    report.files_reused += 1;
-                    continue;
-                }
-                if deadline.is_some_and(|d| Instant::now() > d) {
-                    return Err(Error::TimedOut {
-                        what: format!(
-                            "copying version {v} of {} to {}",
-                            self.dir.display(),
-                            dst.dir.display()
-                        ),
-                    });
-                }
-                report.bytes_copied += store::copy_file_atomic(&src_dir.join(name), &to)?;
-                report.files_copied += 1;
-            }
-            let copy = dst_dir.join(store::version_file_name(&self.name, v));
+            let dst_store = Store::new(dst.checked_rank_dir(rank)?, &self.name)?;
+            let copy = copy_chain(&src, &dst_store, deadline, report)?;
             let version = crate::read::Version::open(&copy)?;
             if !version.file().satisfies(&rec.ranks[rank as usize]) {
                 return Err(Error::ReplacedReference {
@@ -132,4 +107,60 @@ impl JobStore {
         report.versions.push(v);
         Ok(())
     }
+}
+
+/// Copies version file `src` and every file it references (its chain, as far as it reaches)
+/// into store `dst`, parents before children, each atomically; files `dst` already holds
+/// with the right identity are kept. Dead temporaries of an earlier, interrupted copy are
+/// removed first, and the full versions copied join `dst`'s membership record, so that its
+/// writer accepts them. Returns the copy of `src`. Fails, leaving only complete files
+/// behind, if `deadline` passes first.
+pub fn copy_chain(
+    src: &Path,
+    dst: &Store,
+    deadline: Option<Instant>,
+    report: &mut CopyReport,
+) -> Result<PathBuf> {
+    let src_dir = match src.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    store::create_dir_durable(dst.dir())?;
+    report
+        .temps_removed
+        .extend(store::remove_dead_temps(dst.dir())?);
+    // Itself first in the list: copy what it references before it.
+    let mut needed = crate::catalog::check_complete(src)?;
+    needed.reverse();
+    let mut roots = Vec::new();
+    for (name, identity) in &needed {
+        let to = dst.dir().join(name);
+        if store::exists(&to)? && crate::catalog::satisfies(&to, identity).unwrap_or(false) {
+            report.files_reused += 1;
+            continue;
+        }
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(Error::TimedOut {
+                what: format!("copying {} into {}", src.display(), dst.dir().display()),
+            });
+        }
+        let from = src_dir.join(name);
+        report.bytes_copied += store::copy_file_atomic(&from, &to)?;
+        report.files_copied += 1;
+        crate::fault::point("copy-chain");
+        if crate::catalog::parent_of(&to)?.is_none() {
+            roots.push(identity.file_id);
+        }
+    }
+    if !roots.is_empty() {
+        dst.record_roots(&roots)?;
+    }
+    let name = src
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::InvalidName {
+            name: src.display().to_string(),
+            why: "not a plain file name",
+        })?;
+    Ok(dst.dir().join(name))
 }

@@ -21,7 +21,7 @@ use crate::store::{self, Store};
 mod copy;
 mod record;
 
-pub use copy::CopyReport;
+pub use copy::{copy_chain, CopyReport};
 pub use record::CommitRecord;
 
 /// File name of the job description.
@@ -220,6 +220,36 @@ impl JobStore {
         store::atomic_write_new(&dir, &self.commit_name(rec.version), &rec.encode())
     }
 
+    /// Writes commit record `rec` unless this store already has it: `Ok` if the record there
+    /// is the same, an error naming the file if it differs. For the copies of a record that
+    /// several node-local caches (or persistent storage) each keep.
+    pub fn ensure_commit(&self, rec: &CommitRecord) -> Result<()> {
+        if self.commits()?.contains(&rec.version) {
+            if &self.read_commit(rec.version)? == rec {
+                return Ok(());
+            }
+            return Err(Error::corrupt(
+                self.commits_dir().join(self.commit_name(rec.version)),
+                "commit record",
+                "differs from the job's record of the same version: two different jobs?",
+            ));
+        }
+        match self.write_commit(rec) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                if &self.read_commit(rec.version)? == rec {
+                    Ok(())
+                } else {
+                    Err(Error::corrupt(
+                        self.commits_dir().join(self.commit_name(rec.version)),
+                        "commit record",
+                        "differs from the job's record of the same version",
+                    ))
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Whether rank `rank`'s file for committed version `v` exists, opens with every file it
     /// references, and is the one the commit record names (a job of `world_size` ranks).
     /// This is what a restart asks of each rank before restoring `v`; `Err` names the file
@@ -231,6 +261,20 @@ impl JobStore {
     /// [`check_rank`](Self::check_rank), returning the rank's file.
     pub(crate) fn check_rank_file(&self, v: u64, rank: u32, world_size: u32) -> Result<PathBuf> {
         let rec = self.read_commit(v)?;
+        self.check_rank_record(&rec, rank, world_size)
+    }
+
+    /// [`check_rank`](Self::check_rank) against commit record `rec`, which may come from
+    /// another copy of the job (another node's cache, persistent storage): rank `rank`'s file
+    /// of `rec`'s version exists here, opens with every file it references, and is the one
+    /// `rec` names. Returns the file.
+    pub fn check_rank_record(
+        &self,
+        rec: &CommitRecord,
+        rank: u32,
+        world_size: u32,
+    ) -> Result<PathBuf> {
+        let v = rec.version;
         let record = self.commits_dir().join(self.commit_name(v));
         if rec.ranks.len() != world_size as usize {
             return Err(Error::corrupt(

@@ -335,6 +335,46 @@ impl Store {
         Ok(())
     }
 
+    /// Stores `bytes`, received from another copy of this chain (a partner's, over MPI), as
+    /// the version file `name` of this store: written atomically and durably (replacing a
+    /// file of that name), and a full version joins the membership record. `name` must be
+    /// one of this chain's version file names.
+    pub fn receive_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let ok = name
+            .strip_prefix(&format!("{}.ckpt.", self.name))
+            .is_some_and(|n| n.parse::<u64>().is_ok());
+        if !ok {
+            return Err(Error::InvalidName {
+                name: name.to_string(),
+                why: "not a version file name of this chain",
+            });
+        }
+        create_dir_durable(&self.dir)?;
+        let tmp = temp_name(&self.dir, name)?;
+        let dst = self.dir.join(name);
+        let result = (|| {
+            use std::io::Write;
+            let mut f = create_new(&tmp)?;
+            f.write_all(bytes)
+                .map_err(|e| Error::io(&tmp, "write", e))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
+            drop(f);
+            crate::vfs::current()
+                .rename(&tmp, &dst)
+                .map_err(|e| Error::io(&dst, "rename into place", e))?;
+            sync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            let _ = crate::vfs::current().remove_file(&tmp);
+            return result;
+        }
+        let (h, _) = crate::read::read_header_footer(&dst)?;
+        if h.parent.is_none() {
+            self.record_roots(&[h.file_id])?;
+        }
+        Ok(())
+    }
+
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`
     /// so that no listing ever mistakes them for a committed version.
     pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
