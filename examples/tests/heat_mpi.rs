@@ -875,3 +875,201 @@ fn async_checkpoints_crash_mid_flush_and_restart_from_the_last_committed_version
     assert_eq!(line(&out, "restarted-from ").as_deref(), Some("3"));
     assert_eq!(checksum(&out), want);
 }
+
+/// A multi-level job's directories: node-local caches `local/node<N>`, persistent storage
+/// `pfs`, and its configuration file.
+struct Levels {
+    _d: tempfile::TempDir,
+    root: PathBuf,
+    config: String,
+}
+
+impl Levels {
+    fn new(extra: &str) -> Levels {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_path_buf();
+        let config = root.join("job.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[storage]\nlocal = \"{0}/local/node{{node}}\"\npersistent = \"{0}/pfs\"\n{extra}",
+                root.display()
+            ),
+        )
+        .unwrap();
+        Levels {
+            _d: d,
+            root,
+            config: config.display().to_string(),
+        }
+    }
+
+    fn node(&self, n: u32) -> PathBuf {
+        self.root.join(format!("local/node{n}"))
+    }
+
+    fn pfs(&self) -> PathBuf {
+        self.root.join("pfs")
+    }
+
+    /// `mpirun -np 4 heat --config ...` on 4 simulated nodes.
+    fn run(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut a = vec![
+            "--config",
+            &self.config,
+            "--n",
+            "48",
+            "--iters",
+            "50",
+            "--ckpt-every",
+            "10",
+        ];
+        a.extend_from_slice(extra);
+        let mut e = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "CKPT_SIMULATE_NODES") {
+            e.push(("CKPT_SIMULATE_NODES", "4"));
+        }
+        mpirun_env(4, &a, &e)
+    }
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what}: {}", stderr(out));
+}
+
+/// Partner copies at np = 4 on 4 simulated nodes: a crash, then one node's cache deleted;
+/// the restart rebuilds that node's chains from the partner copies (preferred over
+/// persistent storage), from the newest version, with the uninterrupted checksum, and
+/// restores the partner copies the lost node held.
+#[test]
+fn a_lost_node_cache_restarts_from_partner_copies() {
+    let want = reference();
+    let l = Levels::new("partner = true\n");
+    let out = l.run(&["--crash-at", "35"], &[]);
+    assert!(!out.status.success(), "the crashed run must fail");
+    for n in 0..4 {
+        assert_eq!(commits(&l.node(n)), vec![1, 2, 3], "node {n}");
+    }
+    std::fs::remove_dir_all(l.node(2)).unwrap();
+    let out = l.run(&[], &[]);
+    ok(&out, "restart");
+    assert_eq!(line(&out, "restarted-from ").as_deref(), Some("3"));
+    assert_eq!(line(&out, "restart-level ").as_deref(), Some("partner"));
+    assert_eq!(checksum(&out), want);
+    // The lost cache is whole again: its rank's chain, the records, and the partner copies
+    // it holds (rank 1's).
+    assert_eq!(commits(&l.node(2)), vec![3, 4, 5]);
+    let node2 = JobStore::new(l.node(2), "heat").unwrap();
+    for rank in [1, 2] {
+        node2.check_rank(5, rank, 4).unwrap();
+    }
+    // Losing another node now loses nothing either.
+    std::fs::remove_dir_all(l.node(1)).unwrap();
+    let out = l.run(&["--iters", "60"], &[]);
+    ok(&out, "second restart");
+    assert_eq!(line(&out, "restarted-from ").as_deref(), Some("5"));
+    assert_eq!(line(&out, "restart-level ").as_deref(), Some("partner"));
+}
+
+/// Every node's cache deleted after a crash: the restart copies the newest version flushed
+/// to persistent storage back into the caches and gives the right checksum.
+#[test]
+fn every_cache_lost_restarts_from_persistent_storage() {
+    let want = reference();
+    let l = Levels::new("partner = true\npersistent_interval = 2\n");
+    let out = l.run(&["--crash-at", "35"], &[]);
+    assert!(!out.status.success(), "the crashed run must fail");
+    // Every 2nd version goes to persistent storage (synchronously): version 2.
+    assert_eq!(commits(&l.pfs()), vec![2]);
+    verify_all_commits(&l.pfs());
+    std::fs::remove_dir_all(l.root.join("local")).unwrap();
+    let out = l.run(&[], &[]);
+    ok(&out, "restart");
+    assert_eq!(line(&out, "restarted-from ").as_deref(), Some("2"));
+    assert_eq!(line(&out, "restart-level ").as_deref(), Some("persistent"));
+    assert_eq!(checksum(&out), want);
+    // Versions 3, 4 and 5 were written again (the lost 3 is gone with the caches); 4 was
+    // flushed.
+    assert_eq!(commits(&l.pfs()), vec![2, 4]);
+    verify_all_commits(&l.pfs());
+}
+
+/// A rank killed in the middle of an asynchronous flush to persistent storage: persistent
+/// storage never lists a version whose files are incomplete (the interrupted version's
+/// files are there, its commit record is not), and the next run redoes the flush.
+#[test]
+fn a_crash_mid_flush_never_shows_an_incomplete_version() {
+    let want = reference();
+    let l = Levels::new("partner = true\nmode = \"async\"\n");
+    // Rank 1 dies right after its second flushed file is in place.
+    let delay = [("CKPT_TEST_FLUSH_DELAY_MS", "50")];
+    let out = l.run(&["--kill-in-flush", "1:2"], &delay);
+    assert!(!out.status.success(), "the job dies with its rank");
+    let listed = commits(&l.pfs());
+    if !listed.is_empty() {
+        verify_all_commits(&l.pfs());
+    }
+    let newest = listed.last().copied().unwrap_or(0);
+    let rank1 = JobStore::new(l.pfs(), "heat")
+        .unwrap()
+        .rank_store(1)
+        .unwrap()
+        .versions()
+        .unwrap();
+    assert!(
+        rank1.iter().any(|&v| v > newest),
+        "rank 1 flushed files of a version above the newest persistent record {newest}: {rank1:?}"
+    );
+    let newest_local = *commits(&l.node(0)).last().unwrap();
+    let out = l.run(&[], &delay);
+    ok(&out, "rerun");
+    assert_eq!(checksum(&out), want);
+    let after = commits(&l.pfs());
+    verify_all_commits(&l.pfs());
+    assert!(
+        newest_local > newest,
+        "the interrupted version was not listed"
+    );
+    assert!(
+        after.last().copied().unwrap_or(0) >= newest_local,
+        "the rerun flushed the newest version (local {newest_local}): {after:?}"
+    );
+}
+
+/// In async mode a checkpoint returns while its flush to persistent storage is still in
+/// flight (a test hook holds each flush back 400 ms; heat prints the flush status after
+/// every checkpoint), and the final wait leaves the newest version on persistent storage.
+#[test]
+fn an_async_checkpoint_returns_before_its_flush_is_done() {
+    let l = Levels::new("mode = \"async\"\n");
+    let out = l.run(&[], &[("CKPT_TEST_FLUSH_DELAY_MS", "400")]);
+    ok(&out, "async run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let in_flight: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("flush-status in-flight ")?;
+            let (v, p) = rest.split_once(" persisted ")?;
+            Some((v.parse().ok()?, p.trim().parse().ok()?))
+        })
+        .collect();
+    assert!(
+        in_flight.iter().any(|&(v, p)| v > p),
+        "no checkpoint returned with its flush in flight: {text}"
+    );
+    assert_eq!(commits(&l.pfs()).last(), Some(&5), "{text}");
+    verify_all_commits(&l.pfs());
+}
+
+/// Partner copies need two nodes: on one, every rank gets the same clear error.
+#[test]
+fn partner_copies_on_one_node_are_a_clear_error() {
+    let l = Levels::new("partner = true\n");
+    let out = l.run(&[], &[("CKPT_SIMULATE_NODES", "1")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("partner copies need at least two nodes"),
+        "{}",
+        stderr(&out)
+    );
+}

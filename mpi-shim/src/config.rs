@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ckpt_engine::{Config, Tracking};
 
+use crate::storage::StorageConfig;
+
 /// A configuration file that cannot be used. The message names the file and the line.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{path}: {why}")]
@@ -130,15 +132,34 @@ fn warn_unknown(path: &Path, pairs: &[(String, String, usize)], known: &[&str]) 
     unknown
 }
 
-/// The native C API's optional configuration file: engine settings only (see
-/// `ENGINE_KEYS`); `CKPT_<KEY>` variables override it.
-pub fn native(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let (path, pairs) = match path {
-        Some(p) => (p.to_path_buf(), read_ini(p)?),
-        None => (PathBuf::from("(no configuration file)"), Vec::new()),
+/// The native C API's optional configuration file: engine settings (see `ENGINE_KEYS`;
+/// `CKPT_<KEY>` variables override them) and, in a TOML `[storage]` table, the job's storage
+/// levels (see [`crate::storage`]). Engine keys go before any table; values may be quoted.
+pub fn native(path: Option<&Path>) -> Result<(Config, Option<StorageConfig>), ConfigError> {
+    let Some(p) = path else {
+        let path = PathBuf::from("(no configuration file)");
+        return Ok((engine_config(&path, &[], "CKPT_")?, None));
     };
-    warn_unknown(&path, &pairs, &[]);
-    engine_config(&path, &pairs, "CKPT_")
+    let text = read_text(p)?;
+    let storage = if text.lines().any(|l| l.trim() == "[storage]") {
+        Some(StorageConfig::parse(p, &text)?)
+    } else {
+        None
+    };
+    // The engine keys: everything before the first table.
+    let head: String = text
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut pairs = parse_ini(p, &head)?;
+    for (_, v, _) in &mut pairs {
+        if let Some(inner) = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
+            *v = inner.to_string();
+        }
+    }
+    warn_unknown(p, &pairs, &[]);
+    Ok((engine_config(p, &pairs, "CKPT_")?, storage))
 }
 
 /// Whether a VeloC checkpoint returns before or after its copy reaches persistent storage.
@@ -325,11 +346,26 @@ mod tests {
     #[test]
     fn native_engine_keys() {
         let (_d, p) = write("tracking = hash\ncompression = 0\nmax_chain_depth = 4\n");
-        let c = native(Some(&p)).unwrap();
+        let (c, storage) = native(Some(&p)).unwrap();
         assert_eq!(c.tracking, Tracking::Hash);
         assert_eq!(c.compression_level, 0);
         assert_eq!(c.max_chain_depth, 4);
+        assert!(storage.is_none());
         let (_d, p) = write("tracking = psychic\n");
         assert!(native(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn native_storage_table() {
+        let (_d, p) =
+            write("tracking = \"hash\"\n[storage]\nlocal = \"/tmp/n{node}\"\npartner = true\n");
+        let (c, storage) = native(Some(&p)).unwrap();
+        assert_eq!(c.tracking, Tracking::Hash);
+        let storage = storage.unwrap();
+        assert!(storage.partner);
+        assert_eq!(storage.local, "/tmp/n{node}");
+        let (_d, p) = write("[storage]\nlocal = \"/tmp/x\"\nmode = \"eventually\"\n");
+        let e = native(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("eventually"), "{e}");
     }
 }

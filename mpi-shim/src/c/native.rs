@@ -68,7 +68,9 @@ fn with_session(func: &str, f: impl FnOnce(&mut Native) -> Result<c_int, Failure
 ///
 /// # Safety
 /// `config` must be null or a NUL-terminated string.
-unsafe fn load_config(config: *const c_char) -> Result<Config, Failure> {
+unsafe fn load_config(
+    config: *const c_char,
+) -> Result<(Config, Option<crate::StorageConfig>), Failure> {
     let path = if config.is_null() {
         None
     } else {
@@ -84,7 +86,7 @@ type Started<'a> = (
     MutexGuard<'static, Option<Session<Native>>>,
     &'a str,
     &'a str,
-    Config,
+    (Config, Option<crate::StorageConfig>),
 );
 
 /// The session lock, taken only if no session is open, and the arguments every init takes.
@@ -127,7 +129,15 @@ unsafe fn init_mpi(
     let comm = unsafe { dup_comm(comm) }?;
     let comm: &'static SimpleCommunicator = Box::leak(Box::new(comm));
     let owned = OwnedComm(comm as *const SimpleCommunicator as *mut SimpleCommunicator);
-    let job = Job::open(comm, dir, name, config)?;
+    let job = match config {
+        (config, Some(storage)) => {
+            tracing::info!(
+                "{dir}: the configuration file's [storage] table gives the storage levels"
+            );
+            Job::open_storage(comm, &storage, name, config)?
+        }
+        (config, None) => Job::open(comm, dir, name, config)?,
+    };
     *s = Some(Session(Native::Mpi {
         job: Box::new(job),
         _comm: owned,
@@ -184,7 +194,13 @@ pub unsafe extern "C" fn ckpt_init_single(
 ) -> c_int {
     guard("ckpt_init_single", || {
         // SAFETY: the caller's contract for each string.
-        let (mut s, dir, name, config) = unsafe { start(dir, name, config_file) }?;
+        let (mut s, dir, name, (config, storage)) = unsafe { start(dir, name, config_file) }?;
+        if storage.is_some() {
+            return Err(Failure::new(
+                super::CKPT_ERR_CONFIG,
+                "a [storage] table needs an MPI session (ckpt_init), not ckpt_init_single",
+            ));
+        }
         let ck = Checkpointer::open(dir, name, config)?;
         *s = Some(Session(Native::Single(Box::new(ck))));
         Ok(CKPT_SUCCESS)
