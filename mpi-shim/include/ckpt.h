@@ -45,9 +45,12 @@ extern "C" {
 #define CKPT_ERR_INTERNAL (-9)  /* an internal error; the call was abandoned                */
 
 /* Starts an MPI session over (a duplicate of) comm: checkpoints of chain `name` in the job
- * store `dir` (one directory per rank under it, created mode 0700). config_file may be NULL,
- * or a file of `key = value` lines: tracking (auto|hash|uffd), compression (zstd level, 0 for
- * none), max_chain_depth, page_size, audit_every; CKPT_<KEY> variables override it.
+ * store `dir` (one directory per rank under it, created mode 0700). config_file may be NULL
+ * (then the file named by the CKPT_CONFIG variable, if set, is used), or a file of
+ * `key = value` lines: tracking (auto|hash|uffd), compression (zstd level, 0 for none),
+ * max_chain_depth, page_size, audit_every; CKPT_<KEY> variables override it. A TOML
+ * `[storage]` table after those lines gives storage levels instead of `dir`: a node-local
+ * cache, partner copies, persistent storage (see the README, "Multi-level storage").
  * MPI must be initialized. Collective. */
 int ckpt_init(MPI_Comm comm, const char *dir, const char *name, const char *config_file);
 

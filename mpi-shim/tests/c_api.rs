@@ -109,9 +109,17 @@ fn build_c_with(src: &str, out_dir: &Path, static_lib: bool, opt: &str) -> PathB
 
 /// Runs `mpirun -np 2 exe args…`, killed after two minutes (no test may hang).
 fn mpirun(exe: &Path, args: &[&str]) -> Output {
+    mpirun_env(exe, args, &[])
+}
+
+/// [`mpirun`] with extra environment variables for every rank.
+fn mpirun_env(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "-np", "2"])
-        .arg(exe)
+    cmd.args(["--oversubscribe", "-np", "2"]);
+    for (k, v) in env {
+        cmd.args(["-x", k]).env(k, v);
+    }
+    cmd.arg(exe)
         .args(args)
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
@@ -221,6 +229,70 @@ fn native_heat_async_crash_restart() {
         "{restarted}"
     );
     assert_eq!(checksum(&restarted), checksum(&sync), "{restarted}");
+}
+
+/// (a'') The native C API with storage levels from a `[storage]` table (the file named by
+/// `CKPT_CONFIG`, since the program passes no configuration file), on 2 simulated nodes with
+/// partner copies: a crash, then node 1's cache deleted; the restart rebuilds rank 1's chain
+/// from its partner's copy and gives the uninterrupted result. Then both caches deleted: the
+/// restart comes from persistent storage.
+#[test]
+fn native_heat_storage_levels_from_a_config_file() {
+    let t = tempfile::tempdir().unwrap();
+    let exe = build_c("heat_native.c", t.path(), false);
+    let root = t.path().display().to_string();
+    let cfg = t.path().join("levels.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tracking = \"auto\"\n[storage]\nlocal = \"{root}/cache{{node}}\"\n\
+             persistent = \"{root}/pfs\"\npartner = true\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let env = [("CKPT_CONFIG", cfg.as_str()), ("CKPT_SIMULATE_NODES", "2")];
+    let clean = mpirun_ok(&exe, &[&format!("{root}/clean"), "100", "10", "0"]);
+    let unused = format!("{root}/unused");
+    let crashed = mpirun_env(&exe, &[&unused, "100", "10", "60"], &env);
+    assert!(!crashed.status.success(), "the crash run did not crash");
+    assert!(
+        stdout_of(&crashed).contains("fresh start"),
+        "{}\n{}",
+        stdout_of(&crashed),
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    std::fs::remove_dir_all(t.path().join("cache1")).unwrap();
+    let out = mpirun_env(&exe, &[&unused, "100", "10", "0"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restarted = stdout_of(&out);
+    assert!(
+        restarted.contains("restarted from version 6 at iteration 60"),
+        "{restarted}"
+    );
+    assert_eq!(checksum(&restarted), checksum(&clean), "{restarted}");
+    assert!(
+        !t.path().join("unused").exists(),
+        "dir is not used with [storage]"
+    );
+    // Both caches lost: persistent storage has every version (mode sync, interval 1).
+    std::fs::remove_dir_all(t.path().join("cache0")).unwrap();
+    std::fs::remove_dir_all(t.path().join("cache1")).unwrap();
+    let out = mpirun_env(&exe, &[&unused, "100", "10", "0"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout_of(&out).contains("restarted from version 10 at iteration 100"),
+        "{}",
+        stdout_of(&out)
+    );
 }
 
 fn veloc_cfg(dir: &Path, name: &str, extra: &str) -> PathBuf {

@@ -64,15 +64,19 @@ fn with_session(func: &str, f: impl FnOnce(&mut Native) -> Result<c_int, Failure
     })
 }
 
-/// The configuration from the optional file `config`.
+/// The configuration file used when an init is given none.
+const CONFIG_VAR: &str = "CKPT_CONFIG";
+
+/// The configuration from the optional file `config` (else the file `CKPT_CONFIG` names).
 ///
 /// # Safety
 /// `config` must be null or a NUL-terminated string.
 unsafe fn load_config(
     config: *const c_char,
 ) -> Result<(Config, Option<crate::StorageConfig>), Failure> {
+    let from_env = std::env::var_os(CONFIG_VAR);
     let path = if config.is_null() {
-        None
+        from_env.as_deref().and_then(|p| p.to_str())
     } else {
         // SAFETY: non-null, NUL-terminated by the caller's contract.
         Some(unsafe { c_str(config, "config_file") }?)
