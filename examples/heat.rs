@@ -81,6 +81,9 @@ struct Args {
     /// version is written; a version commits at the next checkpoint or at the end.
     #[arg(long = "async")]
     asynchronous: bool,
+    /// zstd level for stored pages (0: stored raw, as dense floating-point fields mostly are).
+    #[arg(long)]
+    compression: Option<i32>,
     /// With --async: the snapshot mechanism (auto, copy or fork).
     #[arg(long, default_value = "auto")]
     snapshot: String,
@@ -147,6 +150,9 @@ fn run<C: Communicator>(a: &Args, world: &C) -> Result<(), Box<dyn std::error::E
         .with_snapshot(a.snapshot.parse()?);
     if let Some(k) = a.keep {
         config = config.with_retention(k);
+    }
+    if let Some(level) = a.compression {
+        config.compression_level = level;
     }
     if a.signal_checkpoint {
         ckpt_engine::signals::install(&[

@@ -225,14 +225,12 @@ impl<'c, C: Communicator> Job<'c, C> {
     }
 
     /// This rank's floor for the next version number with levels: its chain, its cache's
-    /// records (leaders) and persistent storage's (rank 0).
+    /// records (leaders) and the newest version on persistent storage (known since the open,
+    /// so no listing of the parallel file system per checkpoint).
     pub(crate) fn levels_floor(&self, lv: &Levels) -> ckpt_engine::Result<u64> {
-        let mut floor = self.ck.version_floor()?;
+        let mut floor = self.ck.version_floor()?.max(lv.persisted);
         if lv.leader {
             floor = floor.max(self.store.commits()?.last().copied().unwrap_or(0));
-        }
-        if let (Some(p), 0) = (&lv.persistent, self.rank) {
-            floor = floor.max(p.commits()?.last().copied().unwrap_or(0));
         }
         Ok(floor)
     }
