@@ -121,6 +121,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             // The state at the call is the version's; the flush runs while the next step
             // mutates, and the next call (or the end) collects it.
             let hash = state_hash(&ck);
+            // Announced first: a kill between the call's return and the `started` line may
+            // still leave the version committed (its flush can be that quick).
+            writeln!(out.lock(), "starting {hash}")?;
+            out.lock().flush()?;
             let h = ck.checkpoint_async()?;
             writeln!(out.lock(), "started {} {hash}", h.version())?;
             out.lock().flush()?;
