@@ -71,7 +71,7 @@ pub use format::{Identity, TrackingKind};
 pub use hash::page_hash;
 pub use read::catalog;
 pub use region::RegionHandle;
-pub use store::Store;
+pub use store::{Incoming, Store};
 pub use sys::ckpt_restored;
 
 /// The environment variable `ckpt debug` sets to make a program restore a given version at

@@ -335,11 +335,11 @@ impl Store {
         Ok(())
     }
 
-    /// Stores `bytes`, received from another copy of this chain (a partner's, over MPI), as
-    /// the version file `name` of this store: written atomically and durably (replacing a
-    /// file of that name), and a full version joins the membership record. `name` must be
-    /// one of this chain's version file names.
-    pub fn receive_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+    /// Starts receiving version file `name` from another copy of this chain (a partner's,
+    /// over MPI), written piece by piece through [`Incoming`]: a temporary file (mode 0600)
+    /// until [`Incoming::finish`] makes it durable under `name` (replacing a file of that
+    /// name). `name` must be one of this chain's version file names.
+    pub fn incoming(&self, name: &str) -> Result<Incoming> {
         let ok = name
             .strip_prefix(&format!("{}.ckpt.", self.name))
             .is_some_and(|n| n.parse::<u64>().is_ok());
@@ -351,34 +351,81 @@ impl Store {
         }
         create_dir_durable(&self.dir)?;
         let tmp = temp_name(&self.dir, name)?;
-        let dst = self.dir.join(name);
-        let result = (|| {
-            use std::io::Write;
-            let mut f = create_new(&tmp)?;
-            f.write_all(bytes)
-                .map_err(|e| Error::io(&tmp, "write", e))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, "fsync", e))?;
-            drop(f);
-            crate::vfs::current()
-                .rename(&tmp, &dst)
-                .map_err(|e| Error::io(&dst, "rename into place", e))?;
-            sync_dir(&self.dir)
-        })();
-        if result.is_err() {
-            let _ = crate::vfs::current().remove_file(&tmp);
-            return result;
-        }
-        let (h, _) = crate::read::read_header_footer(&dst)?;
-        if h.parent.is_none() {
-            self.record_roots(&[h.file_id])?;
-        }
-        Ok(())
+        let file = create_new(&tmp)?;
+        Ok(Incoming {
+            store: self.clone(),
+            dst: self.dir.join(name),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    /// Stores `bytes` as version file `name` ([`incoming`](Self::incoming), all at once).
+    pub fn receive_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        let mut f = self.incoming(name)?;
+        f.write(bytes)?;
+        f.finish()
     }
 
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`
     /// so that no listing ever mistakes them for a committed version.
     pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
         temp_name(&self.dir, &self.file_name(version))
+    }
+}
+
+/// A version file being received into a store ([`Store::incoming`]). Dropped unfinished, its
+/// temporary file is removed.
+pub struct Incoming {
+    store: Store,
+    dst: PathBuf,
+    tmp: PathBuf,
+    file: Option<Box<dyn crate::vfs::VfsFile>>,
+}
+
+impl Incoming {
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        match self.file.as_mut() {
+            Some(f) => f
+                .write_all(bytes)
+                .map_err(|e| Error::io(&self.tmp, "write", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the file durable under its name: fsync, rename (replacing), directory fsync; a
+    /// full version joins the store's membership record. Returns its path.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let Some(mut f) = self.file.take() else {
+            return Ok(self.dst.clone());
+        };
+        let placed = (|| {
+            f.sync_all().map_err(|e| Error::io(&self.tmp, "fsync", e))?;
+            drop(f);
+            crate::vfs::current()
+                .rename(&self.tmp, &self.dst)
+                .map_err(|e| Error::io(&self.dst, "rename into place", e))
+        })();
+        if let Err(e) = placed {
+            let _ = crate::vfs::current().remove_file(&self.tmp);
+            return Err(e);
+        }
+        sync_dir(&self.store.dir)?;
+        let (h, _) = crate::read::read_header_footer(&self.dst)?;
+        if h.parent.is_none() {
+            self.store.record_roots(&[h.file_id])?;
+        }
+        Ok(self.dst.clone())
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = crate::vfs::current().remove_file(&self.tmp);
+        }
     }
 }
 

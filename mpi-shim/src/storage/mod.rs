@@ -35,7 +35,7 @@ pub use config::{job_id, FlushMode, StorageConfig};
 pub use topology::{Topology, SIMULATE_NODES_VAR};
 
 use crate::{agree, failures, list_failures, Error, Job, RankFailure, Result};
-use exchange::{decode, exchange, Bundle};
+use exchange::{exchange, exchange_files, Outgoing};
 use flush::{Flusher, Task};
 
 /// The storage level a restart used.
@@ -278,23 +278,32 @@ impl<'c, C: Communicator> Job<'c, C> {
             lv.topo.held_by(self.rank),
         );
         let mut reason = None;
-        let mut bundle = Bundle::default();
+        let mut out = Outgoing::default();
         if local_ok {
             let own = self.store.rank_store(self.rank).map(|s| s.path_of(version));
-            let added = own.and_then(|p| bundle.add_file(&file_name(&p), &p));
-            if let Err(e) = added {
+            if let Err(e) = own.and_then(|p| out.add(&file_name(&p), &p)) {
                 reason = Some(format!(
                     "send version {version} to partner rank {succ}: {e}"
                 ));
-                bundle = Bundle::default();
+                out = Outgoing::default();
             }
         }
-        let got = exchange(self.comm, succ, pred, &bundle.encode());
+        let held = self.held_store(pred);
+        let (got, unsent) = exchange_files(self.comm, succ, pred, &out, held.as_ref().ok());
+        if let Some(e) = unsent {
+            reason.get_or_insert(format!(
+                "send version {version} to partner rank {succ}: {e}"
+            ));
+        }
         let mut need = false;
-        if !got.is_empty() {
-            match self.store_held(pred, &got) {
-                Ok(file) => need = ckpt_engine::catalog::check_complete(&file).is_err(),
-                Err(e) => reason = Some(e),
+        match (got, held) {
+            (Ok(files), Ok(_)) => {
+                if let Some(file) = files.last() {
+                    need = ckpt_engine::catalog::check_complete(file).is_err();
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                reason.get_or_insert(format!("partner copy of rank {pred}: {e}"));
             }
         }
         if let Some(e) = self.send_chains_if_needed(version, need) {
@@ -306,21 +315,12 @@ impl<'c, C: Communicator> Job<'c, C> {
         reason
     }
 
-    /// Stores the bundle `got` from rank `pred` as its partner copy; returns the last file.
-    fn store_held(&self, pred: u32, got: &[u8]) -> std::result::Result<std::path::PathBuf, String> {
-        let files = decode(got).map_err(|e| format!("partner copy from rank {pred}: {e}"))?;
-        let held = self
-            .store
+    /// The chain in this rank's cache that holds rank `pred`'s partner copies.
+    fn held_store(&self, pred: u32) -> std::result::Result<ckpt_engine::Store, String> {
+        self.store
             .checked_rank_dir(pred)
             .and_then(|d| ckpt_engine::Store::new(d, self.store.name()))
-            .map_err(|e| format!("partner copy of rank {pred}: {e}"))?;
-        let mut last = held.dir().to_path_buf();
-        for (name, data) in files {
-            held.receive_file(&name, data)
-                .map_err(|e| format!("partner copy of rank {pred}: {e}"))?;
-            last = held.dir().join(name);
-        }
-        Ok(last)
+            .map_err(|e| e.to_string())
     }
 
     /// Every rank whose copy of its protégé's chain of `version` is incomplete (`need`) gets
@@ -341,12 +341,12 @@ impl<'c, C: Communicator> Job<'c, C> {
         // Tell the protégé; learn whether my partner needs my chain.
         let asks = exchange(self.comm, pred, succ, &[u8::from(need)]);
         let mut reason = None;
-        let mut bundle = Bundle::default();
+        let mut out = Outgoing::default();
         if asks.first() == Some(&1) {
             let own = self.store.rank_store(self.rank).map(|s| s.path_of(version));
             let added = own.and_then(|p| {
                 for (name, _) in ckpt_engine::catalog::check_complete(&p)? {
-                    bundle.add_file(&name, &p.with_file_name(&name))?;
+                    out.add(&name, &p.with_file_name(&name))?;
                 }
                 Ok(())
             });
@@ -354,24 +354,36 @@ impl<'c, C: Communicator> Job<'c, C> {
                 reason = Some(format!(
                     "send the chain of version {version} to partner rank {succ}: {e}"
                 ));
-                bundle = Bundle::default();
+                out = Outgoing::default();
             }
         }
-        let got = exchange(self.comm, succ, pred, &bundle.encode());
+        let held = if need {
+            self.held_store(pred).ok()
+        } else {
+            None
+        };
+        let (got, unsent) = exchange_files(self.comm, succ, pred, &out, held.as_ref());
+        if let Some(e) = unsent {
+            reason.get_or_insert(format!(
+                "send the chain of version {version} to rank {succ}: {e}"
+            ));
+        }
         if need {
-            match self.store_held(pred, &got) {
-                Ok(file) if !got.is_empty() => {
-                    if let Err(e) = ckpt_engine::catalog::check_complete(&file) {
-                        reason.get_or_insert(format!("partner copy of rank {pred}: {e}"));
+            match got {
+                Ok(files) => match files.first() {
+                    Some(file) => {
+                        if let Err(e) = ckpt_engine::catalog::check_complete(file) {
+                            reason.get_or_insert(format!("partner copy of rank {pred}: {e}"));
+                        }
                     }
-                }
-                Ok(_) => {
-                    reason.get_or_insert(format!(
-                        "partner copy of rank {pred}: incomplete, and rank {pred} sent no chain"
-                    ));
-                }
+                    None => {
+                        reason.get_or_insert(format!(
+                            "partner copy of rank {pred}: incomplete, and rank {pred} sent no chain"
+                        ));
+                    }
+                },
                 Err(e) => {
-                    reason.get_or_insert(e);
+                    reason.get_or_insert(format!("partner copy of rank {pred}: {e}"));
                 }
             }
         }
@@ -766,7 +778,7 @@ impl<'c, C: Communicator> Job<'c, C> {
         note("local", f);
         // L2: the missing ranks' chains from their partners.
         if level.is_none() && partner {
-            let mut bundle = Bundle::default();
+            let mut out = Outgoing::default();
             let mut reason: Option<String> = None;
             if missing.contains(&pred) {
                 let held = self
@@ -774,9 +786,7 @@ impl<'c, C: Communicator> Job<'c, C> {
                     .check_rank_record(&rec, pred, size)
                     .and_then(|file| {
                         for (name, _) in ckpt_engine::catalog::check_complete(&file)? {
-                            if restore {
-                                bundle.add_file(&name, &file.with_file_name(&name))?;
-                            }
+                            out.add(&name, &file.with_file_name(&name))?;
                         }
                         Ok(())
                     });
@@ -784,14 +794,24 @@ impl<'c, C: Communicator> Job<'c, C> {
                     reason = Some(format!(
                         "the partner copy of rank {pred} is not usable: {e}"
                     ));
-                    bundle = Bundle::default();
+                    out = Outgoing::default();
                 }
             }
             if restore {
-                let got = exchange(self.comm, pred, succ, &bundle.encode());
-                if missing.contains(&self.rank) {
-                    let rebuilt = match self.store_own(&got) {
-                        Ok(()) => self
+                let mine = missing.contains(&self.rank);
+                let own = if mine {
+                    self.store.rank_store(self.rank).ok()
+                } else {
+                    None
+                };
+                let (got, unsent) = exchange_files(self.comm, pred, succ, &out, own.as_ref());
+                if let Some(e) = unsent {
+                    reason.get_or_insert(format!("send rank {pred} its chain: {e}"));
+                }
+                if mine {
+                    let rebuilt = match got {
+                        Ok(files) if files.is_empty() => Err("no partner copy came".to_string()),
+                        Ok(_) => self
                             .store
                             .check_rank_record(&rec, self.rank, size)
                             .map(drop)
@@ -863,22 +883,6 @@ impl<'c, C: Communicator> Job<'c, C> {
             }
         }
         Attempt::Restored(level)
-    }
-
-    /// Stores a bundle of this rank's own files (rebuilt from a partner's copy).
-    fn store_own(&self, got: &[u8]) -> std::result::Result<(), String> {
-        let files = decode(got)?;
-        if files.is_empty() {
-            return Err("no partner copy came".into());
-        }
-        let own = self
-            .store
-            .rank_store(self.rank)
-            .map_err(|e| e.to_string())?;
-        for (name, data) in files {
-            own.receive_file(&name, data).map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 }
 
