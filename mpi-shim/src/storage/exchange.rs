@@ -137,7 +137,7 @@ impl<'a> Segments<'a> {
                     }
                 }
                 Part::File(path, len) => {
-                    let (file, left) = self.open.get_or_insert_with(|| match File::open(&*path) {
+                    let (file, left) = self.open.get_or_insert_with(|| match File::open(*path) {
                         Ok(f) => (Some(f), *len),
                         Err(e) => {
                             self.error.get_or_insert(format!("{}: {e}", path.display()));
