@@ -1073,3 +1073,40 @@ fn partner_copies_on_one_node_are_a_clear_error() {
         stderr(&out)
     );
 }
+
+/// Retention at each level (`keep_local = 2`, `keep_persistent = 2`, synchronous flushes):
+/// ten versions leave at most three committed versions in each cache and on persistent
+/// storage (each level compacts once twice as many are there), every one of them whole, and
+/// the newest restorable from persistent storage alone.
+#[test]
+fn retention_at_each_level_keeps_the_newest_versions_whole() {
+    let want = reference_for("48", "100");
+    let l = Levels::new("partner = true\nkeep_local = 2\nkeep_persistent = 2\n");
+    let out = l.run(&["--iters", "100"], &[]);
+    ok(&out, "run");
+    for n in 0..4u32 {
+        let c = commits(&l.node(n));
+        assert!(c.len() <= 3 && c.last() == Some(&10), "node {n}: {c:?}");
+        // Node n holds rank n's chain and the partner copies of rank n - 1.
+        let cache = JobStore::new(l.node(n), "heat").unwrap();
+        for v in c {
+            for rank in [n, (n + 3) % 4] {
+                cache
+                    .check_rank(v, rank, 4)
+                    .unwrap_or_else(|e| panic!("node {n}, version {v}, rank {rank}: {e}"));
+                let file = cache.rank_store(rank).unwrap().path_of(v);
+                ckpt_engine::catalog::verify_version(&file)
+                    .unwrap_or_else(|e| panic!("node {n}, version {v}, rank {rank}: {e}"));
+            }
+        }
+    }
+    let c = commits(&l.pfs());
+    assert!(c.len() <= 3 && c.last() == Some(&10), "persistent: {c:?}");
+    verify_all_commits(&l.pfs());
+    std::fs::remove_dir_all(l.root.join("local")).unwrap();
+    let out = l.run(&["--iters", "100"], &[]);
+    ok(&out, "restart");
+    assert_eq!(line(&out, "restarted-from ").as_deref(), Some("10"));
+    assert_eq!(line(&out, "restart-level ").as_deref(), Some("persistent"));
+    assert_eq!(checksum(&out), want);
+}

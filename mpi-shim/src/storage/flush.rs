@@ -1,5 +1,5 @@
 //! The background thread of one rank that copies committed versions to persistent storage
-//! and, on rank 0, compacts it. It runs at a lower priority (nice +10) so that it yields the
+//! and, on rank 0, writes their persistent commit records and compacts it. It runs at a lower priority (nice +10) so that it yields the
 //! cores to the application and its MPI progress.
 
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use ckpt_engine::job::{copy_chain, CopyReport, JobStore};
+use ckpt_engine::job::{copy_chain, CommitRecord, CopyReport, JobStore};
 use ckpt_engine::{Identity, Store};
 
 /// Niceness added to the flush thread.
@@ -27,12 +27,15 @@ pub enum Task {
         /// Its identity in the commit record.
         want: Identity,
     },
-    /// Keep the newest `keep` committed versions of persistent job store `store`.
-    Compact {
+    /// Write commit record `rec` into persistent job store `store` (every rank's files are
+    /// there), then keep its newest `keep` committed versions once twice as many are there.
+    Commit {
         /// The persistent job store.
         store: JobStore,
-        /// Versions kept.
-        keep: usize,
+        /// The record.
+        rec: CommitRecord,
+        /// Versions kept, if limited.
+        keep: Option<usize>,
     },
 }
 
@@ -43,6 +46,8 @@ pub struct Done {
     pub bytes: u64,
     /// Seconds it took.
     pub secs: f64,
+    /// What went wrong without failing the task (a compaction).
+    pub warning: Option<String>,
 }
 
 #[derive(Default)]
@@ -156,15 +161,28 @@ fn run(task: Task) -> Result<Done, String> {
             Ok(Done {
                 bytes: report.bytes_copied,
                 secs: t0.elapsed().as_secs_f64(),
+                warning: None,
             })
         }
-        Task::Compact { store, keep } => {
+        Task::Commit { store, rec, keep } => {
             store
-                .compact(keep, false)
-                .map_err(|e| format!("compact {}: {e}", store.dir().display()))?;
+                .ensure_commit(&rec)
+                .map_err(|e| format!("version {}: {e}", rec.version))?;
+            let warning = match keep {
+                Some(k) => match store.commits() {
+                    Ok(c) if c.len() >= 2 * k => store
+                        .compact(k, false)
+                        .err()
+                        .map(|e| format!("compact {}: {e}", store.dir().display())),
+                    Ok(_) => None,
+                    Err(e) => Some(e.to_string()),
+                },
+                None => None,
+            };
             Ok(Done {
                 bytes: 0,
                 secs: t0.elapsed().as_secs_f64(),
+                warning,
             })
         }
     }

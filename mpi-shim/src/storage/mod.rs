@@ -82,6 +82,8 @@ pub(crate) struct Levels {
     flusher: Option<Flusher>,
     /// The version every rank's flush thread was handed, with its commit record.
     flushing: Option<CommitRecord>,
+    /// The version whose persistent commit record rank 0's thread was handed.
+    committing: Option<CommitRecord>,
     /// The newest version committed on persistent storage.
     persisted: u64,
     /// The newest committed version due for persistent storage.
@@ -190,6 +192,7 @@ impl<'c, C: Communicator> Job<'c, C> {
             persistent,
             flusher,
             flushing: None,
+            committing: None,
             persisted,
             candidate: None,
             failed: None,
@@ -425,10 +428,12 @@ impl<'c, C: Communicator> Job<'c, C> {
         }
     }
 
-    /// The flush protocol, at a point every rank reaches (a commit, a wait): when every
-    /// rank's flush thread is idle, the version they flushed is committed on persistent
-    /// storage (if every rank succeeded), rank 0 compacts persistent storage when due, and
-    /// the next due version is handed to the threads. With `wait`, waits for the threads
+    /// The flush protocol, at a point every rank reaches (a commit, a wait). Only when every
+    /// rank's flush thread is idle, one step: a flushed version (if every rank succeeded)
+    /// goes to rank 0's thread, which writes its persistent commit record and compacts
+    /// persistent storage when due; or that record's outcome is taken; and then the next
+    /// due version is handed to the threads. No file-system call on persistent storage is
+    /// made by the application's thread. With `wait`, waits for the threads
     /// and goes on until nothing is due. Collective.
     fn flush_gate(&mut self, wait: bool) {
         loop {
@@ -449,83 +454,63 @@ impl<'c, C: Communicator> Job<'c, C> {
                 return;
             }
             let lv = self.levels.as_mut().expect("levels");
-            let fl = lv.flusher.as_mut().expect("flusher");
-            let mut compacting = 0u8;
-            if let Some(rec) = lv.flushing.take() {
-                let out = fl
-                    .take_last()
+            if let Some(rec) = lv.committing.take() {
+                // Rank 0's thread wrote the persistent commit record (and compacted).
+                let out = match (self.rank, lv.flusher.as_ref().and_then(|f| f.take_last())) {
+                    (0, Some(out)) => out,
+                    (0, None) => Err("the flush thread gave no outcome".into()),
+                    _ => Ok(flush::Done::default()),
+                };
+                if let Ok(d) = &out {
+                    if let Some(w) = &d.warning {
+                        tracing::warn!("{w}");
+                    }
+                }
+                match agree(self.comm, "write the persistent commit record", out) {
+                    Ok(_) => {
+                        let lv = self.levels.as_mut().expect("levels");
+                        lv.persisted = lv.persisted.max(rec.version);
+                        if self.rank == 0 {
+                            tracing::info!(
+                                "version {} is on persistent storage {}",
+                                rec.version,
+                                ps.dir().display()
+                            );
+                        }
+                    }
+                    Err(e) => self.flush_failed(rec.version, e),
+                }
+            } else if let Some(rec) = lv.flushing.take() {
+                let out = lv
+                    .flusher
+                    .as_ref()
+                    .and_then(|f| f.take_last())
                     .unwrap_or_else(|| Err("the flush thread gave no outcome".into()));
-                let failed = failures(self.comm, out.as_ref().err().map(|e| e as &dyn Display));
-                let lv = self.levels.as_mut().expect("levels");
-                if let Ok(d) = out {
-                    lv.last_done = d;
+                if let Ok(d) = &out {
+                    lv.last_done = d.clone();
                 }
-                if failed.is_empty() {
-                    let wrote = if self.rank == 0 {
-                        ps.ensure_commit(&rec).and_then(|_| ps.commits())
-                    } else {
-                        Ok(Vec::new())
-                    };
-                    match agree(self.comm, "write the persistent commit record", wrote) {
-                        Ok(commits) => {
-                            let lv = self.levels.as_mut().expect("levels");
-                            lv.persisted = lv.persisted.max(rec.version);
-                            if self.rank == 0 {
-                                tracing::info!(
-                                    "version {} is on persistent storage {}",
-                                    rec.version,
-                                    ps.dir().display()
-                                );
-                                let keep = lv.cfg.keep_persistent;
-                                if let Some(k) = keep.filter(|&k| commits.len() >= 2 * k) {
-                                    let fl = lv.flusher.as_mut().expect("flusher");
-                                    if fl
-                                        .send(Task::Compact {
-                                            store: ps.clone(),
-                                            keep: k,
-                                        })
-                                        .is_ok()
-                                    {
-                                        compacting = 1;
-                                    }
-                                }
+                match agree(self.comm, "flush to persistent storage", out) {
+                    Ok(_) => {
+                        // Every rank's files are there: rank 0's thread writes the record.
+                        let lv = self.levels.as_mut().expect("levels");
+                        if self.rank == 0 {
+                            let task = Task::Commit {
+                                store: ps.clone(),
+                                rec: rec.clone(),
+                                keep: lv.cfg.keep_persistent,
+                            };
+                            if let Some(Err(e)) = lv.flusher.as_mut().map(|f| f.send(task)) {
+                                tracing::warn!("{e}");
                             }
                         }
-                        Err(e) => {
-                            let lv = self.levels.as_mut().expect("levels");
-                            lv.failed = Some(rec.version);
-                            if let Error::Ranks { failures, .. } = &e {
-                                lv.last_failure = Some(failures.clone());
-                            }
-                            if self.rank == 0 {
-                                tracing::warn!("version {}: {e}", rec.version);
-                            }
+                        lv.committing = Some(rec);
+                        if wait {
+                            continue;
                         }
+                        return;
                     }
-                } else {
-                    lv.failed = Some(rec.version);
-                    if self.rank == 0 {
-                        tracing::warn!(
-                            "the flush of version {} to {} failed ({}); a later version will be flushed",
-                            rec.version,
-                            ps.dir().display(),
-                            list_failures(&failed)
-                        );
-                    }
-                    lv.last_failure = Some(failed);
+                    Err(e) => self.flush_failed(rec.version, e),
                 }
-            } else if let Some(Err(e)) = fl.take_last() {
-                // Rank 0's compaction of persistent storage.
-                tracing::warn!("{e}");
-            }
-            let mut any = 0u8;
-            self.comm
-                .all_reduce_into(&compacting, &mut any, SystemOperation::max());
-            if any == 1 {
-                if wait {
-                    continue;
-                }
-                return;
             }
             // Every flush thread is idle: the caches' retention cannot pull a file from under
             // a flush (and spares a due version not yet flushed).
@@ -567,6 +552,21 @@ impl<'c, C: Communicator> Job<'c, C> {
             if !wait {
                 return;
             }
+        }
+    }
+
+    /// A flush (or its persistent commit record) failed on some ranks: logged, kept for
+    /// [`wait`](Self::wait), and that version is not tried again (a later one is).
+    fn flush_failed(&mut self, version: u64, e: Error) {
+        let Some(lv) = self.levels.as_mut() else {
+            return;
+        };
+        lv.failed = Some(version);
+        if let Error::Ranks { failures, .. } = &e {
+            lv.last_failure = Some(failures.clone());
+        }
+        if self.rank == 0 {
+            tracing::warn!("version {version} is not on persistent storage: {e}; a later version will be flushed");
         }
     }
 
