@@ -65,9 +65,14 @@ fn checksum(out: &Output) -> String {
 }
 
 fn args<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    args_at("--store", store, extra)
+}
+
+/// The small test problem's arguments, its storage given by `flag value`.
+fn args_at<'a>(flag: &'a str, value: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
-        "--store",
-        store,
+        flag,
+        value,
         "--n",
         "48",
         "--iters",
@@ -914,17 +919,7 @@ impl Levels {
 
     /// `mpirun -np 4 heat --config ...` on 4 simulated nodes.
     fn run(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut a = vec![
-            "--config",
-            &self.config,
-            "--n",
-            "48",
-            "--iters",
-            "50",
-            "--ckpt-every",
-            "10",
-        ];
-        a.extend_from_slice(extra);
+        let a = args_at("--config", &self.config, extra);
         let mut e = env.to_vec();
         if !env.iter().any(|(k, _)| *k == "CKPT_SIMULATE_NODES") {
             e.push(("CKPT_SIMULATE_NODES", "4"));

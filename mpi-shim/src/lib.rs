@@ -522,15 +522,26 @@ impl<'c, C: Communicator> Job<'c, C> {
                 }
                 return Ok(Some(v));
             }
-            if self.rank == 0 {
-                tracing::warn!(
-                    "{}: committed version {v} cannot be restored ({}); trying the one before",
-                    self.store.dir().display(),
-                    list_failures(&f)
-                );
-            }
-            tried.push((v, f));
+            self.fall_back(v, f, &mut tried);
         }
+        self.give_up(tried)
+    }
+
+    /// Notes (rank 0 logs) that committed version `v` cannot be restored for reasons `f`.
+    fn fall_back(&self, v: u64, f: Vec<RankFailure>, tried: &mut Vec<(u64, Vec<RankFailure>)>) {
+        if self.rank == 0 {
+            tracing::warn!(
+                "{}: committed version {v} cannot be restored ({}); trying the one before",
+                self.store.dir().display(),
+                list_failures(&f)
+            );
+        }
+        tried.push((v, f));
+    }
+
+    /// A restart that found no usable version: a fresh start if none was committed, else
+    /// [`Error::NoRestorableVersion`].
+    fn give_up(&self, tried: Vec<(u64, Vec<RankFailure>)>) -> Result<Option<u64>> {
         if tried.is_empty() {
             return Ok(None);
         }

@@ -159,7 +159,12 @@ fn stdout_of(out: &Output) -> String {
 
 /// Runs to completion and returns stdout, failing on a non-zero exit.
 fn mpirun_ok(exe: &Path, args: &[&str]) -> String {
-    let out = mpirun(exe, args);
+    mpirun_env_ok(exe, args, &[])
+}
+
+/// [`mpirun_ok`] with extra environment variables for every rank.
+fn mpirun_env_ok(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = mpirun_env(exe, args, env);
     assert!(
         out.status.success(),
         "{} {args:?} failed:\n{}\n{}",
@@ -263,13 +268,7 @@ fn native_heat_storage_levels_from_a_config_file() {
         String::from_utf8_lossy(&crashed.stderr)
     );
     std::fs::remove_dir_all(t.path().join("cache1")).unwrap();
-    let out = mpirun_env(&exe, &[&unused, "100", "10", "0"], &env);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let restarted = stdout_of(&out);
+    let restarted = mpirun_env_ok(&exe, &[&unused, "100", "10", "0"], &env);
     assert!(
         restarted.contains("restarted from version 6 at iteration 60"),
         "{restarted}"
@@ -282,16 +281,10 @@ fn native_heat_storage_levels_from_a_config_file() {
     // Both caches lost: persistent storage has every version (mode sync, interval 1).
     std::fs::remove_dir_all(t.path().join("cache0")).unwrap();
     std::fs::remove_dir_all(t.path().join("cache1")).unwrap();
-    let out = mpirun_env(&exe, &[&unused, "100", "10", "0"], &env);
+    let out = mpirun_env_ok(&exe, &[&unused, "100", "10", "0"], &env);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout_of(&out).contains("restarted from version 10 at iteration 100"),
-        "{}",
-        stdout_of(&out)
+        out.contains("restarted from version 10 at iteration 100"),
+        "{out}"
     );
 }
 

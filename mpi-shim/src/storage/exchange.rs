@@ -52,6 +52,16 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// Version file `file` and every file it references (its file table), parents first:
+    /// the version's own file comes last.
+    pub fn chain(file: &Path) -> ckpt_engine::Result<Outgoing> {
+        let mut out = Outgoing::default();
+        for (name, _) in ckpt_engine::catalog::check_complete(file)?.iter().rev() {
+            out.add(name, &file.with_file_name(name))?;
+        }
+        Ok(out)
+    }
+
     /// Adds `path`, sent under `name`.
     pub fn add(&mut self, name: &str, path: &Path) -> ckpt_engine::Result<()> {
         let len = std::fs::metadata(path)

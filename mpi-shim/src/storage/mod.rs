@@ -34,7 +34,7 @@ use mpi::topology::Communicator;
 pub use config::{job_id, FlushMode, StorageConfig};
 pub use topology::{Topology, SIMULATE_NODES_VAR};
 
-use crate::{agree, failures, list_failures, Error, Job, RankFailure, Result};
+use crate::{agree, failures, Error, Job, RankFailure, Result};
 use exchange::{exchange, exchange_files, Outgoing};
 use flush::{Flusher, Task};
 
@@ -347,17 +347,13 @@ impl<'c, C: Communicator> Job<'c, C> {
         let mut out = Outgoing::default();
         if asks.first() == Some(&1) {
             let own = self.store.rank_store(self.rank).map(|s| s.path_of(version));
-            let added = own.and_then(|p| {
-                for (name, _) in ckpt_engine::catalog::check_complete(&p)? {
-                    out.add(&name, &p.with_file_name(&name))?;
+            match own.and_then(|p| Outgoing::chain(&p)) {
+                Ok(o) => out = o,
+                Err(e) => {
+                    reason = Some(format!(
+                        "send the chain of version {version} to partner rank {succ}: {e}"
+                    ))
                 }
-                Ok(())
-            });
-            if let Err(e) = added {
-                reason = Some(format!(
-                    "send the chain of version {version} to partner rank {succ}: {e}"
-                ));
-                out = Outgoing::default();
             }
         }
         let held = if need {
@@ -373,7 +369,7 @@ impl<'c, C: Communicator> Job<'c, C> {
         }
         if need {
             match got {
-                Ok(files) => match files.first() {
+                Ok(files) => match files.last() {
                     Some(file) => {
                         if let Err(e) = ckpt_engine::catalog::check_complete(file) {
                             reason.get_or_insert(format!("partner copy of rank {pred}: {e}"));
@@ -650,24 +646,10 @@ impl<'c, C: Communicator> Job<'c, C> {
                     }
                     return Ok(Some(v));
                 }
-                Attempt::Failed(f) => {
-                    if self.rank == 0 {
-                        tracing::warn!(
-                            "committed version {v} cannot be restored at any level ({}); trying the one before",
-                            list_failures(&f)
-                        );
-                    }
-                    tried.push((v, f));
-                }
+                Attempt::Failed(f) => self.fall_back(v, f, &mut tried),
             }
         }
-        if tried.is_empty() {
-            return Ok(None);
-        }
-        Err(Error::NoRestorableVersion {
-            dir: self.store.dir().to_path_buf(),
-            tried,
-        })
+        self.give_up(tried)
     }
 
     /// The sorted union of every rank's `mine`. Collective.
@@ -784,17 +766,14 @@ impl<'c, C: Communicator> Job<'c, C> {
                 let held = self
                     .store
                     .check_rank_record(&rec, pred, size)
-                    .and_then(|file| {
-                        for (name, _) in ckpt_engine::catalog::check_complete(&file)? {
-                            out.add(&name, &file.with_file_name(&name))?;
-                        }
-                        Ok(())
-                    });
-                if let Err(e) = held {
-                    reason = Some(format!(
-                        "the partner copy of rank {pred} is not usable: {e}"
-                    ));
-                    out = Outgoing::default();
+                    .and_then(|file| Outgoing::chain(&file));
+                match held {
+                    Ok(o) => out = o,
+                    Err(e) => {
+                        reason = Some(format!(
+                            "the partner copy of rank {pred} is not usable: {e}"
+                        ))
+                    }
                 }
             }
             if restore {
