@@ -395,8 +395,9 @@ impl Incoming {
         }
     }
 
-    /// Makes the file durable under its name: fsync, rename (replacing), directory fsync; a
-    /// full version joins the store's membership record. Returns its path.
+    /// Makes the file durable under its name: fsync, a check of its header and footer (a
+    /// damaged transfer is refused and removed), rename (replacing), directory fsync; a full
+    /// version joins the store's membership record. Returns its path.
     pub fn finish(mut self) -> Result<PathBuf> {
         let Some(mut f) = self.file.take() else {
             return Ok(self.dst.clone());
@@ -404,16 +405,21 @@ impl Incoming {
         let placed = (|| {
             f.sync_all().map_err(|e| Error::io(&self.tmp, "fsync", e))?;
             drop(f);
+            // A damaged or truncated transfer never takes the name.
+            let (h, _) = crate::read::read_header_footer(&self.tmp)?;
             crate::vfs::current()
                 .rename(&self.tmp, &self.dst)
-                .map_err(|e| Error::io(&self.dst, "rename into place", e))
+                .map_err(|e| Error::io(&self.dst, "rename into place", e))?;
+            Ok(h)
         })();
-        if let Err(e) = placed {
-            let _ = crate::vfs::current().remove_file(&self.tmp);
-            return Err(e);
-        }
+        let h = match placed {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = crate::vfs::current().remove_file(&self.tmp);
+                return Err(e);
+            }
+        };
         sync_dir(&self.store.dir)?;
-        let (h, _) = crate::read::read_header_footer(&self.dst)?;
         if h.parent.is_none() {
             self.store.record_roots(&[h.file_id])?;
         }

@@ -396,6 +396,16 @@ mod tests {
                 );
             }
         }
+        // A file whose bytes were damaged in transit is refused and leaves nothing.
+        let dst = tempfile::tempdir().unwrap();
+        let store = Store::new(dst.path(), "s").unwrap();
+        let mut bad = whole.clone();
+        let n = bad.len();
+        bad[n - 10] ^= 0xff; // in the last file's footer
+        let mut inbox = Inbox::new(Some(&store));
+        inbox.feed(&bad);
+        assert!(inbox.finish().is_err());
+        assert!(!dst.path().join("s.ckpt.2").exists());
         let dst = tempfile::tempdir().unwrap();
         let store = Store::new(dst.path(), "s").unwrap();
         let mut inbox = Inbox::new(Some(&store));
