@@ -90,23 +90,55 @@ fn compress(level: i32, page: &[u8]) -> Result<Encoded<'_>, std::io::Error> {
 /// is worth compressing.
 const SAMPLE_STRIDE: usize = 8;
 
-/// Encodes a batch. Already-encoded pages (the compactor's copies) pass as they are. Else a
-/// sample of the pages is compressed first; if it saves less than `min_saving` of its size,
-/// the other pages are stored raw (zstd's CPU cost would buy too little). Pages never grow:
-/// a page that does not shrink is stored raw.
+/// After this many batches in a row whose sample was not worth compressing, only every
+/// `RESAMPLE_EVERY`-th batch is sampled (the others are stored raw): dense floating-point
+/// state does not become compressible from one batch to the next, and the sample's zstd
+/// cost is then saved.
+const RAW_STREAK: u32 = 4;
+/// See [`RAW_STREAK`].
+const RESAMPLE_EVERY: u64 = 8;
+
+/// Whether batches are worth compressing, as the samples of the last ones said.
+#[derive(Default)]
+struct Sampling {
+    raw_streak: u32,
+    batches: u64,
+}
+
+impl Sampling {
+    /// Whether this batch is sampled.
+    fn sample(&mut self) -> bool {
+        self.batches += 1;
+        self.raw_streak < RAW_STREAK || self.batches % RESAMPLE_EVERY == 0
+    }
+
+    /// What a sampled batch's sample said.
+    fn saw(&mut self, worth: bool) {
+        self.raw_streak = if worth { 0 } else { self.raw_streak + 1 };
+    }
+}
+
+/// Encodes a batch. Already-encoded pages (the compactor's copies) pass as they are, and
+/// with `sample` false (or `level` 0) the pages are stored raw. Else a sample of the pages
+/// is compressed first; if it saves less than `min_saving` of its size, the other pages are
+/// stored raw (zstd's CPU cost would buy too little). Pages never grow: a page that does not
+/// shrink is stored raw. Returns the encodings and, for a sampled batch, whether it was
+/// worth compressing.
 fn compress_batch<'a>(
     level: i32,
     min_saving: f64,
     pages: &[PageIn<'a>],
-) -> std::io::Result<Vec<Encoded<'a>>> {
-    if pages.iter().any(|p| p.stored.is_some()) || level == 0 {
-        return Ok(pages
+    sample: bool,
+) -> std::io::Result<(Vec<Encoded<'a>>, Option<bool>)> {
+    if pages.iter().any(|p| p.stored.is_some()) || level == 0 || !sample {
+        let out = pages
             .iter()
             .map(|p| match p.stored {
                 Some((c, b)) => (c, Cow::Borrowed(b)),
                 None => (Codec::Raw, Cow::Borrowed(p.bytes)),
             })
-            .collect());
+            .collect();
+        return Ok((out, None));
     }
     let sampled: Vec<Encoded<'a>> = pages
         .par_iter()
@@ -134,7 +166,7 @@ fn compress_batch<'a>(
             }
         })
         .collect::<Result<_, _>>()?;
-    Ok(rest
+    let out = rest
         .into_iter()
         .map(|r| match r {
             Some(x) => x,
@@ -142,7 +174,8 @@ fn compress_batch<'a>(
                 .next()
                 .unwrap_or((Codec::Raw, Cow::Borrowed(&[][..]))),
         })
-        .collect())
+        .collect();
+    Ok((out, Some(worth)))
 }
 
 impl VersionWriter {
@@ -203,6 +236,7 @@ impl VersionWriter {
         let mut offset = self.offset;
         let mut stored_raw = 0u64;
         let start = self.offset;
+        let mut sampling = Sampling::default();
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
             let writer = s.spawn(move || -> Result<()> {
@@ -221,8 +255,12 @@ impl VersionWriter {
                 Ok(())
             });
             let mut emit = |pages: &[PageIn<'_>]| -> Result<()> {
-                let out = compress_batch(level, min_saving, pages)
+                let sample = sampling.sample();
+                let (out, worth) = compress_batch(level, min_saving, pages, sample)
                     .map_err(|e| Error::io(tmp, "compress", e))?;
+                if let Some(w) = worth {
+                    sampling.saw(w);
+                }
                 // The data checksum covers each page's stored bytes through their digest: the
                 // page hash for a raw page (its stored bytes are the page), blake3 of the
                 // frame for a compressed one.
@@ -445,5 +483,59 @@ impl Drop for VersionWriter {
         if !self.tmp.as_os_str().is_empty() {
             let _ = crate::vfs::current().remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages(data: &[u8]) -> Vec<PageIn<'_>> {
+        data.chunks(4096)
+            .map(|p| PageIn {
+                bytes: p,
+                hash: [0; 32],
+                stored: None,
+            })
+            .collect()
+    }
+
+    /// Incompressible batches stop being sampled after a streak (all but every
+    /// `RESAMPLE_EVERY`-th stored raw); one compressible sample brings sampling back.
+    #[test]
+    fn sampling_stops_on_incompressible_batches_and_comes_back() {
+        let mut s = Sampling::default();
+        for _ in 0..RAW_STREAK {
+            assert!(s.sample());
+            s.saw(false);
+        }
+        let sampled: Vec<bool> = (0..2 * RESAMPLE_EVERY).map(|_| s.sample()).collect();
+        assert_eq!(sampled.iter().filter(|&&x| x).count(), 2, "{sampled:?}");
+        s.saw(true);
+        assert!((0..RESAMPLE_EVERY).all(|_| s.sample()));
+    }
+
+    /// A batch that is not sampled is stored raw; a sampled compressible one is compressed;
+    /// random bytes are not worth it.
+    #[test]
+    fn compress_batch_follows_its_sample() {
+        let zeros = vec![0u8; 4096 * 16];
+        let (out, worth) = compress_batch(1, 0.125, &pages(&zeros), true).unwrap();
+        assert_eq!(worth, Some(true));
+        assert!(out.iter().all(|(c, _)| *c == Codec::Zstd));
+        let (out, worth) = compress_batch(1, 0.125, &pages(&zeros), false).unwrap();
+        assert_eq!(worth, None);
+        assert!(out.iter().all(|(c, b)| *c == Codec::Raw && b.len() == 4096));
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4096 * 16)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u8
+            })
+            .collect();
+        let (_, worth) = compress_batch(1, 0.125, &pages(&noise), true).unwrap();
+        assert_eq!(worth, Some(false));
     }
 }
