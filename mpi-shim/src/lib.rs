@@ -17,6 +17,9 @@
 //! version that has a commit record *and* whose files verify on every rank — never the
 //! maximum over ranks, which may name a version some rank never wrote.
 //!
+//! [`Job::open_storage`] adds storage levels (see [`storage`]): node-local caches, partner
+//! copies on another node, and persistent storage flushed in the foreground or background.
+//!
 //! **No rank waits forever.** Every fallible step before a collective is followed by an
 //! agreement (an all-reduce of an ok flag); when any rank failed, the ranks exchange their
 //! reasons and every rank returns the same [`Error::Ranks`] (or [`Error::NotCommitted`]),
