@@ -416,16 +416,24 @@ impl VersionWriter {
             .take()
             .ok_or_else(|| Error::io(&self.tmp, "commit", std::io::Error::other("closed")))?;
         flush_pending(&mut file, &mut self.pending, &self.tmp)?;
-        // Stream the index through a hasher into the file.
+        // Stream the index into the file through a buffer, each 1 MiB of which is hashed at
+        // once (blake3 hashes large inputs many chunks at a time; the index's entries, fed one
+        // by one, would be hashed a block at a time).
         let index_len = index.encoded_len() as u64;
-        let mut hw = HashingWriter {
-            inner: std::io::BufWriter::with_capacity(1 << 20, &mut file),
-            hasher: blake3::Hasher::new(),
-        };
+        let mut bw = std::io::BufWriter::with_capacity(
+            1 << 20,
+            HashingWriter {
+                inner: &mut file,
+                hasher: blake3::Hasher::new(),
+            },
+        );
         index
-            .write_to(&mut hw)
-            .and_then(|()| hw.inner.flush())
+            .write_to(&mut bw)
+            .and_then(|()| bw.flush())
             .map_err(|e| Error::io(&self.tmp, "write index", e))?;
+        let hw = bw
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, "write index", e.into_error()))?;
         let index_checksum = *hw.hasher.finalize().as_bytes();
         drop(hw);
         let footer = Footer {
