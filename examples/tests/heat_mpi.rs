@@ -919,12 +919,18 @@ impl Levels {
 
     /// `mpirun -np 4 heat --config ...` on 4 simulated nodes.
     fn run(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_np(4, extra, env)
+    }
+
+    /// `mpirun -np NP heat --config ...` on NP simulated nodes (unless `env` says).
+    fn run_np(&self, np: usize, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let a = args_at("--config", &self.config, extra);
+        let nodes = np.to_string();
         let mut e = env.to_vec();
         if !env.iter().any(|(k, _)| *k == "CKPT_SIMULATE_NODES") {
-            e.push(("CKPT_SIMULATE_NODES", "4"));
+            e.push(("CKPT_SIMULATE_NODES", &nodes));
         }
-        mpirun_env(4, &a, &e)
+        mpirun_env(np, &a, &e)
     }
 }
 
@@ -1060,7 +1066,7 @@ fn an_async_checkpoint_returns_before_its_flush_is_done() {
 #[test]
 fn partner_copies_on_one_node_are_a_clear_error() {
     let l = Levels::new("partner = true\n");
-    let out = l.run(&[], &[("CKPT_SIMULATE_NODES", "1")]);
+    let out = l.run_np(2, &[], &[("CKPT_SIMULATE_NODES", "1")]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("partner copies need at least two nodes"),
@@ -1069,25 +1075,25 @@ fn partner_copies_on_one_node_are_a_clear_error() {
     );
 }
 
-/// Retention at each level (`keep_local = 2`, `keep_persistent = 2`, synchronous flushes):
-/// ten versions leave at most three committed versions in each cache and on persistent
-/// storage (each level compacts once twice as many are there), every one of them whole, and
-/// the newest restorable from persistent storage alone.
+/// Retention at each level (`keep_local = 2`, `keep_persistent = 2`, synchronous flushes),
+/// at np = 2 on 2 simulated nodes: ten versions leave at most three committed versions in
+/// each cache and on persistent storage (each level compacts once twice as many are there),
+/// every one of them whole, and the newest restorable from persistent storage alone.
 #[test]
 fn retention_at_each_level_keeps_the_newest_versions_whole() {
     let want = reference_for("48", "100");
     let l = Levels::new("partner = true\nkeep_local = 2\nkeep_persistent = 2\n");
-    let out = l.run(&["--iters", "100"], &[]);
+    let out = l.run_np(2, &["--iters", "100"], &[]);
     ok(&out, "run");
-    for n in 0..4u32 {
+    for n in 0..2u32 {
         let c = commits(&l.node(n));
         assert!(c.len() <= 3 && c.last() == Some(&10), "node {n}: {c:?}");
-        // Node n holds rank n's chain and the partner copies of rank n - 1.
+        // Node n holds rank n's chain and the partner copies of the other rank.
         let cache = JobStore::new(l.node(n), "heat").unwrap();
         for v in c {
-            for rank in [n, (n + 3) % 4] {
+            for rank in [n, 1 - n] {
                 cache
-                    .check_rank(v, rank, 4)
+                    .check_rank(v, rank, 2)
                     .unwrap_or_else(|e| panic!("node {n}, version {v}, rank {rank}: {e}"));
                 let file = cache.rank_store(rank).unwrap().path_of(v);
                 ckpt_engine::catalog::verify_version(&file)
@@ -1099,7 +1105,7 @@ fn retention_at_each_level_keeps_the_newest_versions_whole() {
     assert!(c.len() <= 3 && c.last() == Some(&10), "persistent: {c:?}");
     verify_all_commits(&l.pfs());
     std::fs::remove_dir_all(l.root.join("local")).unwrap();
-    let out = l.run(&["--iters", "100"], &[]);
+    let out = l.run_np(2, &["--iters", "100"], &[]);
     ok(&out, "restart");
     assert_eq!(line(&out, "restarted-from ").as_deref(), Some("10"));
     assert_eq!(line(&out, "restart-level ").as_deref(), Some("persistent"));

@@ -1,5 +1,5 @@
-//! Any text as a VeloC configuration file (and as ckpt's native one): an error naming the
-//! file, or a configuration; never a panic.
+//! Any text as a VeloC configuration file (and as ckpt's native one, and as a `[storage]`
+//! table): an error naming the file, or a configuration; never a panic.
 #![no_main]
 
 use std::path::Path;
@@ -11,6 +11,15 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../mpi-shim/src/config.rs"]
 mod config;
 
+#[allow(dead_code, missing_docs)]
+#[path = "../../mpi-shim/src/storage/config.rs"]
+mod storage_config;
+
+// `config.rs` reads the `[storage]` table through `crate::storage::StorageConfig`.
+mod storage {
+    pub use super::storage_config::StorageConfig;
+}
+
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let path = Path::new("veloc.cfg");
@@ -18,4 +27,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(e.to_string().starts_with("veloc.cfg: "), "{e}");
     }
     let _ = config::parse_ini(path, &text);
+    if let Err(e) = storage::StorageConfig::parse(path, &text) {
+        assert!(e.to_string().starts_with("veloc.cfg: "), "{e}");
+    }
 });
