@@ -610,6 +610,48 @@ fn spawn_heat_np(np: usize, extra: &[&str]) -> std::process::Child {
     cmd.spawn().expect("run mpirun")
 }
 
+/// The threads' stacks of every `heat` process in process group `pgid` (gdb, where there is
+/// one), to tell where a job that did not finish was waiting.
+fn stacks_of_group(pgid: i32) -> String {
+    let ps = Command::new("ps")
+        .args(["-o", "pid=,comm=", "-g", &pgid.to_string()])
+        .output();
+    let Ok(ps) = ps else {
+        return "(no ps)".into();
+    };
+    let mut out = String::new();
+    for l in String::from_utf8_lossy(&ps.stdout).lines() {
+        let mut it = l.split_whitespace();
+        let (Some(pid), Some(comm)) = (it.next(), it.next()) else {
+            continue;
+        };
+        if comm != "heat" {
+            continue;
+        }
+        let bt = Command::new("timeout")
+            .args([
+                "30",
+                "gdb",
+                "-p",
+                pid,
+                "-batch",
+                "-ex",
+                "thread apply all bt 12",
+            ])
+            .output();
+        out += &format!("== heat pid {pid}\n");
+        if let Ok(bt) = bt {
+            out += &String::from_utf8_lossy(&bt.stdout)
+                .lines()
+                .filter(|l| l.starts_with('#') || l.starts_with("Thread"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            out += "\n";
+        }
+    }
+    out
+}
+
 /// Waits for `child` up to `secs`, killing its process group if it does not finish. Its
 /// output is read meanwhile, so that a chatty job never blocks on a full pipe.
 fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
@@ -642,11 +684,18 @@ fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
             break status;
         }
         if t.elapsed() > Duration::from_secs(secs) {
+            let stacks = stacks_of_group(pid);
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            panic!("heat did not finish in {secs} s");
+            let _ = child.wait();
+            let (o, e) = (out.join().unwrap(), err.join().unwrap());
+            panic!(
+                "heat did not finish in {secs} s\nstdout:\n{}\nstderr:\n{}\nstacks:\n{stacks}",
+                String::from_utf8_lossy(&o),
+                String::from_utf8_lossy(&e)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
