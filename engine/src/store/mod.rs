@@ -360,13 +360,6 @@ impl Store {
         })
     }
 
-    /// Stores `bytes` as version file `name` ([`incoming`](Self::incoming), all at once).
-    pub fn receive_file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
-        let mut f = self.incoming(name)?;
-        f.write(bytes)?;
-        f.finish()
-    }
-
     /// A fresh temporary path for writing version `version`. Temporary names start with `.`
     /// so that no listing ever mistakes them for a committed version.
     pub fn temp_path(&self, version: u64) -> Result<PathBuf> {
