@@ -613,8 +613,9 @@ fn spawn_heat_np(np: usize, extra: &[&str]) -> std::process::Child {
 /// The threads' stacks of every `heat` process in process group `pgid` (gdb, where there is
 /// one), to tell where a job that did not finish was waiting.
 fn stacks_of_group(pgid: i32) -> String {
-    let ps = Command::new("ps")
-        .args(["-o", "pid=,comm=", "-g", &pgid.to_string()])
+    // (`ps -g` selects by session; `pgrep -g` by process group.)
+    let ps = Command::new("pgrep")
+        .args(["-l", "-g", &pgid.to_string()])
         .output();
     let Ok(ps) = ps else {
         return "(no ps)".into();
