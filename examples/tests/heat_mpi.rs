@@ -610,8 +610,8 @@ fn spawn_heat_np(np: usize, extra: &[&str]) -> std::process::Child {
     cmd.spawn().expect("run mpirun")
 }
 
-/// The threads' stacks of every `heat` process in process group `pgid` (gdb, where there is
-/// one), to tell where a job that did not finish was waiting.
+/// The threads' stacks of every process in process group `pgid` (mpirun, heat, a flush
+/// child; gdb, where there is one), to tell where a job that did not finish was waiting.
 fn stacks_of_group(pgid: i32) -> String {
     // (`ps -g` selects by session; `pgrep -g` by process group.)
     let ps = Command::new("pgrep")
@@ -626,9 +626,6 @@ fn stacks_of_group(pgid: i32) -> String {
         let (Some(pid), Some(comm)) = (it.next(), it.next()) else {
             continue;
         };
-        if comm != "heat" {
-            continue;
-        }
         let bt = Command::new("timeout")
             .args([
                 "30",
@@ -640,7 +637,7 @@ fn stacks_of_group(pgid: i32) -> String {
                 "thread apply all bt 12",
             ])
             .output();
-        out += &format!("== heat pid {pid}\n");
+        out += &format!("== {comm} pid {pid}\n");
         if let Ok(bt) = bt {
             out += &String::from_utf8_lossy(&bt.stdout)
                 .lines()
