@@ -35,7 +35,19 @@ pub trait VfsFile: Write + Send {
     fn copy_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<()> {
         copy_through_memory(self, src, offset, len)
     }
+    /// Appends `buf` with direct I/O (`O_DIRECT`: from `buf` to the disk, not through the
+    /// page cache) where the file system allows it. The caller guarantees that `buf`'s
+    /// address, its length and the file's length are multiples of [`DIRECT_ALIGN`]. Returns
+    /// `false`, having written nothing, where direct I/O is not possible: the caller then
+    /// writes `buf` normally. Durability still comes only from a sync. The default: `false`.
+    fn write_direct(&mut self, _buf: &[u8]) -> io::Result<bool> {
+        Ok(false)
+    }
 }
+
+/// The alignment [`VfsFile::write_direct`] needs of memory, lengths and file offsets: the
+/// page size, a multiple of every common logical block size.
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// Appends `len` bytes of `src` at `offset` to `dst` by reading and writing them.
 pub fn copy_through_memory<W: Write + ?Sized>(
@@ -87,10 +99,35 @@ pub struct RealFs;
 
 /// A file of [`RealFs`].
 #[derive(Debug)]
-pub struct RealFile(File);
+pub struct RealFile(File, Direct);
+
+/// Whether a [`RealFile`]'s descriptor has `O_DIRECT` set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direct {
+    Off,
+    On,
+    /// The file system refused it: never tried again for this file.
+    Unsupported,
+}
+
+impl RealFile {
+    fn new(file: File) -> RealFile {
+        RealFile(file, Direct::Off)
+    }
+
+    /// Turns `O_DIRECT` off before a write that may be unaligned.
+    fn buffered(&mut self) -> io::Result<()> {
+        if self.1 == Direct::On {
+            crate::sys::set_direct(&self.0, false)?;
+            self.1 = Direct::Off;
+        }
+        Ok(())
+    }
+}
 
 impl Write for RealFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.buffered()?;
         self.0.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -109,12 +146,53 @@ impl VfsFile for RealFile {
         crate::sys::start_writeback(&self.0, offset, len)
     }
     fn copy_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<()> {
+        self.buffered()?;
         match crate::sys::copy_range(src, offset, &self.0, len) {
             Ok(done) if done == len => Ok(()),
             // Not supported here (another file system, an old kernel): copy what is left.
             Ok(done) => copy_through_memory(&mut self.0, src, offset + done, len - done),
             Err(e) => Err(e),
         }
+    }
+    fn write_direct(&mut self, buf: &[u8]) -> io::Result<bool> {
+        match self.1 {
+            Direct::Unsupported => return Ok(false),
+            Direct::Off => match crate::sys::set_direct(&self.0, true) {
+                Ok(()) => self.1 = Direct::On,
+                Err(e) => {
+                    tracing::debug!(
+                        "direct I/O not available ({e}): writing through the page cache"
+                    );
+                    self.1 = Direct::Unsupported;
+                    return Ok(false);
+                }
+            },
+            Direct::On => {}
+        }
+        let mut at = 0;
+        while at < buf.len() {
+            match self.0.write(&buf[at..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                // A short direct write (the disk nearly full, a signal): the rest, which
+                // may no longer be aligned, goes through the page cache.
+                Ok(n) if at + n < buf.len() => {
+                    self.buffered()?;
+                    self.0.write_all(&buf[at + n..])?;
+                    at = buf.len();
+                }
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Refused before anything was written (an alignment this file system does
+                // not accept): not tried again for this file.
+                Err(e) if at == 0 && e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.buffered()?;
+                    self.1 = Direct::Unsupported;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -133,11 +211,11 @@ impl Vfs for RealFs {
             .read(true)
             .create_new(true)
             .open(path)?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(RealFile::new(f)))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn VfsFile>> {
         let f = private_file().create(true).append(true).open(path)?;
-        Ok(Box::new(RealFile(f)))
+        Ok(Box::new(RealFile::new(f)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)

@@ -4,7 +4,7 @@
 //!
 //! - [`uffd`]: userfaultfd write-protection and the `PAGEMAP_SCAN` ioctl;
 //! - [`mapping`]: memory maps of version files and restore outputs;
-//! - [`start_writeback`]: `sync_file_range` for early writeback;
+//! - [`start_writeback`]: `sync_file_range` for early writeback; [`set_direct`]: `O_DIRECT`;
 //! - [`ckpt_restored`]: the exported breakpoint `ckpt debug` stops at.
 
 pub(crate) mod mapping;
@@ -32,6 +32,20 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Re
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// Turns direct I/O (`O_DIRECT`: writes go from the caller's memory to the disk, bypassing
+/// the page cache) on or off for `file`'s open file description (`fcntl(F_SETFL)`). Fails
+/// with `EINVAL` where the file system does not support it.
+pub(crate) fn set_direct(file: &File, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+    let flags = match on {
+        true => flags | OFlag::O_DIRECT,
+        false => flags - OFlag::O_DIRECT,
+    };
+    fcntl(file, FcntlArg::F_SETFL(flags))?;
+    Ok(())
 }
 
 /// Asks the kernel to drop `file`'s clean cached pages (`posix_fadvise(POSIX_FADV_DONTNEED)`),

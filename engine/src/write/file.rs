@@ -10,6 +10,7 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 
+use super::staging::{Chunk, Stager};
 use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
 use crate::store;
@@ -221,10 +222,11 @@ impl VersionWriter {
         &mut self,
         level: i32,
         min_saving: f64,
+        direct: bool,
         produce: F,
     ) -> Result<Vec<Record>>
     where
-        F: FnOnce(&mut dyn FnMut(&[PageIn<'_>]) -> Result<()>) -> Result<()>,
+        F: FnOnce(&mut (dyn FnMut(&[PageIn<'_>]) -> Result<()> + Send)) -> Result<()>,
     {
         let file = self
             .file
@@ -238,14 +240,22 @@ impl VersionWriter {
         let start = self.offset;
         let mut sampling = Sampling::default();
         std::thread::scope(|s| -> Result<()> {
-            let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(2);
+            let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
+            let (back_tx, back_rx) = mpsc::channel();
+            let mut stager = Stager::new(tmp, start, back_rx)?;
             let writer = s.spawn(move || -> Result<()> {
                 let (mut pos, mut flushed) = (start, start);
-                for buf in rx {
-                    file.write_all(&buf)
+                for chunk in rx {
+                    let n = chunk.len() as u64;
+                    let (cached, buf) = chunk
+                        .write_to(&mut **file, direct)
                         .map_err(|e| Error::io(tmp, "write pages", e))?;
-                    pos += buf.len() as u64;
-                    if pos - flushed >= WRITEBACK_EVERY {
+                    // The encoder reuses the buffer (it may have stopped: then it is freed).
+                    let _ = back_tx.send(buf);
+                    pos += n;
+                    if !cached {
+                        flushed = pos;
+                    } else if pos - flushed >= WRITEBACK_EVERY {
                         // Best effort: a failure here only loses the overlap, and the final
                         // fsync reports real I/O errors.
                         let _ = file.start_writeback(flushed, pos - flushed);
@@ -254,6 +264,15 @@ impl VersionWriter {
                 }
                 Ok(())
             });
+            let mut send = |chunk: Chunk| -> Result<()> {
+                tx.send(chunk).map_err(|_| {
+                    Error::io(
+                        tmp,
+                        "write pages",
+                        std::io::Error::other("writer thread stopped"),
+                    )
+                })
+            };
             let mut emit = |pages: &[PageIn<'_>]| -> Result<()> {
                 let sample = sampling.sample();
                 let (out, worth) = compress_batch(level, min_saving, pages, sample)
@@ -275,8 +294,6 @@ impl VersionWriter {
                 for d in &digests {
                     self.data_hash.update(d);
                 }
-                let total: usize = out.iter().map(|(_, b)| b.len()).sum();
-                let mut buf = Vec::with_capacity(total);
                 for (p, (codec, bytes)) in pages.iter().zip(out) {
                     records.push(Record {
                         hash: p.hash,
@@ -287,18 +304,20 @@ impl VersionWriter {
                     });
                     offset += bytes.len() as u64;
                     stored_raw += p.bytes.len() as u64;
-                    buf.extend_from_slice(&bytes);
+                    stager.push(&bytes, &mut send)?;
                 }
                 crate::fault::point("mid-write");
-                tx.send(buf).map_err(|_| {
-                    Error::io(
-                        tmp,
-                        "write pages",
-                        std::io::Error::other("writer thread stopped"),
-                    )
-                })
+                // Without direct I/O, each batch goes to the writer at once (a sparse delta
+                // is a few small batches); with it, buffers go full, in large requests.
+                if !direct {
+                    stager.cut(&mut send)?;
+                }
+                Ok(())
             };
-            let produced = produce(&mut emit);
+            let mut produced = produce(&mut emit);
+            if produced.is_ok() {
+                produced = stager.cut(&mut send);
+            }
             drop(tx);
             let written = writer.join().map_err(|_| {
                 Error::io(

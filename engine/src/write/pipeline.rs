@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::file::{PageIn, VersionWriter};
 use crate::error::{Error, Result};
 use crate::format::Record;
-use crate::hash::{self, Fast, RegionHashes};
+use crate::hash::{self, Fast, RegionHashes, Scan};
 
 /// Bytes of a region scanned (or of candidate pages hashed) before their dirty pages are
 /// handed to the writer.
@@ -23,6 +23,11 @@ const SPAN_BYTES: usize = 8 << 20;
 /// with writing the last. 1 GiB, 1 % uffd deltas, median of 60, five runs each: 20.0-20.6 ms
 /// with 128, 24.0-27.1 ms with one batch per 8 MiB of region (64 to 512 tried).
 const CANDIDATES_PER_SPAN: usize = 128;
+
+/// Versions expected to store at least this many bytes are written with direct I/O (where
+/// the file system allows it); smaller ones through the page cache, whose single fsync at the
+/// end costs less than many synchronous direct requests.
+const DIRECT_MIN_BYTES: usize = 64 << 20;
 
 /// Where a region's pages are read from.
 #[derive(Debug, Clone, Copy)]
@@ -99,89 +104,126 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
     };
     let span_pages = (SPAN_BYTES / ps).max(1);
     let tmp = writer.tmp_path().to_path_buf();
-    let records = writer.write_stream(job.level, job.min_saving, |emit| {
-        for (ri, (src, known)) in job.sources.iter().zip(job.known).enumerate() {
-            out.pages_total += src.len().div_ceil(ps) as u64;
-            let mut region_updates = Vec::new();
-            let mut region_stored = Vec::new();
-            let npages = known.pages.len();
-            let mut g = 0;
-            while g < npages {
-                // A span: `span_pages` consecutive pages, or, when the tracker chose the
-                // candidates, `CANDIDATES_PER_SPAN` of them however far apart.
-                let end = match job.candidates {
-                    Some(c) => {
-                        let c = &c[ri];
-                        let a = c.partition_point(|&p| p < g as u64);
-                        c.get(a + CANDIDATES_PER_SPAN)
-                            .map_or(npages, |&p| (p as usize).clamp(g + 1, npages))
-                    }
-                    None => (g + span_pages).min(npages),
-                };
-                let ts = Instant::now();
-                let scan = match (job.candidates, src) {
-                    (Some(c), _) => {
-                        let c = &c[ri];
-                        let a = c.partition_point(|&p| p < g as u64);
-                        let b = c.partition_point(|&p| p < end as u64);
-                        hash::scan_candidates(src, a, ps, known, &c[a..b]).ok_or_else(|| {
-                            Error::io(
-                                &tmp,
-                                "scan pages",
-                                std::io::Error::other(format!(
-                                    "region {ri}: a candidate page is outside its source"
-                                )),
-                            )
-                        })?
-                    }
-                    (None, Source::Live(bytes)) => {
-                        hash::scan_pages(bytes, ps, known, g..end, job.full)
-                    }
-                    (None, Source::Staged { .. }) => {
-                        return Err(Error::io(
-                            &tmp,
-                            "scan pages",
-                            std::io::Error::other(
-                                "staged page copies cannot serve a scan of every page",
-                            ),
-                        ))
-                    }
-                };
-                out.scan_secs += ts.elapsed().as_secs_f64();
-                // The stored bytes are the copies the hashes were computed from.
-                let pages: Vec<PageIn<'_>> = scan
-                    .dirty
-                    .iter()
-                    .map(|d| {
-                        region_stored.push(d.page);
-                        PageIn {
-                            bytes: d.bytes(),
-                            hash: d.hash,
-                            stored: None,
-                        }
-                    })
-                    .collect();
-                if crate::fault::fail("write-pages") {
-                    return Err(Error::io(
+    // Direct I/O for versions expected to be large (full ones, or dense candidates): no
+    // copy into the page cache, and no checkpoint evicting the application's cached files.
+    let expected: usize = match (job.full, job.candidates) {
+        (false, Some(c)) => c.iter().map(|c| c.len() * ps).sum(),
+        (false, None) => job
+            .sources
+            .iter()
+            .zip(job.known)
+            .filter(|(_, k)| !k.pages_known)
+            .map(|(s, _)| s.len())
+            .sum(),
+        (true, _) => job.sources.iter().map(|s| s.len()).sum(),
+    };
+    let direct = expected >= DIRECT_MIN_BYTES;
+    // The spans, in order: `span_pages` consecutive pages of a region, or, when the tracker
+    // chose the candidates, `CANDIDATES_PER_SPAN` of them however far apart.
+    let mut spans = Vec::new();
+    for (ri, known) in job.known.iter().enumerate() {
+        let npages = known.pages.len();
+        let mut g = 0;
+        while g < npages {
+            let end = match job.candidates {
+                Some(c) => {
+                    let c = &c[ri];
+                    let a = c.partition_point(|&p| p < g as u64);
+                    c.get(a + CANDIDATES_PER_SPAN)
+                        .map_or(npages, |&p| (p as usize).clamp(g + 1, npages))
+                }
+                None => (g + span_pages).min(npages),
+            };
+            spans.push((ri, g, end));
+            g = end;
+        }
+    }
+    for (src, known) in job.sources.iter().zip(job.known) {
+        out.pages_total += src.len().div_ceil(ps) as u64;
+        debug_assert_eq!(known.pages.len(), src.len().div_ceil(ps));
+        out.updates.push(Vec::new());
+        out.stored.push(Vec::new());
+    }
+    let scan_span = |(ri, g, end): (usize, usize, usize)| -> Result<(usize, Scan, f64)> {
+        let (src, known) = (&job.sources[ri], &job.known[ri]);
+        let ts = Instant::now();
+        let scan = match (job.candidates, src) {
+            (Some(c), _) => {
+                let c = &c[ri];
+                let a = c.partition_point(|&p| p < g as u64);
+                let b = c.partition_point(|&p| p < end as u64);
+                hash::scan_candidates(src, a, ps, known, &c[a..b]).ok_or_else(|| {
+                    Error::io(
                         &tmp,
-                        "write pages",
-                        std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
-                    ));
-                }
-                if !pages.is_empty() {
-                    emit(&pages)?;
-                }
-                drop(pages);
-                out.hashed_bytes += scan.hashed_bytes;
-                region_updates.extend(scan.dirty.iter().map(|d| (d.page, d.fast)));
-                drop(scan);
-                g = end;
+                        "scan pages",
+                        std::io::Error::other(format!(
+                            "region {ri}: a candidate page is outside its source"
+                        )),
+                    )
+                })?
             }
-            out.updates.push(region_updates);
-            out.stored.push(region_stored);
+            (None, Source::Live(bytes)) => hash::scan_pages(bytes, ps, known, g..end, job.full),
+            (None, Source::Staged { .. }) => {
+                return Err(Error::io(
+                    &tmp,
+                    "scan pages",
+                    std::io::Error::other("staged page copies cannot serve a scan of every page"),
+                ))
+            }
+        };
+        Ok((ri, scan, ts.elapsed().as_secs_f64()))
+    };
+    let (updates, stored) = (&mut out.updates, &mut out.stored);
+    let mut hashed_bytes = 0;
+    let mut scan_secs = 0.0;
+    let records = writer.write_stream(job.level, job.min_saving, direct, |emit| {
+        // Hands a scanned span's dirty pages to the writer: the stored bytes are the copies
+        // the hashes were computed from.
+        let mut emit_scan = |(ri, scan): (usize, Scan)| -> Result<()> {
+            let pages: Vec<PageIn<'_>> = scan
+                .dirty
+                .iter()
+                .map(|d| PageIn {
+                    bytes: d.bytes(),
+                    hash: d.hash,
+                    stored: None,
+                })
+                .collect();
+            if crate::fault::fail("write-pages") {
+                return Err(Error::io(
+                    &tmp,
+                    "write pages",
+                    std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
+                ));
+            }
+            if !pages.is_empty() {
+                emit(&pages)?;
+            }
+            drop(pages);
+            stored[ri].extend(scan.dirty.iter().map(|d| d.page));
+            updates[ri].extend(scan.dirty.iter().map(|d| (d.page, d.fast)));
+            Ok(())
+        };
+        // Software pipelining: span k is encoded and handed to the writer while span k + 1
+        // is scanned, so that the encoder's serial steps (its copy into the write buffers)
+        // do not leave the hashing workers idle.
+        let mut pending: Option<(usize, Scan)> = None;
+        for span in spans.iter().copied().map(Some).chain([None]) {
+            let (emitted, scanned) = rayon::join(
+                || pending.take().map_or(Ok(()), &mut emit_scan),
+                || span.map(scan_span).transpose(),
+            );
+            emitted?;
+            if let Some((ri, scan, secs)) = scanned? {
+                scan_secs += secs;
+                hashed_bytes += scan.hashed_bytes;
+                pending = Some((ri, scan));
+            }
         }
         Ok(())
     })?;
+    out.hashed_bytes = hashed_bytes;
+    out.scan_secs = scan_secs;
     out.records = records;
     Ok(out)
 }

@@ -1,0 +1,144 @@
+//! Large versions go to the disk with direct I/O (issue 14): whole aligned blocks straight
+//! from the write buffers, the unaligned ends through the page cache. They must restore
+//! exactly whatever the mix of compressed and raw pages (so whatever the alignment of each
+//! page in the file), and, on a file system that takes `O_DIRECT`, a full version must not be
+//! left in the page cache (the point of it: no copy there, no eviction of the application's
+//! cached files).
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use ckpt_engine::{Checkpointer, Config};
+
+/// Deterministic incompressible bytes.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The fraction of `path`'s pages that are in the page cache (`mincore` of a mapping).
+fn resident_fraction(path: &Path) -> f64 {
+    let f = std::fs::File::open(path).unwrap();
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    let ps = 4096;
+    let pages = map.len().div_ceil(ps);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` is a live mapping of `map.len()` bytes and `vec` has one byte per page.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            vec.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().filter(|&&b| b & 1 == 1).count() as f64 / pages as f64
+}
+
+/// Whether the file system under `dir` is one known to take `O_DIRECT` writes.
+fn takes_direct_io(dir: &Path) -> bool {
+    let f = std::fs::File::open(dir).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a statfs buffer of the right type.
+    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    assert_eq!(rc, 0);
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    [EXT4, XFS, BTRFS].contains(&(st.f_type as i64))
+}
+
+#[test]
+fn large_versions_restore_exactly_and_bypass_the_page_cache() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().join("store");
+    let ps = 4096;
+    // 72 MiB of noise (raw pages), 3 MiB + 5 bytes where two pages in three compress, and a
+    // short region: the stored pages' lengths vary, so blocks straddle pages everywhere.
+    let mut big = noise(1, 72 << 20);
+    let mut mixed = vec![0u8; (3 << 20) + 5];
+    for (i, page) in mixed.chunks_mut(ps).enumerate() {
+        if i % 3 == 0 {
+            let n = page.len();
+            page.copy_from_slice(&noise(i as u64 + 7, n));
+        } else {
+            page[i % 100] = i as u8;
+        }
+    }
+    let mut small = noise(3, 10_123);
+
+    let mut ck = Checkpointer::open(&dir, "d", Config::default()).unwrap();
+    let hb = ck.alloc_region::<u8>(1, big.len()).unwrap();
+    let hm = ck.alloc_region::<u8>(2, mixed.len()).unwrap();
+    let hs = ck.alloc_region::<u8>(3, small.len()).unwrap();
+    let mut states = Vec::new();
+    let mut write = |ck: &mut Checkpointer, b: &[u8], m: &[u8], s: &[u8]| {
+        ck.region_mut(&hb).unwrap().copy_from_slice(b);
+        ck.region_mut(&hm).unwrap().copy_from_slice(m);
+        ck.region_mut(&hs).unwrap().copy_from_slice(s);
+    };
+
+    // v1: full.
+    write(&mut ck, &big, &mixed, &small);
+    let v1 = ck.checkpoint().unwrap();
+    states.push((v1.version, big.clone(), mixed.clone(), small.clone()));
+    if takes_direct_io(&dir) {
+        let r = resident_fraction(&v1.path);
+        assert!(
+            r < 0.25,
+            "{:.0} % of the full version {} is in the page cache: it was not written with direct I/O",
+            r * 100.0,
+            v1.path.display()
+        );
+    }
+
+    // v2: a dense delta (nine pages in ten of the big region rewritten: above the direct
+    // I/O threshold) that also changes compressible pages.
+    for (i, page) in big.chunks_mut(ps).enumerate() {
+        if i % 10 != 0 {
+            page[i % ps] ^= 0x5a;
+        }
+    }
+    for page in mixed.chunks_mut(ps).skip(1).step_by(5) {
+        page[0] ^= 1;
+    }
+    write(&mut ck, &big, &mixed, &small);
+    let v2 = ck.checkpoint().unwrap();
+    assert!(v2.pages_stored > (big.len() / ps) as u64 * 8 / 10, "{v2:?}");
+    states.push((v2.version, big.clone(), mixed.clone(), small.clone()));
+
+    // v3: a sparse delta (through the page cache).
+    big[12_345] ^= 1;
+    small[10_000] ^= 1;
+    write(&mut ck, &big, &mixed, &small);
+    let v3 = ck.checkpoint().unwrap();
+    states.push((v3.version, big.clone(), mixed.clone(), small.clone()));
+    drop(ck);
+
+    for (v, b, m, s) in &states {
+        let mut ck = Checkpointer::open(&dir, "d", Config::default()).unwrap();
+        let hb = ck.alloc_region::<u8>(1, b.len()).unwrap();
+        let hm = ck.alloc_region::<u8>(2, m.len()).unwrap();
+        let hs = ck.alloc_region::<u8>(3, s.len()).unwrap();
+        ck.restore(Some(*v)).unwrap();
+        assert!(
+            ck.region(&hb).unwrap() == b.as_slice(),
+            "version {v}: region 1 differs"
+        );
+        assert!(
+            ck.region(&hm).unwrap() == m.as_slice(),
+            "version {v}: region 2 differs"
+        );
+        assert!(
+            ck.region(&hs).unwrap() == s.as_slice(),
+            "version {v}: region 3 differs"
+        );
+    }
+}
