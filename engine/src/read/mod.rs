@@ -21,6 +21,9 @@ use crate::format::{
 };
 use crate::hash::page_hash;
 
+/// Pages of a region restored by one worker at a time (1 MiB of 4 KiB pages).
+const RESTORE_PIECE_PAGES: usize = 256;
+
 /// One opened, checked version file: header, footer and index verified against their
 /// checksums, the index checked for internal consistency. Page data is checked when read.
 pub struct VersionFile {
@@ -554,17 +557,48 @@ impl Version {
                 0
             })
         };
-        if fast {
-            out.par_chunks_mut(ps)
-                .enumerate()
-                .map(|(p, page)| one(p, page))
-                .collect()
-        } else {
-            out.par_chunks_mut(ps)
-                .enumerate()
-                .try_for_each(|(p, page)| one(p, page).map(drop))?;
-            Ok(Vec::new())
-        }
+        // Pieces of the region are handed to the workers in order, each taking the next one
+        // when it is done (not rayon's halving, which sends a worker to the middle of the
+        // region): the reads stay just behind the prefetch's sequential front, instead of
+        // faulting in pages far ahead of it one at a time.
+        let npages = out.len().div_ceil(ps);
+        let mut hashes = vec![0u128; if fast { npages } else { 0 }];
+        let hash_chunk = if fast { RESTORE_PIECE_PAGES } else { 0 };
+        let pieces = std::sync::Mutex::new(
+            out.chunks_mut(ps * RESTORE_PIECE_PAGES).enumerate().zip(
+                hashes
+                    .chunks_mut(hash_chunk.max(1))
+                    .map(Some)
+                    .chain(std::iter::repeat_with(|| None)),
+            ),
+        );
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let worker = || -> Result<()> {
+            loop {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let next = match pieces.lock() {
+                    Ok(mut it) => it.next(),
+                    Err(poisoned) => poisoned.into_inner().next(),
+                };
+                let Some(((k, piece), mut hs)) = next else {
+                    return Ok(());
+                };
+                for (j, page) in piece.chunks_mut(ps).enumerate() {
+                    let h = one(k * RESTORE_PIECE_PAGES + j, page).inspect_err(|_| {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    })?;
+                    if let Some(slot) = hs.as_mut().and_then(|hs| hs.get_mut(j)) {
+                        *slot = h;
+                    }
+                }
+            }
+        };
+        (0..rayon::current_num_threads())
+            .into_par_iter()
+            .try_for_each(|_| worker())?;
+        Ok(hashes)
     }
 
     /// Checks every page reference of the version without decoding data: each resolves to an

@@ -242,16 +242,18 @@ impl VersionWriter {
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
             let (back_tx, back_rx) = mpsc::channel();
-            let mut stager = Stager::new(tmp, start, back_rx)?;
+            let mut stager = Stager::new(tmp, start, direct, back_rx)?;
             let writer = s.spawn(move || -> Result<()> {
                 let (mut pos, mut flushed) = (start, start);
                 for chunk in rx {
                     let n = chunk.len() as u64;
                     let (cached, buf) = chunk
-                        .write_to(&mut **file, direct)
+                        .write_to(&mut **file)
                         .map_err(|e| Error::io(tmp, "write pages", e))?;
                     // The encoder reuses the buffer (it may have stopped: then it is freed).
-                    let _ = back_tx.send(buf);
+                    if let Some(buf) = buf {
+                        let _ = back_tx.send(buf);
+                    }
                     pos += n;
                     if !cached {
                         flushed = pos;

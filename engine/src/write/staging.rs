@@ -21,30 +21,45 @@ pub(crate) struct Block([u8; DIRECT_ALIGN]);
 /// Bytes of one staging buffer.
 const STAGING_BYTES: usize = 8 << 20;
 
-/// Bytes `from..to` of `buf`, to be appended to the file; `buf`'s byte 0 sits at an aligned
-/// file offset.
-pub(crate) struct Chunk {
-    buf: Vec<Block>,
-    from: usize,
-    to: usize,
+/// Bytes to append to the file.
+pub(crate) enum Chunk {
+    /// Bytes `from..to` of `buf`, whose byte 0 sits at an aligned file offset.
+    Aligned {
+        /// The staging buffer.
+        buf: Vec<Block>,
+        /// First byte to write.
+        from: usize,
+        /// End of the bytes to write.
+        to: usize,
+    },
+    /// Bytes to write through the page cache.
+    Plain(Vec<u8>),
 }
 
 impl Chunk {
     /// The bytes to append.
     pub(crate) fn len(&self) -> usize {
-        self.to - self.from
+        match self {
+            Chunk::Aligned { from, to, .. } => to - from,
+            Chunk::Plain(v) => v.len(),
+        }
     }
 
-    /// Appends the chunk to `file`: whole aligned blocks with direct I/O when `direct` and
-    /// the file takes it, the rest through the page cache. Returns whether anything went
-    /// through the page cache (the caller then asks for write-behind). Gives the buffer back.
+    /// Appends the chunk to `file`: whole aligned blocks with direct I/O when the file takes
+    /// it, the rest through the page cache. Returns whether anything went through the page
+    /// cache (the caller then asks for write-behind), and the staging buffer for reuse.
     pub(crate) fn write_to(
         self,
         file: &mut dyn VfsFile,
-        direct: bool,
-    ) -> std::io::Result<(bool, Vec<Block>)> {
-        let bytes = self.buf.as_bytes();
-        let (from, to) = (self.from, self.to);
+    ) -> std::io::Result<(bool, Option<Vec<Block>>)> {
+        let (buf, from, to) = match self {
+            Chunk::Plain(v) => {
+                file.write_all(&v)?;
+                return Ok((true, None));
+            }
+            Chunk::Aligned { buf, from, to } => (buf, from, to),
+        };
+        let bytes = buf.as_bytes();
         let body_start = from.next_multiple_of(DIRECT_ALIGN).min(to);
         let body_end = (to / DIRECT_ALIGN * DIRECT_ALIGN).max(body_start);
         let mut cached = false;
@@ -54,7 +69,7 @@ impl Chunk {
         }
         if body_start < body_end {
             let body = &bytes[body_start..body_end];
-            if !(direct && file.write_direct(body)?) {
+            if !file.write_direct(body)? {
                 file.write_all(body)?;
                 cached = true;
             }
@@ -63,45 +78,67 @@ impl Chunk {
             file.write_all(&bytes[body_end..to])?;
             cached = true;
         }
-        Ok((cached, self.buf))
+        Ok((cached, Some(buf)))
     }
 }
 
-/// The encoder's side: fills staging buffers and hands them over as chunks.
+/// The encoder's side: gathers the stored bytes and hands them over as chunks, in aligned
+/// staging buffers for direct I/O, else in plain vectors of one batch each.
 pub(crate) struct Stager {
     /// The file written (for errors).
     path: PathBuf,
+    /// Direct I/O: aligned staging buffers, handed over when full.
+    direct: bool,
+    /// The aligned buffer being filled (empty without direct I/O).
     cur: Vec<Block>,
     /// Where the current chunk starts in `cur`.
     from: usize,
     /// Bytes of `cur` filled.
     fill: usize,
+    /// The batch being gathered, without direct I/O.
+    plain: Vec<u8>,
     /// Buffers the writer gave back.
     returned: Receiver<Vec<Block>>,
     spare: Vec<Vec<Block>>,
 }
 
 impl Stager {
-    /// A stager for the file `path` whose first byte goes to file offset `pos`; `returned`
-    /// brings back the buffers of written chunks for reuse.
-    pub(crate) fn new(path: &Path, pos: u64, returned: Receiver<Vec<Block>>) -> Result<Stager> {
+    /// A stager for the file `path` whose first byte goes to file offset `pos`; `direct`
+    /// stages for direct I/O, and `returned` then brings back the buffers of written chunks
+    /// for reuse.
+    pub(crate) fn new(
+        path: &Path,
+        pos: u64,
+        direct: bool,
+        returned: Receiver<Vec<Block>>,
+    ) -> Result<Stager> {
         let at = (pos % DIRECT_ALIGN as u64) as usize;
+        let cur = match direct {
+            true => new_buffer().map_err(|e| Error::io(path, "allocate a write buffer", e))?,
+            false => Vec::new(),
+        };
         Ok(Stager {
-            cur: new_buffer().map_err(|e| Error::io(path, "allocate a write buffer", e))?,
             path: path.to_path_buf(),
+            direct,
+            cur,
             from: at,
             fill: at,
+            plain: Vec::new(),
             returned,
             spare: Vec::new(),
         })
     }
 
-    /// Appends `bytes`, handing over each buffer that fills up.
+    /// Appends `bytes`, handing over each staging buffer that fills up.
     pub(crate) fn push(
         &mut self,
         mut bytes: &[u8],
         send: &mut impl FnMut(Chunk) -> Result<()>,
     ) -> Result<()> {
+        if !self.direct {
+            self.plain.extend_from_slice(bytes);
+            return Ok(());
+        }
         while !bytes.is_empty() {
             let room = STAGING_BYTES - self.fill;
             let n = room.min(bytes.len());
@@ -115,9 +152,19 @@ impl Stager {
         Ok(())
     }
 
-    /// Hands over what is staged, if anything; the next byte starts a new buffer (at the
-    /// same offset modulo the alignment).
+    /// Hands over what is gathered, if anything; with direct I/O the next byte starts a new
+    /// buffer (at the same offset modulo the alignment).
     pub(crate) fn cut(&mut self, send: &mut impl FnMut(Chunk) -> Result<()>) -> Result<()> {
+        if !self.direct {
+            if self.plain.is_empty() {
+                return Ok(());
+            }
+            let n = self.plain.len();
+            return send(Chunk::Plain(std::mem::replace(
+                &mut self.plain,
+                Vec::with_capacity(n),
+            )));
+        }
         if self.fill == self.from {
             return Ok(());
         }
@@ -125,7 +172,7 @@ impl Stager {
             .next_buffer()
             .map_err(|e| Error::io(&self.path, "allocate a write buffer", e))?;
         let at = self.fill % DIRECT_ALIGN;
-        let chunk = Chunk {
+        let chunk = Chunk::Aligned {
             buf: std::mem::replace(&mut self.cur, next),
             from: self.from,
             to: self.fill,
@@ -192,15 +239,15 @@ mod tests {
     fn chunks_reassemble_the_stream_and_direct_writes_are_aligned() {
         for start in [0u64, 100, 4095, 4096, 12_345] {
             let (back_tx, back_rx) = std::sync::mpsc::channel();
-            let mut st = Stager::new(Path::new("test"), start, back_rx).unwrap();
+            let mut st = Stager::new(Path::new("test"), start, true, back_rx).unwrap();
             let mut file = Log {
                 data: vec![0xee; start as usize],
                 ..Log::default()
             };
             let mut want = file.data.clone();
             let mut send = |c: Chunk| -> Result<()> {
-                let (_, buf) = c.write_to(&mut file, true).unwrap();
-                back_tx.send(buf).unwrap();
+                let (_, buf) = c.write_to(&mut file).unwrap();
+                back_tx.send(buf.unwrap()).unwrap();
                 Ok(())
             };
             let mut x = start as u32;
