@@ -5,7 +5,6 @@
 //! left in the page cache (the point of it: no copy there, no eviction of the application's
 //! cached files).
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use ckpt_engine::{Checkpointer, Config};
@@ -26,6 +25,7 @@ fn noise(seed: u64, n: usize) -> Vec<u8> {
 /// The fraction of `path`'s pages that are in the page cache (`mincore` of a mapping).
 fn resident_fraction(path: &Path) -> f64 {
     let f = std::fs::File::open(path).unwrap();
+    // SAFETY: a committed version file, which nothing modifies while it is mapped.
     let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
     let ps = 4096;
     let pages = map.len().div_ceil(ps);
@@ -44,15 +44,9 @@ fn resident_fraction(path: &Path) -> f64 {
 
 /// Whether the file system under `dir` is one known to take `O_DIRECT` writes.
 fn takes_direct_io(dir: &Path) -> bool {
-    let f = std::fs::File::open(dir).unwrap();
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid descriptor and a statfs buffer of the right type.
-    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
-    assert_eq!(rc, 0);
-    const EXT4: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
-    const BTRFS: i64 = 0x9123_683E;
-    [EXT4, XFS, BTRFS].contains(&(st.f_type as i64))
+    use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC};
+    let t = statfs(dir).unwrap().filesystem_type();
+    [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, BTRFS_SUPER_MAGIC].contains(&t)
 }
 
 #[test]
@@ -79,7 +73,7 @@ fn large_versions_restore_exactly_and_bypass_the_page_cache() {
     let hm = ck.alloc_region::<u8>(2, mixed.len()).unwrap();
     let hs = ck.alloc_region::<u8>(3, small.len()).unwrap();
     let mut states = Vec::new();
-    let mut write = |ck: &mut Checkpointer, b: &[u8], m: &[u8], s: &[u8]| {
+    let write = |ck: &mut Checkpointer, b: &[u8], m: &[u8], s: &[u8]| {
         ck.region_mut(&hb).unwrap().copy_from_slice(b);
         ck.region_mut(&hm).unwrap().copy_from_slice(m);
         ck.region_mut(&hs).unwrap().copy_from_slice(s);

@@ -24,6 +24,37 @@ use crate::hash::page_hash;
 /// Pages of a region restored by one worker at a time (1 MiB of 4 KiB pages).
 const RESTORE_PIECE_PAGES: usize = 256;
 
+/// Runs `f` on every item of `items` on the rayon pool's workers, handing the items out in
+/// order, each worker taking the next one when it is done (rayon's own splitting sends a
+/// worker to the middle of the sequence at once). For work that reads files: the reads stay
+/// close behind a sequential prefetch instead of faulting in pages far ahead of it one at a
+/// time. Stops handing out items after the first error, which it returns.
+pub(crate) fn in_order<I, F>(items: I, f: F) -> Result<()>
+where
+    I: Iterator + Send,
+    F: Fn(I::Item) -> Result<()> + Sync,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let items = std::sync::Mutex::new(items);
+    let failed = AtomicBool::new(false);
+    let worker = || -> Result<()> {
+        while !failed.load(Ordering::Relaxed) {
+            let next = match items.lock() {
+                Ok(mut it) => it.next(),
+                Err(poisoned) => poisoned.into_inner().next(),
+            };
+            let Some(item) = next else {
+                return Ok(());
+            };
+            f(item).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+        }
+        Ok(())
+    };
+    (0..rayon::current_num_threads())
+        .into_par_iter()
+        .try_for_each(|_| worker())
+}
+
 /// One opened, checked version file: header, footer and index verified against their
 /// checksums, the index checked for internal consistency. Page data is checked when read.
 pub struct VersionFile {
@@ -169,6 +200,33 @@ impl VersionFile {
             return Err(bad("contents do not match the stored blake3 hash".into()));
         }
         Ok(())
+    }
+
+    /// Checks record `rec` against its hash: a raw page where it lies in the file (no copy),
+    /// a compressed one decoded into `buf` (at least the page length). `what` names the page
+    /// for error messages.
+    pub fn check_record(
+        &self,
+        rec: &Record,
+        buf: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        match rec.codec {
+            Codec::Raw if rec.stored_len == rec.raw_len => {
+                if page_hash(self.stored_bytes(rec)) != rec.hash {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        what(),
+                        "contents do not match the stored blake3 hash",
+                    ));
+                }
+                Ok(())
+            }
+            _ => {
+                let n = (rec.raw_len as usize).min(buf.len());
+                self.read_record(rec, &mut buf[..n], what)
+            }
+        }
     }
 
     /// Checks the data section's checksum, then decodes and checks every page stored in this
@@ -564,40 +622,21 @@ impl Version {
         let npages = out.len().div_ceil(ps);
         let mut hashes = vec![0u128; if fast { npages } else { 0 }];
         let hash_chunk = if fast { RESTORE_PIECE_PAGES } else { 0 };
-        let pieces = std::sync::Mutex::new(
-            out.chunks_mut(ps * RESTORE_PIECE_PAGES).enumerate().zip(
-                hashes
-                    .chunks_mut(hash_chunk.max(1))
-                    .map(Some)
-                    .chain(std::iter::repeat_with(|| None)),
-            ),
+        let pieces = out.chunks_mut(ps * RESTORE_PIECE_PAGES).enumerate().zip(
+            hashes
+                .chunks_mut(hash_chunk.max(1))
+                .map(Some)
+                .chain(std::iter::repeat_with(|| None)),
         );
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let worker = || -> Result<()> {
-            loop {
-                if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Ok(());
-                }
-                let next = match pieces.lock() {
-                    Ok(mut it) => it.next(),
-                    Err(poisoned) => poisoned.into_inner().next(),
-                };
-                let Some(((k, piece), mut hs)) = next else {
-                    return Ok(());
-                };
-                for (j, page) in piece.chunks_mut(ps).enumerate() {
-                    let h = one(k * RESTORE_PIECE_PAGES + j, page).inspect_err(|_| {
-                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    })?;
-                    if let Some(slot) = hs.as_mut().and_then(|hs| hs.get_mut(j)) {
-                        *slot = h;
-                    }
+        in_order(pieces, |((k, piece), mut hs)| {
+            for (j, page) in piece.chunks_mut(ps).enumerate() {
+                let h = one(k * RESTORE_PIECE_PAGES + j, page)?;
+                if let Some(slot) = hs.as_mut().and_then(|hs| hs.get_mut(j)) {
+                    *slot = h;
                 }
             }
-        };
-        (0..rayon::current_num_threads())
-            .into_par_iter()
-            .try_for_each(|_| worker())?;
+            Ok(())
+        })?;
         Ok(hashes)
     }
 

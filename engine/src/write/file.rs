@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 
-use super::staging::{Chunk, Stager};
+use super::staging::{Chunk, Stager, ThreadStager};
 use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
 use crate::store;
@@ -24,14 +24,18 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// gathered and written together.
 const IN_KERNEL_COPY_MIN: u64 = 1 << 20;
 
-/// Writes the gathered short runs of [`VersionWriter::copy_records`].
-fn flush_pending(file: &mut Box<dyn VfsFile>, pending: &mut Vec<u8>, tmp: &Path) -> Result<()> {
-    if !pending.is_empty() {
-        file.write_all(pending)
-            .map_err(|e| Error::io(tmp, "copy pages", e))?;
-        pending.clear();
+/// The file of a [`VersionWriter`], once the short runs `copy_records` gathered are written
+/// (their writer thread then gives the file back).
+fn settled<'a>(
+    file: &'a mut Option<Box<dyn VfsFile>>,
+    pending: &mut Option<ThreadStager>,
+    tmp: &Path,
+) -> Result<&'a mut Box<dyn VfsFile>> {
+    if let Some(st) = pending.take() {
+        *file = Some(st.finish()?);
     }
-    Ok(())
+    file.as_mut()
+        .ok_or_else(|| Error::io(tmp, "write", std::io::Error::other("closed")))
 }
 
 /// One page to store.
@@ -55,8 +59,9 @@ pub(crate) struct VersionWriter {
     offset: u64,
     stored_raw: u64,
     data_hash: blake3::Hasher,
-    /// Short runs gathered by `copy_records`, written before anything else is.
-    pending: Vec<u8>,
+    /// Short runs gathered by `copy_records` (for direct I/O), written by a thread that
+    /// holds `file` meanwhile; written before anything else is.
+    pending: Option<ThreadStager>,
 }
 
 thread_local! {
@@ -193,7 +198,7 @@ impl VersionWriter {
             offset: HEADER_LEN as u64,
             stored_raw: 0,
             data_hash: blake3::Hasher::new(),
-            pending: Vec::new(),
+            pending: None,
         };
         let encoded = w.header.encode();
         if let Some(f) = w.file.as_mut() {
@@ -228,11 +233,7 @@ impl VersionWriter {
     where
         F: FnOnce(&mut (dyn FnMut(&[PageIn<'_>]) -> Result<()> + Send)) -> Result<()>,
     {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::io(&self.tmp, "write", std::io::Error::other("closed")))?;
-        flush_pending(file, &mut self.pending, &self.tmp)?;
+        let file = settled(&mut self.file, &mut self.pending, &self.tmp)?;
         let tmp = &self.tmp;
         let mut records = Vec::new();
         let mut offset = self.offset;
@@ -346,19 +347,17 @@ impl VersionWriter {
         src: &crate::read::VersionFile,
         recs: &[Record],
     ) -> Result<Vec<Record>> {
-        let digests: Vec<Hash> = recs
-            .par_iter()
-            .map(|r| match r.codec {
-                Codec::Raw => r.hash,
-                Codec::Zstd => *blake3::hash(src.stored_bytes(r)).as_bytes(),
-            })
-            .collect();
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| Error::io(&self.tmp, "write", std::io::Error::other("closed")))?;
+        let digest = |r: &Record| match r.codec {
+            Codec::Raw => r.hash,
+            Codec::Zstd => *blake3::hash(src.stored_bytes(r)).as_bytes(),
+        };
+        // The compactor calls this once per run of records from one file, often a few pages
+        // long: a parallel pass would cost more in waking workers than it saves.
+        let digests: Vec<Hash> = match recs.len() {
+            0..=255 => recs.iter().map(digest).collect(),
+            _ => recs.par_iter().map(digest).collect(),
+        };
         let mut out = Vec::with_capacity(recs.len());
-        let pending = &mut self.pending;
         let mut i = 0;
         while i < recs.len() {
             let start = recs[i].offset;
@@ -369,7 +368,7 @@ impl VersionWriter {
                 j += 1;
             }
             if end - start >= IN_KERNEL_COPY_MIN {
-                flush_pending(file, pending, &self.tmp)?;
+                let file = settled(&mut self.file, &mut self.pending, &self.tmp)?;
                 // In steps, each pushed to the disk while the next is copied (write-behind),
                 // so that the final fsync does not find the whole copy still in memory.
                 // Nothing is pending now: the file ends at `self.offset`.
@@ -383,12 +382,24 @@ impl VersionWriter {
                     at += n;
                 }
             } else {
-                // A short run (scattered pages): gather it with others into one write
-                // rather than a system call per page.
-                pending.extend_from_slice(src.bytes(start, end - start));
-                if pending.len() >= IN_KERNEL_COPY_MIN as usize {
-                    flush_pending(file, pending, &self.tmp)?;
-                }
+                // A short run (scattered pages): gathered with others into large writes
+                // (direct I/O where the file system takes it) rather than a system call per
+                // page. Everything before it is written or gathered too: the gathering
+                // starts at `self.offset`.
+                let st = match (&mut self.pending, self.file.take()) {
+                    (Some(st), _) => st,
+                    (pending, Some(file)) => {
+                        pending.insert(ThreadStager::new(&self.tmp, self.offset, file)?)
+                    }
+                    (None, None) => {
+                        return Err(Error::io(
+                            &self.tmp,
+                            "copy pages",
+                            std::io::Error::other("closed"),
+                        ))
+                    }
+                };
+                st.push(src.bytes(start, end - start))?;
             }
             for r in &recs[i..j] {
                 out.push(Record {
@@ -409,14 +420,9 @@ impl VersionWriter {
     /// fsyncs the data written so far (so that the fsync at commit, which may run under the
     /// commit lock, only has the index left to flush).
     pub(crate) fn sync_data(&mut self) -> Result<()> {
-        match self.file.as_mut() {
-            Some(f) => {
-                flush_pending(f, &mut self.pending, &self.tmp)?;
-                f.sync_data()
-                    .map_err(|e| Error::io(&self.tmp, "fdatasync", e))
-            }
-            None => Ok(()),
-        }
+        settled(&mut self.file, &mut self.pending, &self.tmp)?
+            .sync_data()
+            .map_err(|e| Error::io(&self.tmp, "fdatasync", e))
     }
 
     /// Writes the index and footer, fsyncs, and renames the file to its final name without
@@ -432,11 +438,11 @@ impl VersionWriter {
     }
 
     fn finish(mut self, index: &Index, replace: bool) -> Result<Identity> {
+        settled(&mut self.file, &mut self.pending, &self.tmp)?;
         let mut file = self
             .file
             .take()
             .ok_or_else(|| Error::io(&self.tmp, "commit", std::io::Error::other("closed")))?;
-        flush_pending(&mut file, &mut self.pending, &self.tmp)?;
         // Stream the index into the file through a buffer, each 1 MiB of which is hashed at
         // once (blake3 hashes large inputs many chunks at a time; the index's entries, fed one
         // by one, would be hashed a block at a time).

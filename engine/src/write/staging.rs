@@ -191,6 +191,88 @@ impl Stager {
     }
 }
 
+/// A [`Stager`] with its own writer thread, which holds the file meanwhile (the compactor's
+/// gathered short runs): staging the next buffer overlaps with writing the last, and what
+/// goes through the page cache is pushed to the disk as it goes (write-behind).
+pub(crate) struct ThreadStager {
+    stager: Stager,
+    tx: std::sync::mpsc::SyncSender<Chunk>,
+    writer: std::thread::JoinHandle<(Box<dyn VfsFile>, Result<()>)>,
+}
+
+impl ThreadStager {
+    /// Takes `file`, for `path`, whose next byte goes to file offset `pos`, and stages for
+    /// direct I/O.
+    pub(crate) fn new(path: &Path, pos: u64, mut file: Box<dyn VfsFile>) -> Result<ThreadStager> {
+        let (back, returned) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
+        let stager = Stager::new(path, pos, true, returned)?;
+        let at = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("ckpt-writer".into())
+            .spawn(move || {
+                let (mut pos, mut pushed) = (pos, pos);
+                for c in rx {
+                    let n = c.len() as u64;
+                    let (cached, buf) = match c.write_to(&mut *file) {
+                        Ok(x) => x,
+                        Err(e) => return (file, Err(Error::io(&at, "copy pages", e))),
+                    };
+                    if let Some(buf) = buf {
+                        let _ = back.send(buf);
+                    }
+                    pos += n;
+                    if !cached {
+                        pushed = pos;
+                    } else if pos - pushed >= STAGING_BYTES as u64 {
+                        // Best effort: the final fsync reports real I/O errors.
+                        let _ = file.start_writeback(pushed, pos - pushed);
+                        pushed = pos;
+                    }
+                }
+                (file, Ok(()))
+            })
+            .map_err(|e| Error::io(path, "start a writer thread", e))?;
+        Ok(ThreadStager { stager, tx, writer })
+    }
+
+    /// Appends `bytes`, handing each buffer that fills up to the writer thread.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<()> {
+        let (tx, path) = (&self.tx, self.stager.path.clone());
+        self.stager.push(bytes, &mut |c| send_to(tx, &path, c))
+    }
+
+    /// Writes what is staged, waits for the writer thread, and gives the file back, or the
+    /// first error writing met.
+    pub(crate) fn finish(mut self) -> Result<Box<dyn VfsFile>> {
+        let (tx, path) = (&self.tx, self.stager.path.clone());
+        let cut = self.stager.cut(&mut |c| send_to(tx, &path, c));
+        drop(self.tx);
+        let (file, written) = self.writer.join().map_err(|_| {
+            Error::io(
+                &path,
+                "copy pages",
+                std::io::Error::other("writer thread panicked"),
+            )
+        })?;
+        // The writer's own error explains a failed send better than the send does.
+        written?;
+        cut?;
+        Ok(file)
+    }
+}
+
+/// Hands chunk `c` to the writer thread.
+fn send_to(tx: &std::sync::mpsc::SyncSender<Chunk>, path: &Path, c: Chunk) -> Result<()> {
+    tx.send(c).map_err(|_| {
+        Error::io(
+            path,
+            "copy pages",
+            std::io::Error::other("writer thread stopped"),
+        )
+    })
+}
+
 /// A zeroed staging buffer (the kernel provides the pages when first touched).
 fn new_buffer() -> std::io::Result<Vec<Block>> {
     Block::new_vec_zeroed(STAGING_BYTES / DIRECT_ALIGN)
