@@ -117,6 +117,10 @@ pub struct BenchReport {
     pub newest_depth: u32,
     /// Files the newest version's pages were read from.
     pub newest_files_read: usize,
+    /// The engine's resident memory beside the state once the versions are written: the
+    /// growth of the process's resident set over the versions (the fast-hash table, the
+    /// parent picture, buffers its allocator kept), measured from `/proc/self/statm`.
+    pub engine_rss_bytes: u64,
     /// Both restores matched the expected state (and, with compaction, the newest version
     /// restored after it).
     pub verified: bool,
@@ -190,6 +194,8 @@ pub struct BenchRatios {
     pub restore_over_cold_read: f64,
     /// Restore time of the newest version over the first's.
     pub restore_newest_over_first: f64,
+    /// `engine_rss_bytes` over the state size.
+    pub engine_memory_over_state: f64,
 }
 
 /// SplitMix64: small, fast, good enough to pick pages and make noise.
@@ -471,6 +477,9 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     let mut last_state = Vec::new();
     let mut asynchronous = p.asynchronous.map(AsyncRun::new);
     let mut pages = Vec::new();
+    // The process's memory before any version: the state, the bench's copy of it, the
+    // engine without tables yet.
+    let rss_before_versions = rss_bytes();
     for v in 1..=p.versions {
         if v > 1 && asynchronous.is_none() {
             bump(&mut ck, &pick(&mut rng, total_pages, dirty_pages), &mut rng)?;
@@ -544,6 +553,9 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         last = Some(stats);
         progress(v, p.versions);
     }
+    // Beside the state: what the process holds after the versions, less what it held before
+    // and the bench's second copy of the state (`last_state`).
+    let engine_rss_bytes = rss_bytes().saturating_sub(rss_before_versions + state_bytes);
     let (Some(first), Some(last)) = (first, last) else {
         return Err(Error::Config("bench needs at least 2 versions".into()));
     };
@@ -670,6 +682,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         full_over_tuned: full_secs / tuned_write_secs,
         restore_over_cold_read: restore_newest_cold_secs / cold_read_secs,
         restore_newest_over_first: restore_newest_secs / restore_first_secs,
+        engine_memory_over_state: engine_rss_bytes as f64 / state_bytes as f64,
     };
     Ok(BenchReport {
         state_bytes,
@@ -694,6 +707,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         cold_cache,
         newest_depth: last.depth,
         newest_files_read,
+        engine_rss_bytes,
         verified: ok_newest && ok_first && ok_cold && ok_compacted && ok_async,
         compact_secs,
         compact_bytes_written,
