@@ -119,7 +119,8 @@ pub struct BenchReport {
     pub newest_files_read: usize,
     /// The engine's resident memory beside the state once the versions are written: the
     /// growth of the process's resident set over the versions (the fast-hash table, the
-    /// parent picture, buffers its allocator kept), measured from `/proc/self/statm`.
+    /// parent picture, the tracker's state), measured from `/proc/self/statm` after the
+    /// allocator gave its free memory back (`malloc_trim`).
     pub engine_rss_bytes: u64,
     /// Both restores matched the expected state (and, with compaction, the newest version
     /// restored after it).
@@ -479,6 +480,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     let mut pages = Vec::new();
     // The process's memory before any version: the state, the bench's copy of it, the
     // engine without tables yet.
+    crate::sys::trim_heap();
     let rss_before_versions = rss_bytes();
     for v in 1..=p.versions {
         if v > 1 && asynchronous.is_none() {
@@ -555,6 +557,9 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     }
     // Beside the state: what the process holds after the versions, less what it held before
     // and the bench's second copy of the state (`last_state`).
+    // Memory the allocator holds free (the write path's transient buffers) is given back
+    // first: it is not the engine's.
+    crate::sys::trim_heap();
     let engine_rss_bytes = rss_bytes().saturating_sub(rss_before_versions + state_bytes);
     let (Some(first), Some(last)) = (first, last) else {
         return Err(Error::Config("bench needs at least 2 versions".into()));
