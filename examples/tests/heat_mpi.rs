@@ -302,13 +302,14 @@ fn job_store_compaction_beside_a_live_job_loses_nothing() {
             "heat exited during compaction"
         );
     }
-    // Crash the job: SIGKILL to mpirun and every rank (its process group), then wait until
-    // no rank holds its chain any more.
-    nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    // Crash the job: SIGKILL to mpirun and every rank (each in a process group of its own),
+    // then wait until no rank holds its chain any more.
+    for (p, _, _) in job_processes(child.id() as i32) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let out = child.wait_with_output().unwrap();
     let t2 = Instant::now();
     for rank in 0..2 {
@@ -610,34 +611,66 @@ fn spawn_heat_np(np: usize, extra: &[&str]) -> std::process::Child {
     cmd.spawn().expect("run mpirun")
 }
 
-/// The threads' stacks of every process in process group `pgid` (mpirun, heat, a flush
-/// child; gdb, where there is one), to tell where a job that did not finish was waiting.
-fn stacks_of_group(pgid: i32) -> String {
-    // (`ps -g` selects by session; `pgrep -g` by process group.)
-    let ps = Command::new("pgrep")
-        .args(["-l", "-g", &pgid.to_string()])
-        .output();
-    let Ok(ps) = ps else {
-        return "(no ps)".into();
-    };
-    let mut out = String::new();
-    for l in String::from_utf8_lossy(&ps.stdout).lines() {
-        let mut it = l.split_whitespace();
-        let (Some(pid), Some(comm)) = (it.next(), it.next()) else {
+/// Every process of the job started as `root` (mpirun): its descendants, and every process
+/// in the process group of one of them (OpenMPI puts each rank in a group of its own, and a
+/// rank's flush child stays in it even once reparented). Pid, state and command of each.
+fn job_processes(root: i32) -> Vec<(i32, char, String)> {
+    // pid -> (ppid, pgid, state, comm), from /proc/PID/stat.
+    let mut procs = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid pgrp ...": the command may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if let (Some(st), Some(pp), Some(pg)) = (f.first(), f.get(1), f.get(2)) {
+            let state = st.chars().next().unwrap_or('?');
+            if let (Ok(pp), Ok(pg)) = (pp.parse::<i32>(), pg.parse::<i32>()) {
+                procs.insert(pid, (pp, pg, state, comm));
+            }
+        }
+    }
+    let mut job = vec![root];
+    let mut i = 0;
+    while i < job.len() {
+        let p = job[i];
+        for (&pid, (pp, pg, _, _)) in &procs {
+            let in_group = *pg == p && pid != p;
+            if (*pp == p || in_group) && !job.contains(&pid) {
+                job.push(pid);
+            }
+        }
+        i += 1;
+    }
+    job.into_iter()
+        .filter_map(|p| procs.get(&p).map(|(_, _, st, c)| (p, *st, c.clone())))
+        .collect()
+}
+
+/// The threads' stacks of every process of the job started as `root` ([`job_processes`]),
+/// to tell where a job that did not finish was waiting.
+fn stacks_of_job(root: i32) -> String {
+    let mut out = String::new();
+    for (pid, state, comm) in job_processes(root) {
         let bt = Command::new("timeout")
             .args([
                 "30",
                 "gdb",
                 "-p",
-                pid,
+                &pid.to_string(),
                 "-batch",
                 "-ex",
                 "thread apply all bt 12",
             ])
             .output();
-        out += &format!("== {comm} pid {pid}\n");
+        out += &format!("== {comm} pid {pid} state {state}\n");
         if let Ok(bt) = bt {
             out += &String::from_utf8_lossy(&bt.stdout)
                 .lines()
@@ -650,7 +683,7 @@ fn stacks_of_group(pgid: i32) -> String {
     out
 }
 
-/// Waits for `child` up to `secs`, killing its process group if it does not finish. Its
+/// Waits for `child` up to `secs`, killing the job (mpirun, ranks, flush children) if it does not finish. Its
 /// output is read meanwhile, so that a chatty job never blocks on a full pipe.
 fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
     use std::io::Read;
@@ -682,11 +715,14 @@ fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
             break status;
         }
         if t.elapsed() > Duration::from_secs(secs) {
-            let stacks = stacks_of_group(pid);
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let stacks = stacks_of_job(pid);
+            // mpirun and every rank (each in a group of its own) with its flush children.
+            for (p, _, _) in job_processes(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = child.wait();
             let (o, e) = (out.join().unwrap(), err.join().unwrap());
             panic!(

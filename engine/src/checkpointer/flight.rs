@@ -368,6 +368,13 @@ impl Checkpointer {
         Option<std::thread::JoinHandle<FlightEnd>>,
         (Box<Writing>, std::io::Error),
     > {
+        // Rayon's global pool is started and every one of its threads has run a job before
+        // the fork: a thread still starting at the instant of the fork may hold a lock that
+        // the child's own threads then wait on for ever (crossbeam-epoch's global collector,
+        // initialised once, by the first thread that steals work; seen as a child hung in its
+        // first flush, and its rank waiting for it). `current_num_threads` alone starts the
+        // pool without waiting for it.
+        rayon::broadcast(|_| ());
         let threads = rayon::current_num_threads();
         // What the parent's collecting thread needs (the child gets its copy of everything).
         let regions = w.regions.clone();
