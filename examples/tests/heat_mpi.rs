@@ -304,12 +304,7 @@ fn job_store_compaction_beside_a_live_job_loses_nothing() {
     }
     // Crash the job: SIGKILL to mpirun and every rank (each in a process group of its own),
     // then wait until no rank holds its chain any more.
-    for (p, _, _) in job_processes(child.id() as i32) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_job(child.id() as i32);
     let out = child.wait_with_output().unwrap();
     let t2 = Instant::now();
     for rank in 0..2 {
@@ -654,6 +649,16 @@ fn job_processes(root: i32) -> Vec<(i32, char, String)> {
         .collect()
 }
 
+/// SIGKILL to every process of the job started as `root` ([`job_processes`]).
+fn kill_job(root: i32) {
+    for (p, _, _) in job_processes(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// The threads' stacks of every process of the job started as `root` ([`job_processes`]),
 /// to tell where a job that did not finish was waiting.
 fn stacks_of_job(root: i32) -> String {
@@ -717,12 +722,7 @@ fn wait_heat(mut child: std::process::Child, secs: u64) -> Output {
         if t.elapsed() > Duration::from_secs(secs) {
             let stacks = stacks_of_job(pid);
             // mpirun and every rank (each in a group of its own) with its flush children.
-            for (p, _, _) in job_processes(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            kill_job(pid);
             let _ = child.wait();
             let (o, e) = (out.join().unwrap(), err.join().unwrap());
             panic!(

@@ -196,8 +196,17 @@ impl VersionFile {
                 }
             }
         }
-        if page_hash(out) != rec.hash {
-            return Err(bad("contents do not match the stored blake3 hash".into()));
+        self.check_hash(rec, out, what)
+    }
+
+    /// Checks that `page`, the decoded bytes of record `rec`, match its blake3 hash.
+    fn check_hash(&self, rec: &Record, page: &[u8], what: &dyn Fn() -> String) -> Result<()> {
+        if page_hash(page) != rec.hash {
+            return Err(Error::corrupt(
+                &self.path,
+                what(),
+                "contents do not match the stored blake3 hash",
+            ));
         }
         Ok(())
     }
@@ -213,14 +222,7 @@ impl VersionFile {
     ) -> Result<()> {
         match rec.codec {
             Codec::Raw if rec.stored_len == rec.raw_len => {
-                if page_hash(self.stored_bytes(rec)) != rec.hash {
-                    return Err(Error::corrupt(
-                        &self.path,
-                        what(),
-                        "contents do not match the stored blake3 hash",
-                    ));
-                }
-                Ok(())
+                self.check_hash(rec, self.stored_bytes(rec), what)
             }
             _ => {
                 let n = (rec.raw_len as usize).min(buf.len());
@@ -621,10 +623,10 @@ impl Version {
         // faulting in pages far ahead of it one at a time.
         let npages = out.len().div_ceil(ps);
         let mut hashes = vec![0u128; if fast { npages } else { 0 }];
-        let hash_chunk = if fast { RESTORE_PIECE_PAGES } else { 0 };
+        // Without `fast` there are no hashes: every piece gets `None`.
         let pieces = out.chunks_mut(ps * RESTORE_PIECE_PAGES).enumerate().zip(
             hashes
-                .chunks_mut(hash_chunk.max(1))
+                .chunks_mut(RESTORE_PIECE_PAGES)
                 .map(Some)
                 .chain(std::iter::repeat_with(|| None)),
         );

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use rayon::prelude::*;
 
-use super::staging::{Chunk, Stager, ThreadStager};
+use super::staging::{send_to, write_chunks, Chunk, Stager, ThreadStager};
 use crate::error::{Error, Result};
 use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
 use crate::store;
@@ -18,7 +18,7 @@ use crate::vfs::VfsFile;
 
 /// The writer thread asks the kernel to start writeback after this many bytes, so that the
 /// disk works while the next batches compress instead of all at the final fsync.
-const WRITEBACK_EVERY: u64 = 8 << 20;
+pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Runs of stored bytes at least this long are copied in the kernel; shorter ones are
 /// gathered and written together.
@@ -244,38 +244,9 @@ impl VersionWriter {
             let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
             let (back_tx, back_rx) = mpsc::channel();
             let mut stager = Stager::new(tmp, start, direct, back_rx)?;
-            let writer = s.spawn(move || -> Result<()> {
-                let (mut pos, mut flushed) = (start, start);
-                for chunk in rx {
-                    let n = chunk.len() as u64;
-                    let (cached, buf) = chunk
-                        .write_to(&mut **file)
-                        .map_err(|e| Error::io(tmp, "write pages", e))?;
-                    // The encoder reuses the buffer (it may have stopped: then it is freed).
-                    if let Some(buf) = buf {
-                        let _ = back_tx.send(buf);
-                    }
-                    pos += n;
-                    if !cached {
-                        flushed = pos;
-                    } else if pos - flushed >= WRITEBACK_EVERY {
-                        // Best effort: a failure here only loses the overlap, and the final
-                        // fsync reports real I/O errors.
-                        let _ = file.start_writeback(flushed, pos - flushed);
-                        flushed = pos;
-                    }
-                }
-                Ok(())
-            });
-            let mut send = |chunk: Chunk| -> Result<()> {
-                tx.send(chunk).map_err(|_| {
-                    Error::io(
-                        tmp,
-                        "write pages",
-                        std::io::Error::other("writer thread stopped"),
-                    )
-                })
-            };
+            let writer =
+                s.spawn(move || write_chunks(&mut **file, rx, &back_tx, start, tmp, "write pages"));
+            let mut send = |chunk: Chunk| send_to(&tx, tmp, "write pages", chunk);
             let mut emit = |pages: &[PageIn<'_>]| -> Result<()> {
                 let sample = sampling.sample();
                 let (out, worth) = compress_batch(level, min_saving, pages, sample)

@@ -10,6 +10,7 @@ use std::sync::mpsc::Receiver;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use super::file::WRITEBACK_EVERY;
 use crate::error::{Error, Result};
 use crate::vfs::{VfsFile, DIRECT_ALIGN};
 
@@ -211,26 +212,8 @@ impl ThreadStager {
         let writer = std::thread::Builder::new()
             .name("ckpt-writer".into())
             .spawn(move || {
-                let (mut pos, mut pushed) = (pos, pos);
-                for c in rx {
-                    let n = c.len() as u64;
-                    let (cached, buf) = match c.write_to(&mut *file) {
-                        Ok(x) => x,
-                        Err(e) => return (file, Err(Error::io(&at, "copy pages", e))),
-                    };
-                    if let Some(buf) = buf {
-                        let _ = back.send(buf);
-                    }
-                    pos += n;
-                    if !cached {
-                        pushed = pos;
-                    } else if pos - pushed >= STAGING_BYTES as u64 {
-                        // Best effort: the final fsync reports real I/O errors.
-                        let _ = file.start_writeback(pushed, pos - pushed);
-                        pushed = pos;
-                    }
-                }
-                (file, Ok(()))
+                let written = write_chunks(&mut *file, rx, &back, pos, &at, "copy pages");
+                (file, written)
             })
             .map_err(|e| Error::io(path, "start a writer thread", e))?;
         Ok(ThreadStager { stager, tx, writer })
@@ -239,14 +222,17 @@ impl ThreadStager {
     /// Appends `bytes`, handing each buffer that fills up to the writer thread.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Result<()> {
         let (tx, path) = (&self.tx, self.stager.path.clone());
-        self.stager.push(bytes, &mut |c| send_to(tx, &path, c))
+        self.stager
+            .push(bytes, &mut |c| send_to(tx, &path, "copy pages", c))
     }
 
     /// Writes what is staged, waits for the writer thread, and gives the file back, or the
     /// first error writing met.
     pub(crate) fn finish(mut self) -> Result<Box<dyn VfsFile>> {
         let (tx, path) = (&self.tx, self.stager.path.clone());
-        let cut = self.stager.cut(&mut |c| send_to(tx, &path, c));
+        let cut = self
+            .stager
+            .cut(&mut |c| send_to(tx, &path, "copy pages", c));
         drop(self.tx);
         let (file, written) = self.writer.join().map_err(|_| {
             Error::io(
@@ -262,15 +248,49 @@ impl ThreadStager {
     }
 }
 
-/// Hands chunk `c` to the writer thread.
-fn send_to(tx: &std::sync::mpsc::SyncSender<Chunk>, path: &Path, c: Chunk) -> Result<()> {
-    tx.send(c).map_err(|_| {
-        Error::io(
-            path,
-            "copy pages",
-            std::io::Error::other("writer thread stopped"),
-        )
-    })
+/// Hands chunk `c` to the writer thread; `what` names the step for the error if it stopped.
+pub(crate) fn send_to(
+    tx: &std::sync::mpsc::SyncSender<Chunk>,
+    path: &Path,
+    what: &'static str,
+    c: Chunk,
+) -> Result<()> {
+    tx.send(c)
+        .map_err(|_| Error::io(path, what, std::io::Error::other("writer thread stopped")))
+}
+
+/// The writer thread's loop: appends every chunk received to `file` (whose length is `pos`),
+/// gives each staging buffer back through `back` for reuse, and asks the kernel to start
+/// writing back what went through the page cache every [`WRITEBACK_EVERY`] bytes, so that
+/// the disk works while the next chunks are staged instead of all at the final fsync. Stops
+/// at the first write error, which it returns (`what` names the step).
+pub(crate) fn write_chunks(
+    file: &mut dyn VfsFile,
+    chunks: Receiver<Chunk>,
+    back: &std::sync::mpsc::Sender<Vec<Block>>,
+    pos: u64,
+    path: &Path,
+    what: &'static str,
+) -> Result<()> {
+    let (mut pos, mut pushed) = (pos, pos);
+    for c in chunks {
+        let n = c.len() as u64;
+        let (cached, buf) = c.write_to(file).map_err(|e| Error::io(path, what, e))?;
+        // The encoder reuses the buffer (it may have stopped: then it is freed).
+        if let Some(buf) = buf {
+            let _ = back.send(buf);
+        }
+        pos += n;
+        if !cached {
+            pushed = pos;
+        } else if pos - pushed >= WRITEBACK_EVERY {
+            // Best effort: a failure here only loses the overlap, and the final fsync
+            // reports real I/O errors.
+            let _ = file.start_writeback(pushed, pos - pushed);
+            pushed = pos;
+        }
+    }
+    Ok(())
 }
 
 /// A zeroed staging buffer (the kernel provides the pages when first touched).
