@@ -294,3 +294,51 @@ fn a_full_version_from_another_store_is_refused() {
     let s = ckpt_engine::Store::new(old.path(), "sim").unwrap();
     s.check_member(&s.path_of(2)).expect("adopted");
 }
+
+/// Compaction holds the files it replaces and removes open until it has returned, and then
+/// closes them on a thread of its own (the kernel frees their blocks and cached pages at that
+/// close): every handle must be let go, promptly, or their space would never come back.
+#[test]
+fn compaction_lets_go_of_the_files_it_removed() {
+    use ckpt_engine::compact::{self, CompactOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ck = Checkpointer::open(dir.path(), "sim", Config::default()).unwrap();
+    let h = ck.alloc_region::<u8>(1, 64 * 4096).unwrap();
+    for i in 0..6u8 {
+        ck.region_mut(&h).unwrap()[(i as usize % 64) * 4096] = i + 1;
+        ck.checkpoint().unwrap();
+    }
+    drop(ck);
+    let store = ckpt_engine::Store::new(dir.path(), "sim").unwrap();
+    let r = compact::compact(
+        &store,
+        &CompactOptions {
+            keep: 1,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(r.removed, vec![1, 2, 3, 4, 5]);
+    assert_eq!(r.rewritten, vec![6]);
+    // Open descriptors of this process that name a deleted file of the chain's directory.
+    let held = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|t| t.to_string_lossy().into_owned())
+            .filter(|t| t.starts_with(&*dir.path().to_string_lossy()) && t.ends_with("(deleted)"))
+            .collect()
+    };
+    let t = std::time::Instant::now();
+    let mut left = held();
+    while !left.is_empty() && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left = held();
+    }
+    assert!(left.is_empty(), "still open after 20 s: {left:?}");
+    let mut ck = Checkpointer::open(dir.path(), "sim", Config::default()).unwrap();
+    let h = ck.alloc_region::<u8>(1, 64 * 4096).unwrap();
+    ck.restore(None).unwrap();
+    assert_eq!(ck.region(&h).unwrap()[5 * 4096], 6);
+}

@@ -1,6 +1,7 @@
 //! Rewriting one kept version as a compatible revision that references only kept files.
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -22,16 +23,32 @@ enum Src {
     Own(u64),
 }
 
+/// Page contents (hash, raw length) → a record of a kept file rewritten earlier in the run.
+pub(super) type Pool = HashMap<(Hash, u32), (Rc<str>, u64)>;
+
+/// What [`rewrite_one`] did.
+pub(super) struct Rewritten {
+    /// Bytes of the new revision.
+    pub written: u64,
+    /// Bytes of the old revision.
+    pub freed: u64,
+    /// Stored bytes copied from earlier files' records.
+    pub copied: u64,
+    /// The old revision and the files it referenced, still open (see `Retired`).
+    pub old: Version,
+}
+
 /// Writes a new revision of version `v` that references only files in `kept` (and none at
-/// all if it is deeper than `max_depth`), and renames it over the old one.
-/// Returns (bytes written, bytes freed, bytes copied from earlier files' records).
+/// all if it is deeper than `max_depth`), and renames it over the old one. With `remember`,
+/// the pages it copied in go into `pool` for later rewrites of the same run to reference.
 pub(super) fn rewrite_one(
     store: &Store,
     v: u64,
     kept: &HashSet<String>,
     max_depth: Option<u32>,
-    pool: &mut HashMap<(Hash, u32), (String, u64)>,
-) -> Result<(u64, u64, u64)> {
+    pool: &mut Pool,
+    remember: bool,
+) -> Result<Rewritten> {
     let path = store.path_of(v);
     let old = Version::open(&path)?;
     let f = old.file();
@@ -207,13 +224,21 @@ pub(super) fn rewrite_one(
     let new_size = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, "stat", e))?
         .len();
-    for (k, &(fi, ri)) in appended.iter().enumerate() {
-        let rec = &old.files()[fi].index.records[ri as usize];
-        pool.insert(
-            (rec.hash, rec.raw_len),
-            (self_name.clone(), old_records + k as u64),
-        );
+    if remember {
+        let name: Rc<str> = self_name.into();
+        for (k, &(fi, ri)) in appended.iter().enumerate() {
+            let rec = &old.files()[fi].index.records[ri as usize];
+            pool.insert(
+                (rec.hash, rec.raw_len),
+                (Rc::clone(&name), old_records + k as u64),
+            );
+        }
     }
     debug_assert_eq!(identity.file_id, f.header.file_id);
-    Ok((new_size, old_size, copied))
+    Ok(Rewritten {
+        written: new_size,
+        freed: old_size,
+        copied,
+        old,
+    })
 }
