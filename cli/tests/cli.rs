@@ -193,6 +193,7 @@ fn bench_reports_the_documented_fields() {
         "delta_bytes",
         "baseline_write_secs",
         "floor_secs",
+        "detect_secs",
         "tuned_write_secs",
         "restore_newest_secs",
         "restore_first_secs",
@@ -211,6 +212,7 @@ fn bench_reports_the_documented_fields() {
     assert!(j["floor_secs"].as_f64().unwrap() > 0.0, "{j}");
     for r in [
         "delta_over_floor",
+        "delta_over_floor_plus_detect",
         "full_over_tuned",
         "restore_over_cold_read",
     ] {
