@@ -136,3 +136,38 @@ fn large_versions_restore_exactly_and_bypass_the_page_cache() {
         );
     }
 }
+
+/// A direct write that the file system refuses before writing anything (here: memory that is
+/// not aligned as `O_DIRECT` needs, which ext4, XFS and btrfs refuse with `EINVAL`) writes
+/// nothing and says so, and the file goes back to the page cache for good: the caller's
+/// ordinary write of the same bytes, and every later one, lands where it should. A file
+/// system that takes the write anyway (tmpfs) must have written it exactly.
+#[test]
+fn a_refused_direct_write_falls_back_to_the_page_cache() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("f");
+    let vfs = ckpt_engine::vfs::current();
+    let mut f = vfs.create_new(&path).unwrap();
+    // One block, from memory one byte past an aligned address.
+    let backing = vec![0u8; 3 * 4096];
+    let skew = (4096 - backing.as_ptr() as usize % 4096) % 4096 + 1;
+    let data = noise(7, 4096);
+    let mut buf = backing;
+    buf[skew..skew + 4096].copy_from_slice(&data);
+    let misaligned = &buf[skew..skew + 4096];
+    let direct = f.write_direct(misaligned).unwrap();
+    eprintln!("direct write taken: {direct}");
+    if !direct {
+        f.write_all(misaligned).unwrap();
+        // Refused once, never tried again; and the file is buffered again, so an unaligned
+        // ordinary write works.
+        assert!(!f.write_direct(misaligned).unwrap());
+    }
+    f.write_all(b"tail").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let got = std::fs::read(&path).unwrap();
+    assert_eq!(got.len(), 4096 + 4);
+    assert!(got[..4096] == data[..], "the block written differs");
+    assert_eq!(&got[4096..], b"tail");
+}
