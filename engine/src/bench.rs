@@ -122,9 +122,11 @@ pub struct BenchReport {
     /// Files the newest version's pages were read from.
     pub newest_files_read: usize,
     /// The engine's resident memory beside the state once the versions are written: the
-    /// growth of the process's resident set over the versions (the fast-hash table, the
-    /// parent picture, the tracker's state), measured from `/proc/self/statm` after the
-    /// allocator gave its free memory back (`malloc_trim`).
+    /// growth of the process's anonymous resident memory over the versions (the fast-hash
+    /// table, the parent picture, the tracker's state, worker threads' buffers), measured
+    /// from `RssAnon` in `/proc/self/status` after the allocator gave its free memory back
+    /// (`malloc_trim`). The program's code, paged in by the first checkpoint, is not counted:
+    /// it is shared and file-backed, not memory beside the state.
     pub engine_rss_bytes: u64,
     /// Both restores matched the expected state (and, with compaction, the newest version
     /// restored after it).
@@ -522,7 +524,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     // The process's memory before any version: the state, the bench's copy of it, the
     // engine without tables yet.
     crate::sys::trim_heap();
-    let rss_before_versions = rss_bytes();
+    let rss_before_versions = anon_rss_bytes();
     for v in 1..=p.versions {
         if v > 1 && asynchronous.is_none() {
             bump(&mut ck, &pick(&mut rng, total_pages, dirty_pages), &mut rng)?;
@@ -601,7 +603,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     // Memory the allocator holds free (the write path's transient buffers) is given back
     // first: it is not the engine's.
     crate::sys::trim_heap();
-    let engine_rss_bytes = rss_bytes().saturating_sub(rss_before_versions + state_bytes);
+    let engine_rss_bytes = anon_rss_bytes().saturating_sub(rss_before_versions + state_bytes);
     let (Some(first), Some(last)) = (first, last) else {
         return Err(Error::Config("bench needs at least 2 versions".into()));
     };
@@ -845,6 +847,18 @@ fn state_hash(ck: &Checkpointer, handles: &[crate::RegionHandle<f64>]) -> Result
         all.extend(parts.iter().flatten());
     }
     Ok(crate::hash::page_hash(&all))
+}
+
+/// This process's resident anonymous memory (`RssAnon` of `/proc/self/status`: its heap,
+/// stacks and private maps, not the program's code or mapped files), 0 if unreadable.
+fn anon_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let kib = s.lines().find_map(|l| l.strip_prefix("RssAnon:"))?;
+            kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// This process's resident memory (`/proc/self/statm`), 0 if unreadable.
