@@ -236,12 +236,20 @@ fn a_second_writer_is_told_who_holds_the_chain() {
     Checkpointer::open(dir.path(), "w", Config::default()).expect("reopen after the writer left");
 }
 
+/// Compacts `store` down to its newest version.
+fn keep_newest(store: &ckpt_engine::Store) -> ckpt_engine::compact::Report {
+    let opts = ckpt_engine::compact::CompactOptions {
+        keep: 1,
+        ..Default::default()
+    };
+    ckpt_engine::compact::compact(store, &opts, &mut |_, _| {}).unwrap()
+}
+
 /// Issue 12: a full version copied in from *another store* of the same chain name (under a
 /// free number, so the name check passes) is refused by restore and by `ckpt verify`'s
 /// check, while the store's own versions, compacted or not, are accepted.
 #[test]
 fn a_full_version_from_another_store_is_refused() {
-    use ckpt_engine::compact::{self, CompactOptions};
     let ours = tempfile::tempdir().unwrap();
     let theirs = tempfile::tempdir().unwrap();
     let config = Config::default().with_max_chain_depth(2);
@@ -274,15 +282,7 @@ fn a_full_version_from_another_store_is_refused() {
     drop(ck);
     std::fs::remove_file(ours.path().join("sim.ckpt.4")).unwrap();
     // Compaction keeps only version 3, cutting its history: still ours.
-    compact::compact(
-        &store,
-        &CompactOptions {
-            keep: 1,
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    keep_newest(&store);
     store
         .check_member(&store.path_of(3))
         .expect("compacted history is still ours");
@@ -300,7 +300,6 @@ fn a_full_version_from_another_store_is_refused() {
 /// close): every handle must be let go, promptly, or their space would never come back.
 #[test]
 fn compaction_lets_go_of_the_files_it_removed() {
-    use ckpt_engine::compact::{self, CompactOptions};
     let dir = tempfile::tempdir().unwrap();
     let mut ck = Checkpointer::open(dir.path(), "sim", Config::default()).unwrap();
     let h = ck.alloc_region::<u8>(1, 64 * 4096).unwrap();
@@ -310,15 +309,7 @@ fn compaction_lets_go_of_the_files_it_removed() {
     }
     drop(ck);
     let store = ckpt_engine::Store::new(dir.path(), "sim").unwrap();
-    let r = compact::compact(
-        &store,
-        &CompactOptions {
-            keep: 1,
-            ..Default::default()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let r = keep_newest(&store);
     assert_eq!(r.removed, vec![1, 2, 3, 4, 5]);
     assert_eq!(r.rewritten, vec![6]);
     // Open descriptors of this process that name a deleted file of the chain's directory.
