@@ -135,8 +135,8 @@ pub struct BenchReport {
     pub compact_secs: Option<f64>,
     /// With `compact_keep`: bytes the compaction wrote.
     pub compact_bytes_written: Option<u64>,
-    /// With `compact_keep`: of those, stored page bytes copied as they were (in the kernel
-    /// where the file system allows).
+    /// With `compact_keep`: of those, stored page bytes copied as they were (never
+    /// recompressed).
     pub compact_bytes_copied: Option<u64>,
     /// Ratios of the figures above, measured within this run.
     pub ratios: BenchRatios,

@@ -31,9 +31,16 @@ pub trait VfsFile: Write + Send {
         Ok(())
     }
     /// Appends `len` bytes of `src` from `offset`. The default reads and writes them; the real
-    /// file system copies in the kernel (`copy_file_range`, a reflink on XFS and btrfs).
+    /// file system copies in the kernel (`copy_file_range`).
     fn copy_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<()> {
         copy_through_memory(self, src, offset, len)
+    }
+    /// Whether [`copy_from`](Self::copy_from) is carried out by the file system's server
+    /// without the bytes crossing this machine (a network file system's server-side copy).
+    /// Where it is not, writing the bytes from memory with direct I/O is faster than the
+    /// kernel's copy through the page cache. The default: `false`.
+    fn copy_offloaded(&self) -> bool {
+        false
     }
     /// Appends `buf` with direct I/O (`O_DIRECT`: from `buf` to the disk, not through the
     /// page cache) where the file system allows it. The caller guarantees that `buf`'s
@@ -144,6 +151,9 @@ impl VfsFile for RealFile {
     }
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         crate::sys::start_writeback(&self.0, offset, len)
+    }
+    fn copy_offloaded(&self) -> bool {
+        crate::sys::copy_offloaded(&self.0)
     }
     fn copy_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<()> {
         self.buffered()?;

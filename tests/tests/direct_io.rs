@@ -171,3 +171,45 @@ fn a_refused_direct_write_falls_back_to_the_page_cache() {
     assert!(got[..4096] == data[..], "the block written differs");
     assert_eq!(&got[4096..], b"tail");
 }
+
+/// The real file system's copy of a range (`copy_file_range`, which the compactor uses only
+/// where the file system copies on its server) appends exactly the bytes asked for, after
+/// what the file already holds; and on a local file system it is not chosen (there the
+/// compactor writes from memory with direct I/O, which measured faster).
+#[test]
+fn a_copied_range_is_appended_exactly_and_local_copies_are_not_offloaded() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src_path = dir.path().join("src");
+    let data = noise(3, 3 << 20);
+    std::fs::write(&src_path, &data).unwrap();
+    let src = std::fs::File::open(&src_path).unwrap();
+    let vfs = ckpt_engine::vfs::current();
+    let dst_path = dir.path().join("dst");
+    let mut dst = vfs.create_new(&dst_path).unwrap();
+    dst.write_all(b"head").unwrap();
+    let (at, len) = (1000u64, (2 << 20) + 5);
+    dst.copy_from(&src, at, len).unwrap();
+    dst.write_all(b"tail").unwrap();
+    dst.sync_all().unwrap();
+    let local = {
+        // SAFETY: `st` is a plain C struct the call fills; the path is NUL-terminated.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let c = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        // SAFETY: as above; `c` outlives the call.
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+        // ext4, XFS, btrfs, tmpfs.
+        [0xEF53u32, 0x5846_5342, 0x9123_683E, 0x0102_1994].contains(&(st.f_type as u32))
+    };
+    if local {
+        assert!(
+            !dst.copy_offloaded(),
+            "a local file system copies through memory"
+        );
+    }
+    drop(dst);
+    let got = std::fs::read(&dst_path).unwrap();
+    assert_eq!(got.len(), 4 + len as usize + 4);
+    assert_eq!(&got[..4], b"head");
+    assert!(got[4..4 + len as usize] == data[at as usize..(at + len) as usize]);
+    assert_eq!(&got[4 + len as usize..], b"tail");
+}

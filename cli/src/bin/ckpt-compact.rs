@@ -50,8 +50,8 @@ struct Summary {
     spared: Vec<u64>,
     temporaries: Vec<String>,
     bytes_written: u64,
-    /// Of `bytes_written`, stored page bytes copied as they are (in the kernel where the file
-    /// system allows); nothing is ever recompressed.
+    /// Of `bytes_written`, stored page bytes copied as they are; nothing is ever
+    /// recompressed.
     bytes_copied: u64,
     bytes_freed: u64,
     secs: f64,

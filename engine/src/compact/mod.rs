@@ -99,8 +99,8 @@ pub struct Report {
     pub temps_removed: Vec<PathBuf>,
     /// Bytes written (new revisions).
     pub bytes_written: u64,
-    /// Of those, the stored page bytes copied as they are from the old files (in the kernel,
-    /// with `copy_file_range`, where the file system allows). Compaction never decodes and
+    /// Of those, the stored page bytes copied as they are from the old files (with direct
+    /// I/O, or on the server of a network file system). Compaction never decodes and
     /// re-encodes a page to store it, so nothing is recompressed.
     pub bytes_copied: u64,
     /// Bytes freed (removed files and replaced revisions).

@@ -158,8 +158,9 @@ pub(super) fn rewrite_one(
     }
     let tmp = store.temp_path(v)?;
     let mut writer = VersionWriter::create(tmp, path.clone(), header)?;
-    // The stored bytes are copied as they are, in the kernel, while every page is decoded
-    // and checked against its hash in parallel: nothing unverified is ever committed.
+    // The stored bytes are copied as they are (never decoded and re-encoded), while every
+    // page is decoded and checked against its hash in parallel: nothing unverified is ever
+    // committed.
     let mut records = Vec::with_capacity(sources.len());
     let mut copied = 0u64;
     std::thread::scope(|s| -> Result<()> {

@@ -72,9 +72,31 @@ pub(crate) fn drop_cached(file: &File) -> std::io::Result<()> {
     }
 }
 
+/// Whether `copy_file_range(2)` into `f` is done by its file system's server (NFS 4.2,
+/// SMB, CephFS: a server-side copy, the bytes never cross the network). Local file systems
+/// copy through the page cache: XFS and btrfs share blocks (a reflink) only for ranges that
+/// start on a block boundary in both files, and a version file's records never do (its data
+/// section starts at byte 256). `false` if the file system cannot be asked.
+pub(crate) fn copy_offloaded(f: &File) -> bool {
+    /// `f_type` of the file systems that copy on the server (linux/magic.h).
+    const OFFLOADED: [u32; 4] = [
+        0x6969,      // NFS_SUPER_MAGIC
+        0xFE53_4D42, // SMB2_MAGIC_NUMBER
+        0xFF53_4D42, // CIFS_MAGIC_NUMBER
+        0x00C3_6400, // CEPH_SUPER_MAGIC
+    ];
+    match nix::sys::statfs::fstatfs(f) {
+        Ok(st) => OFFLOADED.contains(&(st.filesystem_type().0 as u32)),
+        Err(e) => {
+            tracing::debug!("fstatfs failed ({e}): copies go through memory");
+            false
+        }
+    }
+}
+
 /// Appends up to `len` bytes of `src` at `offset` to `dst` (at its file position) with
-/// `copy_file_range(2)`: the kernel copies without passing the bytes through user space, and
-/// XFS and btrfs share the blocks (a reflink). Returns the bytes copied, which is short only
+/// `copy_file_range(2)`: the kernel copies without passing the bytes through user space (on a
+/// network file system, the server copies). Returns the bytes copied, which is short only
 /// where the file systems cannot copy this way (`EXDEV`, `EOPNOTSUPP`, `ENOSYS`, `EINVAL`):
 /// the caller copies the rest itself.
 pub(crate) fn copy_range(src: &File, offset: u64, dst: &File, len: u64) -> std::io::Result<u64> {
