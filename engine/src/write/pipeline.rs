@@ -206,21 +206,25 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
         };
         // Software pipelining: span k is encoded and handed to the writer while span k + 1
         // is scanned, so that the encoder's serial steps (its copy into the write buffers)
-        // do not leave the hashing workers idle.
-        let mut pending: Option<(usize, Scan)> = None;
-        for span in spans.iter().copied().map(Some).chain([None]) {
-            let (emitted, scanned) = rayon::join(
-                || pending.take().map_or(Ok(()), &mut emit_scan),
-                || span.map(scan_span).transpose(),
-            );
-            emitted?;
-            if let Some((ri, scan, secs)) = scanned? {
-                scan_secs += secs;
-                hashed_bytes += scan.hashed_bytes;
-                pending = Some((ri, scan));
+        // do not leave the hashing workers idle. The loop runs on a worker of rayon's pool
+        // (`rayon::scope`): called from the application's thread, each `join` would
+        // otherwise be handed to the pool and waited for, two thread wake-ups per span.
+        rayon::scope(|_| {
+            let mut pending: Option<(usize, Scan)> = None;
+            for span in spans.iter().copied().map(Some).chain([None]) {
+                let (emitted, scanned) = rayon::join(
+                    || pending.take().map_or(Ok(()), &mut emit_scan),
+                    || span.map(scan_span).transpose(),
+                );
+                emitted?;
+                if let Some((ri, scan, secs)) = scanned? {
+                    scan_secs += secs;
+                    hashed_bytes += scan.hashed_bytes;
+                    pending = Some((ri, scan));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     out.hashed_bytes = hashed_bytes;
     out.scan_secs = scan_secs;
