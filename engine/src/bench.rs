@@ -387,7 +387,7 @@ fn commit_floor(dir: &std::path::Path, state: &[Vec<u8>], bytes: u64) -> Result<
 /// The change detection alone over `state`: each page's fast hash, computed in parallel in
 /// tasks of the engine's size, compared with a remembered table. Median of three.
 fn detect_only(state: &[Vec<u8>], page_size: usize) -> f64 {
-    let task = 16 * page_size;
+    let per_task = crate::hash::PAGES_PER_TASK;
     let tables: Vec<Vec<crate::hash::Fast>> = state
         .iter()
         .map(|r| vec![0; r.len().div_ceil(page_size)])
@@ -399,8 +399,8 @@ fn detect_only(state: &[Vec<u8>], page_size: usize) -> f64 {
             .iter()
             .zip(&tables)
             .map(|(r, table)| {
-                r.par_chunks(task)
-                    .zip(table.par_chunks(16))
+                r.par_chunks(per_task * page_size)
+                    .zip(table.par_chunks(per_task))
                     .map(|(pages, known)| {
                         pages
                             .chunks(page_size)

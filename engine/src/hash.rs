@@ -25,7 +25,7 @@ use crate::format::Hash;
 pub(crate) type Fast = u128;
 
 /// Pages handed to one rayon task: enough to amortise the task, few enough to balance.
-const PAGES_PER_TASK: usize = 16;
+pub(crate) const PAGES_PER_TASK: usize = 16;
 
 /// Length of the XXH3 secret (the reference implementation's default length).
 const SECRET_LEN: usize = 192;

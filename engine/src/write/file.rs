@@ -24,7 +24,7 @@ pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
 /// copied there; shorter ones, and every run elsewhere, are gathered and written together.
 const OFFLOADED_COPY_MIN: u64 = 1 << 20;
 
-/// The file of a [`VersionWriter`], once the short runs `copy_records` gathered are written
+/// The file of a [`VersionWriter`], once the runs `copy_records` gathered are written
 /// (their writer thread then gives the file back).
 fn settled<'a>(
     file: &'a mut Option<Box<dyn VfsFile>>,
@@ -59,12 +59,13 @@ pub(crate) struct VersionWriter {
     offset: u64,
     stored_raw: u64,
     data_hash: blake3::Hasher,
-    /// Short runs gathered by `copy_records` (for direct I/O), written by a thread that
-    /// holds `file` meanwhile; written before anything else is.
+    /// Runs gathered by `copy_records` (for direct I/O), written by a thread that holds
+    /// `file` meanwhile; written before anything else is.
     pending: Option<ThreadStager>,
     /// Whether the file system copies `copy_records`' long runs on its server
-    /// (`VfsFile::copy_offloaded`).
-    copy_offloaded: bool,
+    /// (`VfsFile::copy_offloaded`): asked by the first `copy_records` only, so that
+    /// checkpoints, which never copy records, never ask.
+    copy_offloaded: Option<bool>,
 }
 
 thread_local! {
@@ -202,9 +203,8 @@ impl VersionWriter {
             stored_raw: 0,
             data_hash: blake3::Hasher::new(),
             pending: None,
-            copy_offloaded: false,
+            copy_offloaded: None,
         };
-        w.copy_offloaded = w.file.as_ref().is_some_and(|f| f.copy_offloaded());
         let encoded = w.header.encode();
         if let Some(f) = w.file.as_mut() {
             f.write_all(&encoded)
@@ -350,7 +350,10 @@ impl VersionWriter {
                 end += recs[j].stored_len as u64;
                 j += 1;
             }
-            if self.copy_offloaded && end - start >= OFFLOADED_COPY_MIN {
+            let offloaded = *self
+                .copy_offloaded
+                .get_or_insert_with(|| self.file.as_ref().is_some_and(|f| f.copy_offloaded()));
+            if offloaded && end - start >= OFFLOADED_COPY_MIN {
                 let file = settled(&mut self.file, &mut self.pending, &self.tmp)?;
                 // In steps, each pushed to the disk while the next is copied (write-behind),
                 // so that the final fsync does not find the whole copy still in memory.

@@ -193,7 +193,7 @@ impl Stager {
 }
 
 /// A [`Stager`] with its own writer thread, which holds the file meanwhile (the compactor's
-/// gathered short runs): staging the next buffer overlaps with writing the last, and what
+/// gathered runs): staging the next buffer overlaps with writing the last, and what
 /// goes through the page cache is pushed to the disk as it goes (write-behind).
 pub(crate) struct ThreadStager {
     stager: Stager,
