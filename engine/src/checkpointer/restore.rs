@@ -92,7 +92,6 @@ impl Checkpointer {
     fn restore_inner(&mut self, path: &Path, only: Option<&[u64]>) -> Result<RestoreStats> {
         self.settle_logged();
         let v = Version::open(path)?;
-        v.prefetch();
         let header = &v.file().header;
         if header.name != self.store.name() {
             return Err(Error::ChainMismatch {
@@ -126,18 +125,36 @@ impl Checkpointer {
             .map_err(|e| Error::io(path, "remove write-protection before restore", e))?;
         let mut bytes = 0u64;
         let mut new_hashes = Vec::with_capacity(self.regions.len());
-        for ((r, i), old) in self.regions.iter_mut().zip(&order).zip(self.hashes.iter()) {
-            let out = r.mem.bytes_mut();
+        let mut targets = Vec::with_capacity(self.regions.len());
+        for (r, i) in self.regions.iter().zip(&order) {
+            let pages = if i.is_some() { r.len().div_ceil(ps) } else { 0 };
+            new_hashes.push(vec![0u128; pages]);
+        }
+        for ((r, i), hashes) in self.regions.iter_mut().zip(&order).zip(&mut new_hashes) {
             let Some(i) = *i else {
-                new_hashes.push(old.clone());
                 continue;
             };
+            let out = r.mem.bytes_mut();
             bytes += out.len() as u64;
-            new_hashes.push(RegionHashes {
-                pages: v.restore_region(i, out, true)?,
-                pages_known: true,
+            targets.push(crate::read::Target {
+                region: i,
+                out,
+                fast: Some(hashes.as_mut_slice()),
             });
         }
+        v.restore_regions(targets)?;
+        let new_hashes: Vec<RegionHashes> = new_hashes
+            .into_iter()
+            .zip(&order)
+            .zip(self.hashes.iter())
+            .map(|((pages, i), old)| match i {
+                Some(_) => RegionHashes {
+                    pages,
+                    pages_known: true,
+                },
+                None => old.clone(),
+            })
+            .collect();
         // Only now: a failed restore leaves the old page size and hashes (which describe
         // contents, so they stay truthful whatever the restore overwrote).
         self.config.page_size = ps as u32;

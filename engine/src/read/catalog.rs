@@ -219,7 +219,6 @@ impl Drop for TempFiles {
 pub fn export(store: &Store, version: Option<u64>, out: &Path) -> Result<(u64, Vec<PathBuf>)> {
     let (version, path) = store.resolve(version)?;
     let v = Version::open(&path)?;
-    v.prefetch();
     crate::store::create_dir_durable(out)?;
     // Every region goes to a new temporary file (O_EXCL: a symlink planted under any name is
     // never followed), with its space reserved first (a full disk is ENOSPC, never SIGBUS).

@@ -6,6 +6,9 @@
 //! over them, which leaves existing mappings of the old inode intact).
 
 pub mod catalog;
+mod fill;
+
+pub use fill::Target;
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -20,9 +23,6 @@ use crate::format::{
     hex, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry, FOOTER_LEN, HEADER_LEN,
 };
 use crate::hash::page_hash;
-
-/// Pages of a region restored by one worker at a time (1 MiB of 4 KiB pages).
-const RESTORE_PIECE_PAGES: usize = 256;
 
 /// Runs `f` on every item of `items` on the rayon pool's workers, handing the items out in
 /// order, each worker taking the next one when it is done (rayon's own splitting sends a
@@ -85,23 +85,40 @@ thread_local! {
 impl VersionFile {
     /// Opens and checks a version file.
     pub fn open(path: &Path) -> Result<VersionFile> {
-        let (file, _) = open_sized(path)?;
-        let map =
-            crate::sys::mapping::map_version(&file).map_err(|e| Error::io(path, "mmap", e))?;
-        let header = Header::decode(path, &map)?;
-        check_name(path, &header)?;
-        let footer = Footer::decode(path, &map)?;
-        if footer.file_id != header.file_id {
-            return Err(Error::corrupt(
-                path,
-                "footer",
-                "file id differs from the header's",
-            ));
-        }
-        let ib =
-            &map[footer.index_offset as usize..(footer.index_offset + footer.index_len) as usize];
+        use std::os::unix::fs::FileExt;
+        let (file, len) = open_sized(path)?;
+        // Header, footer and index are read, not faulted in through the mapping: a fault on a
+        // cold file reads around it as much as the device's read-ahead (megabytes), which a
+        // restore would then read again with direct I/O.
+        let (header, footer) = header_footer(path, &file, len)?;
+        let mut index_bytes = Vec::new();
+        index_bytes
+            .try_reserve_exact(footer.index_len as usize)
+            .map_err(|_| {
+                Error::corrupt(
+                    path,
+                    "footer",
+                    format!(
+                        "an index of {} bytes cannot be held in memory",
+                        footer.index_len
+                    ),
+                )
+            })?;
+        index_bytes.resize(footer.index_len as usize, 0);
+        file.read_exact_at(&mut index_bytes, footer.index_offset)
+            .map_err(|e| Error::io(path, "read index", e))?;
+        let ib = index_bytes.as_slice();
         if blake3::hash(ib).as_bytes() != &footer.index_checksum {
             return Err(Error::corrupt(path, "index", "checksum mismatch"));
+        }
+        let map =
+            crate::sys::mapping::map_version(&file).map_err(|e| Error::io(path, "mmap", e))?;
+        if map.len() as u64 != len {
+            return Err(Error::corrupt(
+                path,
+                "file",
+                format!("changed size while opened ({len} then {} bytes)", map.len()),
+            ));
         }
         let index = Index::decode(path, ib, &header, &footer)?;
         Ok(VersionFile {
@@ -155,11 +172,29 @@ impl VersionFile {
         &self.map[rec.offset as usize..(rec.offset + rec.stored_len as u64) as usize]
     }
 
+    /// The file's mapping.
+    pub(crate) fn map(&self) -> &Mmap {
+        &self.map
+    }
+
     /// Decodes record `rec` into `out` (which must be exactly the page length) and checks it
     /// against the record's hash. `what` names the page for error messages.
     pub fn read_record(
         &self,
         rec: &Record,
+        out: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        self.decode(rec, self.stored_bytes(rec), out, what)
+    }
+
+    /// Decodes `src`, the stored bytes of record `rec` of this file (from the mapping or read
+    /// from the file), into `out` (which must be exactly the page length) and checks it
+    /// against the record's hash. `what` names the page for error messages.
+    pub(crate) fn decode(
+        &self,
+        rec: &Record,
+        src: &[u8],
         out: &mut [u8],
         what: &dyn Fn() -> String,
     ) -> Result<()> {
@@ -171,7 +206,13 @@ impl VersionFile {
                 out.len()
             )));
         }
-        let src = &self.map[rec.offset as usize..(rec.offset + rec.stored_len as u64) as usize];
+        if src.len() != rec.stored_len as usize {
+            return Err(bad(format!(
+                "{} stored bytes, the record says {}",
+                src.len(),
+                rec.stored_len
+            )));
+        }
         match rec.codec {
             Codec::Raw => out.copy_from_slice(src),
             Codec::Zstd => {
@@ -331,8 +372,14 @@ fn check_name(path: &Path, header: &Header) -> Result<()> {
 /// Reads and checks only a file's header and footer (two small reads): enough to learn its
 /// identity and lineage without loading its index.
 pub fn read_header_footer(path: &Path) -> Result<(Header, Footer)> {
-    use std::os::unix::fs::FileExt;
     let (file, len) = open_sized(path)?;
+    header_footer(path, &file, len)
+}
+
+/// Reads and checks the header and footer of `file` (at `path`, `len` bytes long, at least a
+/// header and a footer).
+fn header_footer(path: &Path, file: &File, len: u64) -> Result<(Header, Footer)> {
+    use std::os::unix::fs::FileExt;
     let mut h = [0u8; HEADER_LEN];
     file.read_exact_at(&mut h, 0)
         .map_err(|e| Error::io(path, "read header", e))?;
@@ -480,10 +527,11 @@ impl Version {
         plan
     }
 
-    /// Asks the kernel to read ahead every byte range a restore of this version will read
+    /// Asks the kernel to read ahead every byte range a restore of this version would read
     /// (`madvise(MADV_WILLNEED)` on the mappings), from one short-lived thread per file, so
-    /// that a restore from a cold cache reads every file at once, in large sequential
-    /// requests, while the pages already read are decoded and verified. A hint: failures are
+    /// that work that goes through the mappings (the compactor's checks) reads every file at
+    /// once, in large sequential requests, while the pages already read are decoded and
+    /// verified. (A restore reads the files itself: [`restore_regions`](Self::restore_regions).) A hint: failures are
     /// ignored, and the restore reads what is not there yet itself.
     pub fn prefetch(&self) {
         for (f, exact) in self.files.iter().zip(self.read_plan()) {
@@ -587,59 +635,23 @@ impl Version {
     /// returns each page's change-detection hash, taken while the page is still in cache
     /// (what a checkpointer remembers after a restore); else an empty vector.
     pub fn restore_region(&self, i: usize, out: &mut [u8], fast: bool) -> Result<Vec<u128>> {
-        let region = *self.regions().get(i).ok_or_else(|| Error::RegionMismatch {
-            path: self.files[0].path().to_path_buf(),
-            why: format!(
-                "asked for region number {i}, the checkpoint has {}",
-                self.regions().len()
-            ),
-        })?;
-        if out.len() as u64 != region.byte_len {
-            return Err(Error::RegionMismatch {
-                path: self.files[0].path().to_path_buf(),
-                why: format!(
-                    "region {} is {} bytes in the checkpoint, {} in memory",
-                    region.id,
-                    region.byte_len,
-                    out.len()
-                ),
-            });
-        }
-        let ps = self.page_size();
-        let starts = self.starts(&region);
-        let one = |p: usize, page: &mut [u8]| -> Result<u128> {
-            let (f, rec) = self.resolve(&region, &starts, p as u64)?;
-            self.files[f]
-                .read_record(rec, page, &|| format!("page {p} of region {}", region.id))?;
-            Ok(if fast {
-                crate::hash::fast_hash(page)
-            } else {
-                0
-            })
-        };
-        // Pieces of the region are handed to the workers in order, each taking the next one
-        // when it is done (not rayon's halving, which sends a worker to the middle of the
-        // region): the reads stay just behind the prefetch's sequential front, instead of
-        // faulting in pages far ahead of it one at a time.
-        let npages = out.len().div_ceil(ps);
-        let mut hashes = vec![0u128; if fast { npages } else { 0 }];
-        // Without `fast` there are no hashes: every piece gets `None`.
-        let pieces = out.chunks_mut(ps * RESTORE_PIECE_PAGES).enumerate().zip(
-            hashes
-                .chunks_mut(RESTORE_PIECE_PAGES)
-                .map(Some)
-                .chain(std::iter::repeat_with(|| None)),
-        );
-        in_order(pieces, |((k, piece), mut hs)| {
-            for (j, page) in piece.chunks_mut(ps).enumerate() {
-                let h = one(k * RESTORE_PIECE_PAGES + j, page)?;
-                if let Some(slot) = hs.as_mut().and_then(|hs| hs.get_mut(j)) {
-                    *slot = h;
-                }
-            }
-            Ok(())
-        })?;
+        let pages = out.len().div_ceil(self.page_size());
+        let mut hashes = vec![0u128; if fast { pages } else { 0 }];
+        self.restore_regions(vec![Target {
+            region: i,
+            out,
+            fast: fast.then_some(hashes.as_mut_slice()),
+        }])?;
         Ok(hashes)
+    }
+
+    /// Restores several regions at once, checking every page against its blake3 hash: each
+    /// file's needed records are read in large sequential requests (with direct I/O where the
+    /// file system takes it and they are not cached already), several files at once, while
+    /// the pool's workers decode and check what has been read. On error the targets hold an
+    /// unspecified mix of old and restored bytes.
+    pub fn restore_regions(&self, targets: Vec<Target<'_>>) -> Result<()> {
+        fill::restore(self, targets)
     }
 
     /// Checks every page reference of the version without decoding data: each resolves to an

@@ -21,3 +21,32 @@ pub(crate) fn map_new_output(file: &File) -> std::io::Result<MmapMut> {
     // only make the writes fault, not alias Rust-owned memory.
     unsafe { MmapMut::map_mut(file) }
 }
+
+/// Whether every page of bytes `offset..offset + len` of `map` (a file mapping) is in the
+/// page cache (`mincore(2)`). The range is cut to the mapping.
+pub(crate) fn resident(map: &Mmap, offset: u64, len: usize) -> std::io::Result<bool> {
+    let page = super::uffd::os_page_size();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(map.len()) / page * page;
+    let end = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .saturating_add(len)
+        .min(map.len());
+    if start >= end {
+        return Ok(true);
+    }
+    let mut present = vec![0u8; (end - start).div_ceil(page)];
+    // SAFETY: `start..end` lies inside the live mapping `map` (both were cut to its length),
+    // `start` is a multiple of the page size and the mapping starts on a page boundary, and
+    // `present` has one byte for each page of the range, which is all mincore writes.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr().add(start) as *mut libc::c_void,
+            end - start,
+            present.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(present.iter().all(|b| b & 1 == 1))
+}

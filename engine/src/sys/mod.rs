@@ -48,6 +48,18 @@ pub(crate) fn set_direct(file: &File, on: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens `file` again, read-only with direct I/O (`O_DIRECT`), as a new open file
+/// description of the same inode (through `/proc/self/fd`: the file's name may by now
+/// belong to another file). Fails where `/proc` is not mounted or the file system takes no
+/// direct I/O.
+pub(crate) fn reopen_direct(file: &File) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
 /// Gives the memory the allocator holds free back to the kernel (`malloc_trim(0)`), so that
 /// the resident set counts what is in use. For the bench's memory figure.
 #[cfg(feature = "bench")]
