@@ -210,14 +210,9 @@ impl Footer {
         b
     }
 
-    /// Parses the footer from the whole file and checks that the sections it names tile the
-    /// file exactly: `header | data | index | footer`.
-    pub fn decode(path: &Path, file: &[u8]) -> Result<Footer> {
-        let tail = &file[file.len().saturating_sub(FOOTER_LEN)..];
-        Footer::decode_tail(path, tail, file.len() as u64)
-    }
-
-    /// Parses the footer from the file's last `FOOTER_LEN` bytes, `len` being the file length.
+    /// Parses the footer from the file's last `FOOTER_LEN` bytes, `len` being the file length,
+    /// and checks that the sections it names tile the file exactly:
+    /// `header | data | index | footer`.
     pub fn decode_tail(path: &Path, b: &[u8], len: u64) -> Result<Footer> {
         let bad = |d: String| Error::corrupt(path, "footer", d);
         let raw = match RawFooter::ref_from_bytes(b) {
