@@ -94,7 +94,7 @@ pub(super) fn restore(v: &Version, targets: Vec<Target<'_>>) -> Result<()> {
     let files = v.files();
     let direct: Vec<Option<File>> = files
         .iter()
-        .map(|f| match crate::sys::reopen_direct(f.file()) {
+        .map(|f| match crate::sys::reopen_direct(f.file(), f.path()) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::debug!(

@@ -48,16 +48,33 @@ pub(crate) fn set_direct(file: &File, on: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens `file` again, read-only with direct I/O (`O_DIRECT`), as a new open file
-/// description of the same inode (through `/proc/self/fd`: the file's name may by now
-/// belong to another file). Fails where `/proc` is not mounted or the file system takes no
-/// direct I/O.
-pub(crate) fn reopen_direct(file: &File) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+/// Opens `file` (found at `path`) again, read-only with direct I/O (`O_DIRECT`), as a new open
+/// file description of the same inode: through `/proc/self/fd`, or where `/proc` is not
+/// mounted through `path`, checked to still name the same inode (device and inode number).
+/// Fails where neither works or the file system takes no direct I/O.
+pub(crate) fn reopen_direct(file: &File, path: &std::path::Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let open = |p: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let via_proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match open(std::path::Path::new(&via_proc)) {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(e),
+        Err(_) => {
+            let f = open(path)?;
+            let (a, b) = (file.metadata()?, f.metadata()?);
+            if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                return Err(std::io::Error::other(
+                    "the name now belongs to another file",
+                ));
+            }
+            Ok(f)
+        }
+    }
 }
 
 /// Gives the memory the allocator holds free back to the kernel (`malloc_trim(0)`), so that
