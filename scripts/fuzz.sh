@@ -2,7 +2,8 @@
 # Runs every cargo-fuzz target (fuzz/fuzz_targets) for SECS seconds each (default 60) from a
 # copy of its seed corpus (fuzz/corpus), and prints the executions and any crash. Needs the
 # nightly toolchain (`rustup toolchain install nightly`) and cargo-fuzz
-# (`cargo install cargo-fuzz`); exits 3 when either is missing, 1 if a target crashed.
+# (installed with `cargo install cargo-fuzz --locked` when missing); exits 3 when the nightly
+# toolchain is missing or cargo-fuzz cannot be installed, 1 if a target crashed.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 secs=${1:-60}
@@ -11,8 +12,12 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
     exit 3
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    echo "fuzz: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2
-    exit 3
+    # A fresh machine: crates.io is reachable, so install it (once, into ~/.cargo/bin).
+    echo "fuzz: cargo-fuzz is not installed; installing it (cargo install cargo-fuzz --locked)" >&2
+    if ! cargo install cargo-fuzz --locked >&2 || ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+        echo "fuzz: cargo-fuzz could not be installed" >&2
+        exit 3
+    fi
 fi
 cd "$here/fuzz"
 work=$(mktemp -d)

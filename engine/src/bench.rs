@@ -134,7 +134,8 @@ pub struct BenchReport {
     /// Both restores matched the expected state (and, with compaction, the newest version
     /// restored after it).
     pub verified: bool,
-    /// With `compact_keep`: seconds the compaction took.
+    /// With `compact_keep`: seconds the compaction took. It runs after the cold restores,
+    /// which leave the chain's files out of the page cache: it reads them from the disk.
     pub compact_secs: Option<f64>,
     /// With `compact_keep`: bytes the compaction wrote.
     pub compact_bytes_written: Option<u64>,

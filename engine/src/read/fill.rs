@@ -195,7 +195,7 @@ pub(super) fn restore(v: &Version, targets: Vec<Target<'_>>) -> Result<()> {
                         Some(b) => {
                             let (at, _) = chunk.aligned();
                             decode_chunk(f, chunk, |rec| {
-                                let from = usize::try_from(rec.offset - at).ok()?;
+                                let from = usize::try_from(rec.offset.checked_sub(at)?).ok()?;
                                 b.as_bytes().get(from..from + rec.stored_len as usize)
                             })
                         }
