@@ -9,6 +9,9 @@ use std::path::Path;
 
 use ckpt_engine::{Checkpointer, Config};
 
+mod common;
+use common::drop_from_cache;
+
 /// Deterministic incompressible bytes.
 fn noise(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -212,20 +215,6 @@ fn a_copied_range_is_appended_exactly_and_local_copies_are_not_offloaded() {
     assert_eq!(&got[..4], b"head");
     assert!(got[4..4 + len as usize] == data[at as usize..(at + len) as usize]);
     assert_eq!(&got[4 + len as usize..], b"tail");
-}
-
-/// Drops `path` from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`).
-fn drop_from_cache(path: &Path) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: a valid descriptor for the call and plain integers; no memory is passed.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(
-        rc,
-        0,
-        "posix_fadvise: {}",
-        std::io::Error::from_raw_os_error(rc)
-    );
 }
 
 /// A restore from a cold cache reads the files itself, in large requests with direct I/O:

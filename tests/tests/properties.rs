@@ -8,6 +8,8 @@ use ckpt_engine::bench::Rng;
 use ckpt_engine::{Checkpointer, Config};
 use proptest::prelude::*;
 
+mod common;
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Write `count` random runs of bytes (seeded), then checkpoint.
@@ -106,17 +108,12 @@ proptest! {
     }
 }
 
-/// Drops every file of `dir` from the page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`).
+/// Drops every file of `dir` from the page cache.
 fn drop_store_from_cache(dir: &std::path::Path) {
-    use std::os::fd::AsRawFd;
     for e in std::fs::read_dir(dir).unwrap() {
         let path = e.unwrap().path();
-        if !path.is_file() {
-            continue;
+        if path.is_file() {
+            common::drop_from_cache(&path);
         }
-        let f = std::fs::File::open(&path).unwrap();
-        // SAFETY: a valid descriptor for the call and plain integers; no memory is passed.
-        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0, "posix_fadvise {}", path.display());
     }
 }
