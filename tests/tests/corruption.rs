@@ -11,6 +11,8 @@ use ckpt_engine::format::FOOTER_LEN;
 use ckpt_engine::read::VersionFile;
 use ckpt_engine::{Checkpointer, Config, Error};
 
+mod common;
+
 const IDS: [(u64, usize); 2] = [(1, 300_000), (2, 5_000)];
 
 /// Builds a chain v1 (full), v2, v3 (deltas) in `dir` with chain name `name`; returns each
@@ -538,5 +540,97 @@ fn an_index_claiming_huge_sizes_is_refused_before_any_allocation() {
             grew < 256 << 20,
             "{what}: resident memory grew by {grew} bytes"
         );
+    }
+}
+
+/// The byte offsets of a raw and of a compressed record of `c.ckpt.1` that version 3 uses
+/// (so that compacting to version 3 copies them).
+fn used_records_of_v1(dir: &Path) -> Vec<(ckpt_engine::format::Codec, u64)> {
+    use ckpt_engine::format::Codec;
+    let v = ckpt_engine::read::Version::open(&dir.join("c.ckpt.3")).unwrap();
+    let mut found: Vec<(Codec, u64)> = Vec::new();
+    for r in v.regions() {
+        for e in v.file().index.extents_of(r) {
+            let src = &v.files()[e.file as usize];
+            if !src.path().ends_with("c.ckpt.1") {
+                continue;
+            }
+            for k in 0..e.page_count as u64 {
+                let rec = src.index.records[(e.first_record + k) as usize];
+                if !found.iter().any(|(c, _)| *c == rec.codec) {
+                    found.push((rec.codec, rec.offset + rec.stored_len as u64 / 2));
+                }
+            }
+        }
+    }
+    assert_eq!(found.len(), 2, "v3 uses raw and compressed pages of v1");
+    found
+}
+
+#[test]
+fn a_compaction_that_meets_a_damaged_page_names_it_and_changes_nothing() {
+    for (cold, (codec, at)) in [false, true].into_iter().flat_map(|cold| {
+        let d = tempfile::tempdir().unwrap();
+        build(d.path(), "c", 5);
+        used_records_of_v1(d.path())
+            .into_iter()
+            .map(move |r| (cold, r))
+    }) {
+        let d = tempfile::tempdir().unwrap();
+        let states = build(d.path(), "c", 5);
+        let v1 = d.path().join("c.ckpt.1");
+        let flip = |path: &Path| {
+            let mut bytes = std::fs::read(path).unwrap();
+            bytes[at as usize] ^= 0x10;
+            std::fs::write(path, bytes).unwrap();
+        };
+        flip(&v1);
+        let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+            let mut v: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with("c.ckpt")
+                })
+                .map(|p| {
+                    let b = std::fs::read(&p).unwrap();
+                    (p, b)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(d.path());
+        if cold {
+            for (p, _) in &before {
+                common::drop_from_cache(p);
+            }
+        }
+        let store = ckpt_engine::Store::new(d.path(), "c").unwrap();
+        let opts = ckpt_engine::compact::CompactOptions {
+            keep: 1,
+            ..Default::default()
+        };
+        let e = ckpt_engine::compact::compact(&store, &opts, &mut |_, _| {})
+            .expect_err("a compaction copied a damaged page");
+        assert!(
+            mentions(&e, &v1),
+            "{codec:?} page, cold {cold}: the error does not name c.ckpt.1: {e}"
+        );
+        assert!(
+            files(d.path()) == before,
+            "{codec:?} page, cold {cold}: a failed compaction changed the store"
+        );
+        assert!(store.temp_files().unwrap().is_empty(), "temporaries left");
+        // Repaired, the same compaction goes through and version 3 is intact.
+        flip(&v1);
+        let report = ckpt_engine::compact::compact(&store, &opts, &mut |_, _| {}).unwrap();
+        assert_eq!(report.kept, vec![3]);
+        assert_eq!(restore(d.path(), "c", 3).unwrap(), states[2]);
+        verify_version(&d.path().join("c.ckpt.3")).unwrap();
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 mod fill;
+pub(crate) mod parallel;
 
 pub use fill::Target;
 
@@ -23,37 +24,6 @@ use crate::format::{
     hex, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry, FOOTER_LEN, HEADER_LEN,
 };
 use crate::hash::page_hash;
-
-/// Runs `f` on every item of `items` on the rayon pool's workers, handing the items out in
-/// order, each worker taking the next one when it is done (rayon's own splitting sends a
-/// worker to the middle of the sequence at once). For work that reads files: the reads stay
-/// close behind a sequential prefetch instead of faulting in pages far ahead of it one at a
-/// time. Stops handing out items after the first error, which it returns.
-pub(crate) fn in_order<I, F>(items: I, f: F) -> Result<()>
-where
-    I: Iterator + Send,
-    F: Fn(I::Item) -> Result<()> + Sync,
-{
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let items = std::sync::Mutex::new(items);
-    let failed = AtomicBool::new(false);
-    let worker = || -> Result<()> {
-        while !failed.load(Ordering::Relaxed) {
-            let next = match items.lock() {
-                Ok(mut it) => it.next(),
-                Err(poisoned) => poisoned.into_inner().next(),
-            };
-            let Some(item) = next else {
-                return Ok(());
-            };
-            f(item).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
-        }
-        Ok(())
-    };
-    (0..rayon::current_num_threads())
-        .into_par_iter()
-        .try_for_each(|_| worker())
-}
 
 /// One opened, checked version file: header, footer and index verified against their
 /// checksums, the index checked for internal consistency. Page data is checked when read.
@@ -162,11 +132,6 @@ impl VersionFile {
                 || self.index.superseded.contains(&want.index_checksum))
     }
 
-    /// `len` bytes of the file at `offset` (which the caller took from checked records).
-    pub(crate) fn bytes(&self, offset: u64, len: u64) -> &[u8] {
-        &self.map[offset as usize..(offset + len) as usize]
-    }
-
     /// The stored (possibly compressed) bytes of a record of this file.
     pub fn stored_bytes(&self, rec: &Record) -> &[u8] {
         &self.map[rec.offset as usize..(rec.offset + rec.stored_len as u64) as usize]
@@ -252,22 +217,23 @@ impl VersionFile {
         Ok(())
     }
 
-    /// Checks record `rec` against its hash: a raw page where it lies in the file (no copy),
-    /// a compressed one decoded into `buf` (at least the page length). `what` names the page
-    /// for error messages.
-    pub fn check_record(
+    /// Checks record `rec` against its hash, given `src`, its stored bytes read from the
+    /// file: a raw page as it is (no copy), a compressed one decoded into `buf` (at least the
+    /// page length). `what` names the page for error messages.
+    pub(crate) fn check_stored(
         &self,
         rec: &Record,
+        src: &[u8],
         buf: &mut [u8],
         what: &dyn Fn() -> String,
     ) -> Result<()> {
         match rec.codec {
-            Codec::Raw if rec.stored_len == rec.raw_len => {
-                self.check_hash(rec, self.stored_bytes(rec), what)
+            Codec::Raw if rec.stored_len == rec.raw_len && src.len() == rec.stored_len as usize => {
+                self.check_hash(rec, src, what)
             }
             _ => {
                 let n = (rec.raw_len as usize).min(buf.len());
-                self.read_record(rec, &mut buf[..n], what)
+                self.decode(rec, src, &mut buf[..n], what)
             }
         }
     }
@@ -496,6 +462,7 @@ impl Version {
     /// The byte ranges of each file that a restore of this version reads (its records that
     /// the version's extents use), per file in file-table order, ascending and merged where
     /// they touch.
+    #[cfg(any(feature = "bench", feature = "internals"))]
     pub fn read_plan(&self) -> Vec<Vec<(u64, u64)>> {
         let main = &self.files[0];
         let mut plan: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.files.len()];
@@ -525,55 +492,6 @@ impl Version {
             *ranges = merged;
         }
         plan
-    }
-
-    /// Asks the kernel to read ahead every byte range a restore of this version would read
-    /// (`madvise(MADV_WILLNEED)` on the mappings), from one short-lived thread per file, so
-    /// that work that goes through the mappings (the compactor's checks) reads every file at
-    /// once, in large sequential requests, while the pages already read are decoded and
-    /// verified. (A restore reads the files itself: [`restore_regions`](Self::restore_regions).) A hint: failures are
-    /// ignored, and the restore reads what is not there yet itself.
-    pub fn prefetch(&self) {
-        for (f, exact) in self.files.iter().zip(self.read_plan()) {
-            if exact.is_empty() {
-                continue;
-            }
-            // Ranges closer than this are advised as one: reading a small gap costs less than
-            // a system call per range (an old file of a deep chain is in many small pieces).
-            const GAP: u64 = 1 << 20;
-            let mut ranges: Vec<(u64, u64)> = Vec::with_capacity(exact.len());
-            for (a, b) in exact {
-                match ranges.last_mut() {
-                    Some(last) if a <= last.1 + GAP => last.1 = last.1.max(b),
-                    _ => ranges.push((a, b)),
-                }
-            }
-            let f = Arc::clone(f);
-            let spawned = std::thread::Builder::new()
-                .name("ckpt-prefetch".into())
-                .spawn(move || {
-                    // In 8 MiB steps from the front, so that the first pages the restore needs
-                    // are asked for first.
-                    for (a, b) in ranges {
-                        let mut at = a;
-                        while at < b {
-                            let n = (b - at).min(8 << 20);
-                            let _ = f.map.advise_range(
-                                memmap2::Advice::WillNeed,
-                                at as usize,
-                                n as usize,
-                            );
-                            at += n;
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::debug!(
-                    "no prefetch thread for {}: {e}",
-                    self.files[0].path().display()
-                );
-            }
-        }
     }
 
     /// The version's own file.

@@ -88,6 +88,16 @@ pub(crate) fn trim_heap() {
     }
 }
 
+/// Asks the kernel to start reading `len` bytes of `file` at `offset` into the page cache
+/// (`posix_fadvise(POSIX_FADV_WILLNEED)`), without waiting for them. A hint.
+pub(crate) fn read_ahead(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let off = libc::off_t::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    posix_fadvise(file, off, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED)?;
+    Ok(())
+}
+
 /// Asks the kernel to drop `file`'s clean cached pages (`posix_fadvise(POSIX_FADV_DONTNEED)`),
 /// so that the next read of it comes from the disk. For cold-cache measurements.
 #[cfg(feature = "bench")]

@@ -22,7 +22,8 @@ pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Where the file system copies on its server, runs of stored bytes at least this long are
 /// copied there; shorter ones, and every run elsewhere, are gathered and written together.
-const OFFLOADED_COPY_MIN: u64 = 1 << 20;
+/// (The compactor's runs are at most one read request, 1 MiB.)
+const OFFLOADED_COPY_MIN: u64 = 256 << 10;
 
 /// The file of a [`VersionWriter`], once the runs `copy_records` gathered are written
 /// (their writer thread then gives the file back).
@@ -314,89 +315,92 @@ impl VersionWriter {
         Ok(records)
     }
 
-    /// Appends the stored bytes of records `recs` of `src` as they are (no decoding, no
-    /// recompression). The runs of records that lie back to back in `src` are gathered from
-    /// its mapping into staging buffers and written with direct I/O, or, where the file system
-    /// copies on its server (`VfsFile::copy_offloaded`), long runs are copied there
-    /// (`copy_file_range`). Returns the new file's records for them, in order. The caller
-    /// verifies the pages.
+    /// Appends records `recs` of `src` as they are stored (no decoding, no recompression).
+    /// The records lie back to back in `src`; `stored` holds their bytes, read by the caller,
+    /// and `digests` their digests for the data checksum (the page hash of a raw page,
+    /// blake3 of the stored bytes of a compressed one). The bytes are gathered with the runs
+    /// around them into aligned buffers and written with direct I/O by a thread of their own,
+    /// or, where the file system copies on its server (`VfsFile::copy_offloaded`), runs of at
+    /// least [`OFFLOADED_COPY_MIN`] are copied there (`copy_file_range`). Returns the new
+    /// file's records for them, in order. The caller verifies the pages.
     ///
     /// On a local file system the kernel's copy goes through the page cache: 1 GiB depth-16
     /// compactions on ext4, alternated in one session, took 0.92-1.34 s (median 1.23 s) with
     /// it and 0.93-1.12 s (median 1.05 s) gathered with direct I/O. XFS and btrfs would not
     /// share blocks either: a reflink needs block-aligned offsets in both files.
-    pub(crate) fn copy_records(
+    pub(crate) fn append_stored(
         &mut self,
         src: &crate::read::VersionFile,
         recs: &[Record],
+        stored: &[u8],
+        digests: &[Hash],
     ) -> Result<Vec<Record>> {
-        let digest = |r: &Record| match r.codec {
-            Codec::Raw => r.hash,
-            Codec::Zstd => *blake3::hash(src.stored_bytes(r)).as_bytes(),
+        let Some(first) = recs.first() else {
+            return Ok(Vec::new());
         };
-        // The compactor calls this once per run of records from one file, often a few pages
-        // long: a parallel pass would cost more in waking workers than it saves.
-        let digests: Vec<Hash> = match recs.len() {
-            0..=255 => recs.iter().map(digest).collect(),
-            _ => recs.par_iter().map(digest).collect(),
-        };
-        let mut out = Vec::with_capacity(recs.len());
-        let mut i = 0;
-        while i < recs.len() {
-            let start = recs[i].offset;
-            let mut end = start + recs[i].stored_len as u64;
-            let mut j = i + 1;
-            while j < recs.len() && recs[j].offset == end {
-                end += recs[j].stored_len as u64;
-                j += 1;
-            }
-            let offloaded = *self
-                .copy_offloaded
-                .get_or_insert_with(|| self.file.as_ref().is_some_and(|f| f.copy_offloaded()));
-            if offloaded && end - start >= OFFLOADED_COPY_MIN {
-                let file = settled(&mut self.file, &mut self.pending, &self.tmp)?;
-                // In steps, each pushed to the disk while the next is copied (write-behind),
-                // so that the final fsync does not find the whole copy still in memory.
-                // Nothing is pending now: the file ends at `self.offset`.
-                let base = self.offset;
-                let mut at = start;
-                while at < end {
-                    let n = (end - at).min(WRITEBACK_EVERY);
-                    file.copy_from(src.file(), at, n)
-                        .map_err(|e| Error::io(&self.tmp, "copy pages", e))?;
-                    let _ = file.start_writeback(base + (at - start), n);
-                    at += n;
-                }
-            } else {
-                // Gathered with the runs around it into large writes (direct I/O where the
-                // file system takes it), not a system call per run. Everything before it is
-                // written or gathered too: the gathering starts at `self.offset`.
-                let st = match (&mut self.pending, self.file.take()) {
-                    (Some(st), _) => st,
-                    (pending, Some(file)) => {
-                        pending.insert(ThreadStager::new(&self.tmp, self.offset, file)?)
-                    }
-                    (None, None) => {
-                        return Err(Error::io(
-                            &self.tmp,
-                            "copy pages",
-                            std::io::Error::other("closed"),
-                        ))
-                    }
-                };
-                st.push(src.bytes(start, end - start))?;
-            }
-            for r in &recs[i..j] {
-                out.push(Record {
-                    offset: self.offset + (r.offset - start),
-                    ..*r
-                });
-                self.stored_raw += r.raw_len as u64;
-            }
-            self.offset += end - start;
-            i = j;
+        let start = first.offset;
+        let len: u64 = recs.iter().map(|r| r.stored_len as u64).sum();
+        let back_to_back = recs
+            .windows(2)
+            .all(|w| w[0].offset + w[0].stored_len as u64 == w[1].offset);
+        if !back_to_back || stored.len() as u64 != len || digests.len() != recs.len() {
+            return Err(Error::io(
+                &self.tmp,
+                "copy pages",
+                std::io::Error::other(format!(
+                    "{} records of {} to append, not back to back with their {} bytes",
+                    recs.len(),
+                    src.path().display(),
+                    stored.len()
+                )),
+            ));
         }
-        for d in &digests {
+        let offloaded = *self
+            .copy_offloaded
+            .get_or_insert_with(|| self.file.as_ref().is_some_and(|f| f.copy_offloaded()));
+        if offloaded && len >= OFFLOADED_COPY_MIN {
+            let file = settled(&mut self.file, &mut self.pending, &self.tmp)?;
+            // In steps, each pushed to the disk while the next is copied (write-behind), so
+            // that the final fsync does not find the whole copy still in memory. Nothing is
+            // pending now: the file ends at `self.offset`.
+            let base = self.offset;
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(WRITEBACK_EVERY);
+                file.copy_from(src.file(), start + done, n)
+                    .map_err(|e| Error::io(&self.tmp, "copy pages", e))?;
+                let _ = file.start_writeback(base + done, n);
+                done += n;
+            }
+        } else {
+            // Gathered with the runs around it into large writes (direct I/O where the file
+            // system takes it), not a system call per run. Everything before it is written or
+            // gathered too: the gathering starts at `self.offset`.
+            let st = match (&mut self.pending, self.file.take()) {
+                (Some(st), _) => st,
+                (pending, Some(file)) => {
+                    pending.insert(ThreadStager::new(&self.tmp, self.offset, file)?)
+                }
+                (None, None) => {
+                    return Err(Error::io(
+                        &self.tmp,
+                        "copy pages",
+                        std::io::Error::other("closed"),
+                    ))
+                }
+            };
+            st.push(stored)?;
+        }
+        let out = recs
+            .iter()
+            .map(|r| Record {
+                offset: self.offset + (r.offset - start),
+                ..*r
+            })
+            .collect();
+        self.stored_raw += recs.iter().map(|r| r.raw_len as u64).sum::<u64>();
+        self.offset += len;
+        for d in digests {
             self.data_hash.update(d);
         }
         Ok(out)
