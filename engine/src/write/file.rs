@@ -69,8 +69,15 @@ pub(crate) struct VersionWriter {
     copy_offloaded: Option<bool>,
 }
 
+/// A worker's compressor (for one level) and the buffer it compresses into.
+struct Compressing {
+    level: i32,
+    zstd: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
+}
+
 thread_local! {
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static COMPRESSOR: RefCell<Option<Compressing>> = const { RefCell::new(None) };
 }
 
 /// A page as it goes to disk: borrowed when stored as it is (no copy), owned when compressed.
@@ -82,17 +89,29 @@ fn compress(level: i32, page: &[u8]) -> Result<Encoded<'_>, std::io::Error> {
     }
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
-        if c.as_ref().map(|(l, _)| *l) != Some(level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        if c.as_ref().map(|c| c.level) != Some(level) {
+            *c = Some(Compressing {
+                level,
+                zstd: zstd::bulk::Compressor::new(level)?,
+                scratch: Vec::new(),
+            });
         }
-        let (_, comp) = c
+        let comp = c
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no compressor"))?;
-        let out = comp.compress(page)?;
-        if out.len() >= page.len() {
+        // Into the worker's own buffer, then copied out at its exact size: the frames of
+        // compressible pages are small, and a page-sized allocation per page (zstd's own
+        // `compress`) cost a fresh 4 KiB of memory per page. A full version of 1 GiB of
+        // mostly-zero pages (21 MB stored), four each alternated on a 2-core VM: 0.64-0.75 s
+        // against 0.88-0.94 s.
+        comp.scratch.clear();
+        comp.scratch
+            .reserve(zstd::zstd_safe::compress_bound(page.len()));
+        let n = comp.zstd.compress_to_buffer(page, &mut comp.scratch)?;
+        if n >= page.len() {
             Ok((Codec::Raw, Cow::Borrowed(page)))
         } else {
-            Ok((Codec::Zstd, Cow::Owned(out)))
+            Ok((Codec::Zstd, Cow::Owned(comp.scratch[..n].to_vec())))
         }
     })
 }
