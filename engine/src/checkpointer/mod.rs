@@ -192,7 +192,7 @@ impl Checkpointer {
                 .iter()
                 .map(|f| 64 + f.name.capacity())
                 .sum::<usize>()
-                + p.extents.iter().map(|e| e.capacity() * 16).sum::<usize>()
+                + p.extents.iter().map(|e| e.heap_bytes()).sum::<usize>()
         });
         hashes + parent + self.tracker.pending_bytes()
     }
