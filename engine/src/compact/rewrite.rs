@@ -115,26 +115,22 @@ pub(super) fn rewrite_one(
             if slots.is_empty() {
                 slots.resize(records.len(), NONE);
             }
+            // The page's copy in a kept file rewritten earlier in the run, if any.
+            let shared = |k: u64| {
+                let rec = &records[(first + k) as usize];
+                pool.get(&(rec.hash, rec.raw_len))
+                    .filter(|(name, _)| keep_ref(name))
+            };
             let mut k = 0;
             while k < n {
-                let rec = &records[(first + k) as usize];
-                if let Some((name, idx)) = pool.get(&(rec.hash, rec.raw_len)) {
-                    if keep_ref(name) {
-                        out.push(Part::Run(1, file_idx(&mut files, name)?, *idx));
-                        k += 1;
-                        continue;
-                    }
+                if let Some((name, idx)) = shared(k) {
+                    out.push(Part::Run(1, file_idx(&mut files, name)?, *idx));
+                    k += 1;
+                    continue;
                 }
                 // Copied in: as far as the pool has nothing.
                 let from = k;
-                while k < n
-                    && (pool.is_empty() || {
-                        let rec = &records[(first + k) as usize];
-                        !pool
-                            .get(&(rec.hash, rec.raw_len))
-                            .is_some_and(|(name, _)| keep_ref(name))
-                    })
-                {
+                while k < n && (k == from || pool.is_empty() || shared(k).is_none()) {
                     slots[(first + k) as usize] = 0;
                     k += 1;
                 }
