@@ -79,6 +79,12 @@ fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>) -> Result<()> {
             out,
             mut fast,
         } = run;
+        // A restarted process's regions are fresh memory: fault the run's pages in with one
+        // call rather than one trap per page. Cold 1 GiB restores into fresh regions (2-core
+        // VM, six alternated runs each): system time 0.80-1.02 s -> 0.61-0.70 s, wall time
+        // the same (0.88-1.20 s against 0.84-1.25 s, the disk's pace that day). A hint: where
+        // it fails, the writes below fault the pages in.
+        let _ = crate::sys::populate_write(out);
         for (k, page) in out.chunks_mut(ps).enumerate() {
             let p = first_page + k as u64;
             let what = || format!("page {p} of region {region_id}");
