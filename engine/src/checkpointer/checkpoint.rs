@@ -18,7 +18,7 @@ use crate::hash::{Fast, RegionHashes};
 use crate::read::Version;
 use crate::store::Store;
 use crate::track::Outcome;
-use crate::write::file::VersionWriter;
+use crate::write::file::{Sampling, VersionWriter};
 use crate::write::index::{build_index, Parent, RegionPlan};
 use crate::write::pipeline::{self, ScanJob, Scanned, Source};
 
@@ -43,6 +43,8 @@ pub(super) struct Writing {
     pub(super) audit: bool,
     /// When the checkpoint was asked for.
     pub(super) started: Instant,
+    /// What the last version's compression samples said.
+    pub(super) sampling: Sampling,
 }
 
 /// What the plan step decided.
@@ -76,6 +78,8 @@ pub(super) struct Landed {
     pub(super) updates: Vec<Vec<(u64, Fast)>>,
     /// The new parent picture (`None`: read it from the committed file).
     pub(super) parent: Option<Parent>,
+    /// What this version's compression samples said, for the next one.
+    pub(super) sampling: Sampling,
 }
 
 /// Whether a parent picture is current: every file it references is present with the file
@@ -174,6 +178,7 @@ impl Writing {
             page_size: self.config.page_size as usize,
             level: self.config.compression_level,
             min_saving: self.config.min_compression_saving,
+            sampling: self.sampling,
         };
         pipeline::scan_and_emit(writer, &job)
     }
@@ -319,6 +324,7 @@ impl Writing {
             },
             audit: self.audit,
             updates,
+            sampling: scanned.sampling,
             parent: Some(Parent::from_index(
                 &index,
                 self.version,
@@ -379,6 +385,7 @@ impl Checkpointer {
             candidates,
             audit,
             started,
+            sampling: self.sampling,
         }
     }
 
@@ -411,6 +418,7 @@ impl Checkpointer {
         }
         self.parent = landed.parent.map(Arc::new);
         self.last_written = self.last_written.max(landed.stats.version);
+        self.sampling = landed.sampling;
     }
 
     /// One blocking attempt at a checkpoint. `Ok(None)` means the parent picture was stale

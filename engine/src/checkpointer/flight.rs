@@ -614,6 +614,8 @@ fn encode(result: &Result<Landed>) -> Vec<u8> {
             out.push(l.outcome.used as u8);
             put(&mut out, l.outcome.pages_total);
             out.push(l.audit as u8);
+            put(&mut out, u64::from(l.sampling.raw_streak));
+            put(&mut out, l.sampling.batches);
             put(&mut out, l.updates.len() as u64);
             for u in &l.updates {
                 put(&mut out, u.len() as u64);
@@ -678,6 +680,10 @@ fn decode(
         pages_total: r.u64()?,
     };
     let audit = r.u8()? != 0;
+    let sampling = crate::write::file::Sampling {
+        raw_streak: u32::try_from(r.u64()?).ok()?,
+        batches: r.u64()?,
+    };
     let nregions = r.u64()?;
     let mut updates = Vec::new();
     for _ in 0..nregions {
@@ -713,5 +719,69 @@ fn decode(
         audit,
         updates,
         parent: None,
+        sampling,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CheckpointStats;
+
+    /// What a forked child sends back is what the parent reads: the statistics, the tracker's
+    /// outcome, the new hashes and the compression samples' state.
+    #[test]
+    fn a_flush_outcome_survives_the_pipe() {
+        let dir = std::env::temp_dir().join(format!("ckpt-flight-{}", std::process::id()));
+        let store = crate::store::Store::new(&dir, "t").expect("store");
+        let landed = Landed {
+            stats: CheckpointStats {
+                version: 7,
+                parent: Some(6),
+                path: store.path_of(7),
+                identity: crate::format::Identity {
+                    file_id: [3; 16],
+                    index_checksum: [4; 32],
+                },
+                file_bytes: 12345,
+                pages_total: 100,
+                pages_stored: 9,
+                hashed_bytes: 4096 * 9,
+                depth: 2,
+                tracking: TrackingKind::Uffd,
+                audit_misses: None,
+                scan_secs: 0.25,
+                write_secs: 0.5,
+                blocked_secs: 0.0,
+                snapshot: None,
+            },
+            outcome: Outcome {
+                reported: Some(9),
+                used: true,
+                pages_total: 100,
+            },
+            audit: false,
+            updates: vec![vec![(1, 11), (5, u128::MAX)], vec![]],
+            parent: None,
+            sampling: crate::write::file::Sampling {
+                raw_streak: 5,
+                batches: 77,
+            },
+        };
+        let bytes = encode(&Ok(landed));
+        let back = decode(&bytes, &store)
+            .expect("well formed")
+            .expect("a success");
+        assert_eq!(back.stats.version, 7);
+        assert_eq!(back.stats.parent, Some(6));
+        assert_eq!(back.stats.identity.index_checksum, [4; 32]);
+        assert_eq!(back.stats.file_bytes, 12345);
+        assert_eq!(back.stats.write_secs, 0.5);
+        assert_eq!(back.outcome.reported, Some(9));
+        assert_eq!(back.updates, vec![vec![(1, 11), (5, u128::MAX)], vec![]]);
+        assert_eq!(back.sampling.raw_streak, 5);
+        assert_eq!(back.sampling.batches, 77);
+        // A truncated answer is refused, not read as something else.
+        assert!(decode(&bytes[..bytes.len() - 1], &store).is_none());
+    }
 }

@@ -60,6 +60,8 @@ pub struct Checkpointer {
     in_flight: Option<flight::InFlight>,
     /// The staging buffer of copy snapshots, kept for reuse.
     staging: Vec<u8>,
+    /// What the last version's compression samples said.
+    sampling: crate::write::file::Sampling,
     _lock: WriterLock,
 }
 
@@ -130,6 +132,7 @@ impl Checkpointer {
             engine_id: region::new_engine_id(),
             in_flight: None,
             staging: Vec::new(),
+            sampling: Default::default(),
             _lock: lock,
         })
     }

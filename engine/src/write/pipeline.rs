@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::file::{PageIn, VersionWriter};
+use super::file::{PageIn, Sampling, VersionWriter};
 use crate::error::{Error, Result};
 use crate::format::Record;
 use crate::hash::{self, Fast, RegionHashes, Scan};
@@ -71,6 +71,8 @@ pub(crate) struct ScanJob<'a> {
     pub(crate) level: i32,
     /// See `Config::min_compression_saving`.
     pub(crate) min_saving: f64,
+    /// What the last version's compression samples said.
+    pub(crate) sampling: Sampling,
 }
 
 /// What [`scan_and_emit`] produced.
@@ -89,6 +91,8 @@ pub(crate) struct Scanned {
     pub(crate) scan_secs: f64,
     /// Pages in all regions.
     pub(crate) pages_total: u64,
+    /// What the samples said, for the next version.
+    pub(crate) sampling: Sampling,
 }
 
 /// Scans every region and streams its dirty pages into `writer`.
@@ -101,6 +105,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
         stored: Vec::with_capacity(job.sources.len()),
         scan_secs: 0.0,
         pages_total: 0,
+        sampling: job.sampling,
     };
     let span_pages = (SPAN_BYTES / ps).max(1);
     let tmp = writer.tmp_path().to_path_buf();
@@ -176,58 +181,61 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
     let (updates, stored) = (&mut out.updates, &mut out.stored);
     let mut hashed_bytes = 0;
     let mut scan_secs = 0.0;
-    let records = writer.write_stream(job.level, job.min_saving, direct, |emit| {
-        // Hands a scanned span's dirty pages to the writer: the stored bytes are the copies
-        // the hashes were computed from.
-        let mut emit_scan = |(ri, scan): (usize, Scan)| -> Result<()> {
-            let pages: Vec<PageIn<'_>> = scan
-                .dirty
-                .iter()
-                .map(|d| PageIn {
-                    bytes: d.bytes(),
-                    hash: d.hash,
-                    stored: None,
-                })
-                .collect();
-            if crate::fault::fail("write-pages") {
-                return Err(Error::io(
-                    &tmp,
-                    "write pages",
-                    std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
-                ));
-            }
-            if !pages.is_empty() {
-                emit(&pages)?;
-            }
-            drop(pages);
-            stored[ri].extend(scan.dirty.iter().map(|d| d.page));
-            updates[ri].extend(scan.dirty.iter().map(|d| (d.page, d.fast)));
-            Ok(())
-        };
-        // Software pipelining: span k is encoded and handed to the writer while span k + 1
-        // is scanned, so that the encoder's serial steps (its copy into the write buffers)
-        // do not leave the hashing workers idle. The loop runs on a worker of rayon's pool
-        // (`rayon::scope`): called from the application's thread, each `join` would
-        // otherwise be handed to the pool and waited for, two thread wake-ups per span.
-        rayon::scope(|_| {
-            let mut pending: Option<(usize, Scan)> = None;
-            for span in spans.iter().copied().map(Some).chain([None]) {
-                let (emitted, scanned) = rayon::join(
-                    || pending.take().map_or(Ok(()), &mut emit_scan),
-                    || span.map(scan_span).transpose(),
-                );
-                emitted?;
-                if let Some((ri, scan, secs)) = scanned? {
-                    scan_secs += secs;
-                    hashed_bytes += scan.hashed_bytes;
-                    pending = Some((ri, scan));
+    let mut sampling = job.sampling;
+    let records =
+        writer.write_stream(job.level, job.min_saving, &mut sampling, direct, |emit| {
+            // Hands a scanned span's dirty pages to the writer: the stored bytes are the copies
+            // the hashes were computed from.
+            let mut emit_scan = |(ri, scan): (usize, Scan)| -> Result<()> {
+                let pages: Vec<PageIn<'_>> = scan
+                    .dirty
+                    .iter()
+                    .map(|d| PageIn {
+                        bytes: d.bytes(),
+                        hash: d.hash,
+                        stored: None,
+                    })
+                    .collect();
+                if crate::fault::fail("write-pages") {
+                    return Err(Error::io(
+                        &tmp,
+                        "write pages",
+                        std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
+                    ));
                 }
-            }
-            Ok(())
-        })
-    })?;
+                if !pages.is_empty() {
+                    emit(&pages)?;
+                }
+                drop(pages);
+                stored[ri].extend(scan.dirty.iter().map(|d| d.page));
+                updates[ri].extend(scan.dirty.iter().map(|d| (d.page, d.fast)));
+                Ok(())
+            };
+            // Software pipelining: span k is encoded and handed to the writer while span k + 1
+            // is scanned, so that the encoder's serial steps (its copy into the write buffers)
+            // do not leave the hashing workers idle. The loop runs on a worker of rayon's pool
+            // (`rayon::scope`): called from the application's thread, each `join` would
+            // otherwise be handed to the pool and waited for, two thread wake-ups per span.
+            rayon::scope(|_| {
+                let mut pending: Option<(usize, Scan)> = None;
+                for span in spans.iter().copied().map(Some).chain([None]) {
+                    let (emitted, scanned) = rayon::join(
+                        || pending.take().map_or(Ok(()), &mut emit_scan),
+                        || span.map(scan_span).transpose(),
+                    );
+                    emitted?;
+                    if let Some((ri, scan, secs)) = scanned? {
+                        scan_secs += secs;
+                        hashed_bytes += scan.hashed_bytes;
+                        pending = Some((ri, scan));
+                    }
+                }
+                Ok(())
+            })
+        })?;
     out.hashed_bytes = hashed_bytes;
     out.scan_secs = scan_secs;
     out.records = records;
+    out.sampling = sampling;
     Ok(out)
 }
