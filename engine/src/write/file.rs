@@ -16,9 +16,11 @@ use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER
 use crate::store;
 use crate::vfs::VfsFile;
 
-/// The writer thread asks the kernel to start writeback after this many bytes, so that the
-/// disk works while the next batches compress instead of all at the final fsync.
-pub(crate) const WRITEBACK_EVERY: u64 = 8 << 20;
+/// A server-side copy (`append_stored` where the file system copies on its server) asks the
+/// kernel to start writeback after each this many bytes, so that the final fsync does not
+/// find the whole copy still in memory. (Pages written through the page cache by the writer
+/// thread are pushed every `staging::WRITE_BEHIND` bytes.)
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Where the file system copies on its server, runs of stored bytes at least this long are
 /// copied there; shorter ones, and every run elsewhere, are gathered and written together.

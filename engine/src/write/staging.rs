@@ -10,7 +10,6 @@ use std::sync::mpsc::Receiver;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
-use super::file::WRITEBACK_EVERY;
 use crate::error::{Error, Result};
 use crate::vfs::{VfsFile, DIRECT_ALIGN};
 
@@ -259,9 +258,17 @@ pub(crate) fn send_to(
         .map_err(|_| Error::io(path, what, std::io::Error::other("writer thread stopped")))
 }
 
+/// Bytes written through the page cache after which the writer thread asks the kernel to
+/// start writing them back. Small, so that the commit's fsync finds little left to write: 1 GiB
+/// uffd deltas on a 2-core VM (ext4 on virtio), 15 versions each, four alternated runs: at 1 %
+/// dirty (11 MB) the commit step took 2.2-2.9 ms (mean per run) with 1 MiB, 2.6-3.1 ms with
+/// 2 MiB, 4.0-5.0 ms with 8 MiB, and the whole delta 10.3-12.7 ms against 11.2-16.0 ms with
+/// 8 MiB; at 5 % (55 MB), 59-74 ms against 62-99 ms.
+const WRITE_BEHIND: u64 = 1 << 20;
+
 /// The writer thread's loop: appends every chunk received to `file` (whose length is `pos`),
 /// gives each staging buffer back through `back` for reuse, and asks the kernel to start
-/// writing back what went through the page cache every [`WRITEBACK_EVERY`] bytes, so that
+/// writing back what went through the page cache every [`WRITE_BEHIND`] bytes, so that
 /// the disk works while the next chunks are staged instead of all at the final fsync. Stops
 /// at the first write error, which it returns (`what` names the step).
 pub(crate) fn write_chunks(
@@ -283,7 +290,7 @@ pub(crate) fn write_chunks(
         pos += n;
         if !cached {
             pushed = pos;
-        } else if pos - pushed >= WRITEBACK_EVERY {
+        } else if pos - pushed >= WRITE_BEHIND {
             // Best effort: a failure here only loses the overlap, and the final fsync
             // reports real I/O errors.
             let _ = file.start_writeback(pushed, pos - pushed);
