@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    Codec, Extent, FileEntry, Hash, Header, Identity, Index, Record, RegionEntry, FLAG_COMPACTED,
-    FLAG_FULL,
+    stored_digest, Extent, FileEntry, Hash, Header, Identity, Index, Record, RegionEntry,
+    FLAG_COMPACTED, FLAG_FULL,
 };
 use crate::read::parallel::{Filled, Reader, Request, GAP, MAX_CHUNK};
 use crate::read::{read_header_footer, Version};
@@ -379,10 +379,7 @@ fn copy_checked(
                     Error::corrupt(f.path(), what(), "record lies outside the bytes read")
                 })?;
                 f.check_stored(rec, bytes, &mut buf, &what)?;
-                digests.push(match rec.codec {
-                    Codec::Raw => rec.hash,
-                    Codec::Zstd => *blake3::hash(bytes).as_bytes(),
-                });
+                digests.push(stored_digest(rec.codec, &rec.hash, bytes));
             }
             tx.send((piece, digests)).map_err(|_| {
                 writer_gone.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -71,6 +71,16 @@ pub struct Record {
     pub codec: Codec,
 }
 
+/// A stored page's digest, as the footer's `data_checksum` covers it: the page hash
+/// `page_hash` for a raw page (its stored bytes are the page), blake3 of the `stored` frame
+/// for a compressed one.
+pub fn stored_digest(codec: Codec, page_hash: &Hash, stored: &[u8]) -> Hash {
+    match codec {
+        Codec::Raw => *page_hash,
+        Codec::Zstd => *blake3::hash(stored).as_bytes(),
+    }
+}
+
 /// The decoded index section.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Index {

@@ -15,7 +15,7 @@ pub(crate) mod layout;
 pub mod names;
 
 pub use header::{Footer, Header};
-pub use index::{Extent, FileEntry, Index, Record, RegionEntry};
+pub use index::{stored_digest, Extent, FileEntry, Index, Record, RegionEntry};
 
 /// Magic bytes at offset 0 of every version file.
 pub const HEADER_MAGIC: [u8; 8] = *b"CKPTHEAD";

@@ -21,7 +21,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    hex, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry, FOOTER_LEN, HEADER_LEN,
+    hex, stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry,
+    FOOTER_LEN, HEADER_LEN,
 };
 use crate::hash::page_hash;
 
@@ -266,10 +267,7 @@ impl VersionFile {
             .index
             .records
             .par_iter()
-            .map(|r| match r.codec {
-                Codec::Raw => r.hash,
-                Codec::Zstd => *blake3::hash(self.stored_bytes(r)).as_bytes(),
-            })
+            .map(|r| stored_digest(r.codec, &r.hash, self.stored_bytes(r)))
             .collect();
         let mut h = blake3::Hasher::new();
         for d in &digests {

@@ -12,7 +12,9 @@ use rayon::prelude::*;
 
 use super::staging::{send_to, write_chunks, Chunk, Stager, ThreadStager};
 use crate::error::{Error, Result};
-use crate::format::{Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN};
+use crate::format::{
+    stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, HEADER_LEN,
+};
 use crate::store;
 use crate::vfs::VfsFile;
 
@@ -27,7 +29,7 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// (The compactor's runs are at most one read request, 1 MiB.)
 const OFFLOADED_COPY_MIN: u64 = 256 << 10;
 
-/// The file of a [`VersionWriter`], once the runs `copy_records` gathered are written
+/// The file of a [`VersionWriter`], once the runs `append_stored` gathered are written
 /// (their writer thread then gives the file back).
 fn settled<'a>(
     file: &'a mut Option<Box<dyn VfsFile>>,
@@ -62,11 +64,11 @@ pub(crate) struct VersionWriter {
     offset: u64,
     stored_raw: u64,
     data_hash: blake3::Hasher,
-    /// Runs gathered by `copy_records` (for direct I/O), written by a thread that holds
+    /// Runs gathered by `append_stored` (for direct I/O), written by a thread that holds
     /// `file` meanwhile; written before anything else is.
     pending: Option<ThreadStager>,
-    /// Whether the file system copies `copy_records`' long runs on its server
-    /// (`VfsFile::copy_offloaded`): asked by the first `copy_records` only, so that
+    /// Whether the file system copies `append_stored`'s long runs on its server
+    /// (`VfsFile::copy_offloaded`): asked by the first `append_stored` only, so that
     /// checkpoints, which never copy records, never ask.
     copy_offloaded: Option<bool>,
 }
@@ -290,16 +292,11 @@ impl VersionWriter {
                 if let Some(w) = worth {
                     sampling.saw(w);
                 }
-                // The data checksum covers each page's stored bytes through their digest: the
-                // page hash for a raw page (its stored bytes are the page), blake3 of the
-                // frame for a compressed one.
+                // The data checksum covers each page's stored bytes through their digest.
                 let digests: Vec<Hash> = pages
                     .par_iter()
                     .zip(out.par_iter())
-                    .map(|(p, (codec, bytes))| match codec {
-                        Codec::Raw => p.hash,
-                        Codec::Zstd => *blake3::hash(bytes).as_bytes(),
-                    })
+                    .map(|(p, (codec, bytes))| stored_digest(*codec, &p.hash, bytes))
                     .collect();
                 for d in &digests {
                     self.data_hash.update(d);
