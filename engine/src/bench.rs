@@ -150,6 +150,9 @@ pub struct BenchReport {
     /// With `compact_keep`: of those, stored page bytes copied as they were (never
     /// recompressed).
     pub compact_bytes_copied: Option<u64>,
+    /// With `compact_keep`: of those, bytes whose blocks the revision shares with the file
+    /// they came from (XFS, btrfs), not written.
+    pub compact_bytes_shared: Option<u64>,
     /// Ratios of the figures above, measured within this run.
     pub ratios: BenchRatios,
     /// With `asynchronous`: what the application was stopped for, against blocking versions.
@@ -780,7 +783,8 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     }
 
     let (mut compact_secs, mut compact_bytes_written, mut ok_compacted) = (None, None, true);
-    let (mut compact_bytes_copied, mut copy_floor_secs) = (None, None);
+    let (mut compact_bytes_copied, mut compact_bytes_shared, mut copy_floor_secs) =
+        (None, None, None);
     if let Some(keep) = p.compact_keep {
         let t = Instant::now();
         let r = crate::compact::compact(
@@ -794,6 +798,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         compact_secs = Some(t.elapsed().as_secs_f64());
         compact_bytes_written = Some(r.bytes_written);
         compact_bytes_copied = Some(r.bytes_copied);
+        compact_bytes_shared = Some(r.bytes_shared);
         ok_compacted = restore(last.version, &last_state)?.1;
         // The floor: the compacted file's bytes (those the compaction read, in one file),
         // copied plainly from a cold cache.
@@ -890,6 +895,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         compact_secs,
         compact_bytes_written,
         compact_bytes_copied,
+        compact_bytes_shared,
         copy_floor_secs,
         ratios,
         asynchronous,

@@ -42,6 +42,15 @@ pub trait VfsFile: Write + Send {
     fn copy_offloaded(&self) -> bool {
         false
     }
+    /// Appends `len` bytes of `src` from `offset` by sharing the file system's blocks (a
+    /// reflink: XFS, btrfs), without copying them. The caller guarantees that `offset`, `len`
+    /// and the file's length are multiples of [`DIRECT_ALIGN`]. Returns `false`, having
+    /// written nothing, where the file system cannot (ext4, another device, a block size
+    /// that does not divide them): the caller then writes the bytes. Durability still comes
+    /// only from a sync. The default: `false`.
+    fn clone_from(&mut self, _src: &File, _offset: u64, _len: u64) -> io::Result<bool> {
+        Ok(false)
+    }
     /// Appends `buf` with direct I/O (`O_DIRECT`: from `buf` to the disk, not through the
     /// page cache) where the file system allows it. The caller guarantees that `buf`'s
     /// address, its length and the file's length are multiples of [`DIRECT_ALIGN`]. Returns
@@ -163,6 +172,16 @@ impl VfsFile for RealFile {
             Ok(done) => copy_through_memory(&mut self.0, src, offset + done, len - done),
             Err(e) => Err(e),
         }
+    }
+    fn clone_from(&mut self, src: &File, offset: u64, len: u64) -> io::Result<bool> {
+        use std::io::Seek;
+        let end = self.0.seek(io::SeekFrom::End(0))?;
+        if !crate::sys::clone_range(src, offset, &self.0, end, len)? {
+            return Ok(false);
+        }
+        // Appending goes on after the shared blocks.
+        self.0.seek(io::SeekFrom::Start(end + len))?;
+        Ok(true)
     }
     fn write_direct(&mut self, buf: &[u8]) -> io::Result<bool> {
         match self.1 {

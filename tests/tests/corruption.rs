@@ -282,11 +282,16 @@ fn newer_formats_unknown_incompatible_flags_and_reserved_bytes_are_refused() {
     let v1 = dir.path().join("f.ckpt.1");
     let pristine = std::fs::read(&v1).unwrap();
     type Patch<'a> = &'a dyn Fn(&mut [u8]);
-    let cases: [(&str, Patch, &str); 3] = [
+    let cases: [(&str, Patch, &str); 4] = [
         (
-            "format version 2",
-            &|h: &mut [u8]| h[8..12].copy_from_slice(&2u32.to_le_bytes()),
-            "format version 2",
+            "format version 3",
+            &|h: &mut [u8]| h[8..12].copy_from_slice(&3u32.to_le_bytes()),
+            "format version 3, this build reads versions 1 to 2 (written by a newer ckpt",
+        ),
+        (
+            "format version 0",
+            &|h: &mut [u8]| h[8..12].copy_from_slice(&0u32.to_le_bytes()),
+            "format version 0, this build reads versions 1 to 2",
         ),
         (
             "incompatible flag",

@@ -53,6 +53,9 @@ struct Summary {
     /// Of `bytes_written`, stored page bytes copied as they are; nothing is ever
     /// recompressed.
     bytes_copied: u64,
+    /// Of `bytes_copied`, bytes whose disk blocks are shared with the file they came from
+    /// (XFS, btrfs): not written.
+    bytes_shared: u64,
     bytes_freed: u64,
     secs: f64,
 }
@@ -86,6 +89,7 @@ fn run(a: &Args) -> ckpt_engine::Result<Summary> {
                 .collect(),
             bytes_written: ranks.iter().map(|x| x.bytes_written).sum(),
             bytes_copied: ranks.iter().map(|x| x.bytes_copied).sum(),
+            bytes_shared: ranks.iter().map(|x| x.bytes_shared).sum(),
             bytes_freed: ranks.iter().map(|x| x.bytes_freed).sum(),
             secs: ranks.iter().map(|x| x.secs).sum(),
         });
@@ -124,6 +128,7 @@ fn run(a: &Args) -> ckpt_engine::Result<Summary> {
         }),
         bytes_written: r.bytes_written,
         bytes_copied: r.bytes_copied,
+        bytes_shared: r.bytes_shared,
         bytes_freed: r.bytes_freed,
         secs: r.secs,
     })
@@ -147,9 +152,11 @@ fn main() -> ExitCode {
             ckpt_cli::out!("  temporaries {:?}", s.temporaries);
             if !a.dry_run {
                 ckpt_cli::out!(
-                    "  wrote {} bytes ({} of them pages copied as they were), freed {} bytes in {:.3}s",
+                    "  wrote {} bytes ({} of them pages copied as they were, {} of those shared \
+                     with the files they came from), freed {} bytes in {:.3}s",
                     s.bytes_written,
                     s.bytes_copied,
+                    s.bytes_shared,
                     s.bytes_freed,
                     s.secs
                 );

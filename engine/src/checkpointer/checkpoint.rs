@@ -135,6 +135,7 @@ impl Writing {
         let file_id =
             format::new_file_id().map_err(|e| Error::io(self.store.dir(), "draw a file id", e))?;
         let header = Header {
+            format_version: format::FORMAT_VERSION,
             file_id,
             version: self.version,
             parent: parent.map(|p| p.parent),

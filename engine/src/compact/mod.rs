@@ -103,7 +103,11 @@ pub struct Report {
     /// I/O, or on the server of a network file system). Compaction never decodes and
     /// re-encodes a page to store it, so nothing is recompressed.
     pub bytes_copied: u64,
-    /// Bytes freed (removed files and replaced revisions).
+    /// Of `bytes_copied`, the bytes whose disk blocks the new revision shares with the file
+    /// they came from (a reflink, on XFS and btrfs): read and checked, but not written.
+    pub bytes_shared: u64,
+    /// Bytes freed (removed files and replaced revisions, counted whole: blocks a new
+    /// revision shares stay in use).
     pub bytes_freed: u64,
     /// Wall-clock seconds.
     pub secs: f64,
@@ -312,10 +316,12 @@ fn run_round(
             written,
             freed,
             copied,
+            shared,
             old,
         } = rewrite_one(store, v, &kept, opts.max_depth, &mut pool, !last)?;
         report.bytes_written += written;
         report.bytes_copied += copied;
+        report.bytes_shared += shared;
         report.bytes_freed += freed;
         retired.versions.push(old);
         done += 1;

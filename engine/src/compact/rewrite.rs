@@ -25,6 +25,8 @@ pub(super) struct Rewritten {
     pub freed: u64,
     /// Stored bytes copied from earlier files' records.
     pub copied: u64,
+    /// Of those, bytes whose blocks the new revision shares with the file they came from.
+    pub shared: u64,
     /// The old revision and the files it referenced, still open (see `Retired`).
     pub old: Version,
 }
@@ -178,6 +180,9 @@ pub(super) fn rewrite_one(
         depth = depth.max(h.depth + 1);
     }
     let header = Header {
+        // The revision's appended records may be aligned (format version 2), whatever the
+        // version of the file it revises.
+        format_version: crate::format::FORMAT_VERSION,
         depth,
         flags: (f.header.flags | FLAG_COMPACTED) & !FLAG_FULL
             | if files.len() == 1 { FLAG_FULL } else { 0 },
@@ -203,6 +208,7 @@ pub(super) fn rewrite_one(
         superseded,
     };
     writer.sync_data()?;
+    let shared = writer.shared_bytes();
     crate::fault::point("compact-step");
     let old_size = f.size();
     let lock = store.lock_commit()?;
@@ -227,6 +233,7 @@ pub(super) fn rewrite_one(
         written: new_size,
         freed: old_size,
         copied,
+        shared,
         old,
     })
 }

@@ -9,13 +9,16 @@ use super::layout::{RawFooter, RawHeader};
 use super::{
     check_page_size, FileId, Hash, Identity, ParentRef, TrackingKind, FLAGS_COMPAT, FLAGS_INCOMPAT,
     FOOTER_LEN, FOOTER_MAGIC, FORMAT_VERSION, HEADER_LEN, HEADER_MAGIC, KNOWN_INCOMPAT,
-    MAX_NAME_LEN,
+    MAX_NAME_LEN, OLDEST_FORMAT_VERSION,
 };
 use crate::error::{Error, Result};
 
 /// The 256-byte header at offset 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The format version the file was written in (a writer always writes
+    /// [`FORMAT_VERSION`]).
+    pub format_version: u32,
     /// This file's random id.
     pub file_id: FileId,
     /// The version number N of `<name>.ckpt.<N>`.
@@ -54,7 +57,7 @@ impl Header {
         });
         let mut raw = RawHeader {
             magic: HEADER_MAGIC,
-            format_version: U32::new(FORMAT_VERSION),
+            format_version: U32::new(self.format_version),
             header_len: U32::new(HEADER_LEN as u32),
             file_id: self.file_id,
             version: U64::new(self.version),
@@ -98,9 +101,10 @@ impl Header {
             return Err(bad("checksum mismatch".into()));
         }
         let fv = raw.format_version.get();
-        if fv != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&fv) {
             return Err(bad(format!(
-                "format version {fv}, this build reads only version {FORMAT_VERSION}{}",
+                "format version {fv}, this build reads versions \
+                 {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}{}",
                 if fv > FORMAT_VERSION {
                     " (written by a newer ckpt: read it with that version)"
                 } else {
@@ -152,6 +156,7 @@ impl Header {
             return Err(bad("version number 0".into()));
         }
         Ok(Header {
+            format_version: fv,
             file_id: raw.file_id,
             version,
             parent,

@@ -23,8 +23,19 @@ pub const HEADER_MAGIC: [u8; 8] = *b"CKPTHEAD";
 pub const FOOTER_MAGIC: [u8; 8] = *b"CKPTFOOT";
 /// Magic bytes at the start of the index section.
 pub const INDEX_MAGIC: [u8; 8] = *b"CKPTINDX";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes. It reads every version from
+/// [`OLDEST_FORMAT_VERSION`] up to this one.
+///
+/// - 1: records lie back to back from the end of the header.
+/// - 2: a raw record of whole blocks may be preceded by fewer than [`RECORD_ALIGN`] zero
+///   bytes, so that it starts at a multiple of [`RECORD_ALIGN`] (and the compactor can share
+///   its blocks instead of copying them).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this code reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+/// Raw records of whole blocks start at a multiple of this (format version 2): the block
+/// size of the file systems that share blocks between files (XFS, btrfs).
+pub const RECORD_ALIGN: u64 = 4096;
 /// Size of the header in bytes.
 pub const HEADER_LEN: usize = 256;
 /// Size of the footer in bytes.
@@ -172,6 +183,7 @@ mod tests {
 
     fn header() -> Header {
         Header {
+            format_version: FORMAT_VERSION,
             file_id: [7; 16],
             version: 3,
             parent: Some(ParentRef {

@@ -9,7 +9,7 @@
 use super::parallel::{Filled, Reader, Request, GAP, MAX_CHUNK};
 use super::Version;
 use crate::error::{Error, Result};
-use crate::format::RegionEntry;
+use crate::format::{RegionEntry, RECORD_ALIGN};
 
 /// Pages one run holds at most (fewer where pages are larger than 4 KiB): the unit a chunk
 /// is cut at.
@@ -107,8 +107,9 @@ fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>) -> Result<()> {
 /// order, into chunks.
 fn plan<'a>(v: &Version, targets: Vec<Target<'a>>) -> Result<Vec<Chunk<'a>>> {
     let ps = v.page_size();
-    // At most one request's worth, whatever the page size.
-    let run_pages = (MAX_CHUNK as usize / ps).clamp(1, RUN_PAGES);
+    // At most one request's worth, whatever the page size: a record is at most a page, and
+    // fewer than RECORD_ALIGN bytes of padding may precede each (format version 2).
+    let run_pages = (MAX_CHUNK as usize / (ps + RECORD_ALIGN as usize)).clamp(1, RUN_PAGES);
     let main = v.file();
     let mut runs: Vec<Vec<Run<'a>>> = (0..v.files().len()).map(|_| Vec::new()).collect();
     for t in targets {

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::{
     hex, stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry,
-    FOOTER_LEN, HEADER_LEN,
+    FOOTER_LEN, HEADER_LEN, RECORD_ALIGN,
 };
 use crate::hash::page_hash;
 
@@ -244,17 +244,37 @@ impl VersionFile {
     pub fn verify_records(&self) -> Result<()> {
         let ps = self.header.page_size as usize;
         // The records must tile the data section, in order, so that every stored byte belongs
-        // to exactly one page.
+        // to exactly one page; from format version 2, a raw record of whole blocks may follow
+        // fewer than RECORD_ALIGN zero bytes that put it on a block boundary.
         let mut pos = self.footer.data_offset;
         for (i, r) in self.index.records.iter().enumerate() {
-            if r.offset != pos {
+            let aligned = self.header.format_version >= 2
+                && r.codec == Codec::Raw
+                && r.stored_len as u64 % RECORD_ALIGN == 0
+                && r.offset % RECORD_ALIGN == 0
+                && r.offset > pos
+                && r.offset - pos < RECORD_ALIGN;
+            if r.offset != pos && !aligned {
                 return Err(Error::corrupt(
                     &self.path,
                     "data section",
                     format!("record {i} starts at {}, expected {pos}", r.offset),
                 ));
             }
-            pos += r.stored_len as u64;
+            if let Some(k) = self.map[pos as usize..r.offset as usize]
+                .iter()
+                .position(|&b| b != 0)
+            {
+                return Err(Error::corrupt(
+                    &self.path,
+                    "data section",
+                    format!(
+                        "non-zero byte at offset {} in the padding before record {i}",
+                        pos + k as u64
+                    ),
+                ));
+            }
+            pos = r.offset + r.stored_len as u64;
         }
         if pos != self.footer.index_offset {
             return Err(Error::corrupt(

@@ -137,9 +137,8 @@ pub(crate) fn drop_cached(file: &File) -> std::io::Result<()> {
 
 /// Whether `copy_file_range(2)` into `f` is done by its file system's server (NFS 4.2,
 /// SMB, CephFS: a server-side copy, the bytes never cross the network). Local file systems
-/// copy through the page cache: XFS and btrfs share blocks (a reflink) only for ranges that
-/// start on a block boundary in both files, and a version file's records never do (its data
-/// section starts at byte 256). `false` if the file system cannot be asked.
+/// copy through the page cache (block sharing, where a local file system has it, is asked
+/// for explicitly: [`clone_range`]). `false` if the file system cannot be asked.
 pub(crate) fn copy_offloaded(f: &File) -> bool {
     /// `f_type` of the file systems that copy on the server (linux/magic.h).
     const OFFLOADED: [u32; 4] = [
@@ -196,6 +195,44 @@ pub(crate) fn copy_range(src: &File, offset: u64, dst: &File, len: u64) -> std::
         done += n as u64;
     }
     Ok(done)
+}
+
+/// Makes bytes `dst_offset..dst_offset + len` of `dst` share the disk blocks of
+/// `src_offset..src_offset + len` of `src` (`ioctl(FICLONERANGE)`: a reflink, nothing is
+/// copied). XFS and btrfs (and OCFS2, bcachefs) do it for ranges whose offsets and length are
+/// multiples of their block size. Returns `false`, having changed nothing, where the file
+/// system cannot (`EOPNOTSUPP`, `ENOTTY`, `EXDEV`, `EINVAL`: another file system, other
+/// devices, an alignment it does not accept).
+pub(crate) fn clone_range(
+    src: &File,
+    src_offset: u64,
+    dst: &File,
+    dst_offset: u64,
+    len: u64,
+) -> std::io::Result<bool> {
+    let range = libc::file_clone_range {
+        src_fd: src.as_raw_fd() as i64,
+        src_offset,
+        src_length: len,
+        dest_offset: dst_offset,
+    };
+    loop {
+        // SAFETY: `dst`'s descriptor is valid for the call (borrowed); FICLONERANGE reads the
+        // `file_clone_range` behind the pointer, a live local of the type the request names,
+        // and writes no memory of ours.
+        let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONERANGE, &range) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EXDEV | libc::EINVAL | libc::ENOSYS) => {
+                return Ok(false)
+            }
+            _ => return Err(e),
+        }
+    }
 }
 
 /// Reserves `len` bytes of disk for `file` (`posix_fallocate`), so that writing through a

@@ -6,12 +6,14 @@
 //! ends (the header's block, the last block) go through the page cache.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::error::{Error, Result};
-use crate::vfs::{VfsFile, DIRECT_ALIGN};
+use crate::vfs::{copy_through_memory, VfsFile, DIRECT_ALIGN};
 
 /// One aligned block of a staging buffer.
 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -34,6 +36,28 @@ pub(crate) enum Chunk {
     },
     /// Bytes to write through the page cache.
     Plain(Vec<u8>),
+    /// `len` bytes of `src` from `offset`, to be shared with it (a reflink) where the file
+    /// system can, else copied. The file's length, `offset` and `len` are block-aligned.
+    Share {
+        /// The source file.
+        src: std::fs::File,
+        /// Where the bytes start in it.
+        offset: u64,
+        /// How many.
+        len: u64,
+        /// What became of the sharing, told to the encoder's side.
+        sharing: Arc<Sharing>,
+    },
+}
+
+/// What became of a writer's [`Chunk::Share`]s.
+#[derive(Debug, Default)]
+pub(crate) struct Sharing {
+    /// The file system refused to share blocks: the bytes were copied, and no more chunks
+    /// should ask.
+    pub(crate) refused: AtomicBool,
+    /// Bytes shared.
+    pub(crate) shared: AtomicU64,
 }
 
 impl Chunk {
@@ -42,6 +66,7 @@ impl Chunk {
         match self {
             Chunk::Aligned { from, to, .. } => to - from,
             Chunk::Plain(v) => v.len(),
+            Chunk::Share { len, .. } => *len as usize,
         }
     }
 
@@ -55,6 +80,20 @@ impl Chunk {
         let (buf, from, to) = match self {
             Chunk::Plain(v) => {
                 file.write_all(&v)?;
+                return Ok((true, None));
+            }
+            Chunk::Share {
+                src,
+                offset,
+                len,
+                sharing,
+            } => {
+                if !sharing.refused.load(Ordering::Relaxed) && file.clone_from(&src, offset, len)? {
+                    sharing.shared.fetch_add(len, Ordering::Relaxed);
+                    return Ok((false, None));
+                }
+                sharing.refused.store(true, Ordering::Relaxed);
+                copy_through_memory(file, &src, offset, len)?;
                 return Ok((true, None));
             }
             Chunk::Aligned { buf, from, to } => (buf, from, to),
@@ -223,6 +262,27 @@ impl ThreadStager {
         let (tx, path) = (&self.tx, self.stager.path.clone());
         self.stager
             .push(bytes, &mut |c| send_to(tx, &path, "copy pages", c))
+    }
+
+    /// Appends `len` bytes of `src` from `offset` by sharing its blocks, or, where the file
+    /// system refuses, by copying them: after what is staged, in order. The file's end (what
+    /// is staged included), `offset` and `len` must be multiples of [`DIRECT_ALIGN`].
+    pub(crate) fn share(
+        &mut self,
+        src: std::fs::File,
+        offset: u64,
+        len: u64,
+        sharing: &Arc<Sharing>,
+    ) -> Result<()> {
+        let (tx, path) = (&self.tx, self.stager.path.clone());
+        let mut send = |c| send_to(tx, &path, "share pages", c);
+        self.stager.cut(&mut send)?;
+        send(Chunk::Share {
+            src,
+            offset,
+            len,
+            sharing: Arc::clone(sharing),
+        })
     }
 
     /// Writes what is staged, waits for the writer thread, and gives the file back, or the
