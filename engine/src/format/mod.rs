@@ -57,6 +57,19 @@ pub const MIN_PAGE_SIZE: u32 = 4096;
 /// Largest allowed page size.
 pub const MAX_PAGE_SIZE: u32 = 1 << 20;
 
+/// The zero bytes that go before a record of `len` stored bytes with `codec` that would
+/// otherwise start at `offset` (format version 2): a raw record of whole blocks may start on
+/// the next block boundary, so that its blocks can be shared with a file that copies it (a
+/// reflink needs block-aligned offsets in both files). Fewer than [`RECORD_ALIGN`]. The
+/// writer pads by it, and `verify` accepts exactly this padding.
+pub(crate) fn padding(offset: u64, codec: Codec, len: u64) -> u64 {
+    if codec == Codec::Raw && len > 0 && len % RECORD_ALIGN == 0 {
+        offset.next_multiple_of(RECORD_ALIGN) - offset
+    } else {
+        0
+    }
+}
+
 /// Header flags are split in two halves, as ext4 and redb split features. A reader ignores
 /// unknown bits of the low half (`FLAGS_COMPAT`): they describe the file without changing
 /// how it is read. A reader refuses a file with any unknown bit of the high half

@@ -21,8 +21,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    hex, stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry,
-    FOOTER_LEN, HEADER_LEN, RECORD_ALIGN,
+    hex, padding, stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, RegionEntry,
+    FOOTER_LEN, HEADER_LEN,
 };
 use crate::hash::page_hash;
 
@@ -248,13 +248,9 @@ impl VersionFile {
         // fewer than RECORD_ALIGN zero bytes that put it on a block boundary.
         let mut pos = self.footer.data_offset;
         for (i, r) in self.index.records.iter().enumerate() {
-            let aligned = self.header.format_version >= 2
-                && r.codec == Codec::Raw
-                && r.stored_len as u64 % RECORD_ALIGN == 0
-                && r.offset % RECORD_ALIGN == 0
-                && r.offset > pos
-                && r.offset - pos < RECORD_ALIGN;
-            if r.offset != pos && !aligned {
+            let padded = self.header.format_version >= 2
+                && r.offset == pos + padding(pos, r.codec, r.stored_len as u64);
+            if r.offset != pos && !padded {
                 return Err(Error::corrupt(
                     &self.path,
                     "data section",

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::staging::{send_to, write_chunks, Chunk, Sharing, Stager, ThreadStager};
 use crate::error::{Error, Result};
 use crate::format::{
-    stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, FORMAT_VERSION,
+    padding, stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, FORMAT_VERSION,
     HEADER_LEN, RECORD_ALIGN,
 };
 use crate::store;
@@ -43,18 +43,6 @@ const CLONE_MIN: u64 = 1 << 20;
 
 /// Zeros, for the padding before an aligned record.
 static ZEROS: [u8; RECORD_ALIGN as usize] = [0; RECORD_ALIGN as usize];
-
-/// The zero bytes that go before a record of `len` stored bytes with `codec`, about to be
-/// written at `offset`: a raw record of whole blocks starts on a block boundary (format
-/// version 2), so that its blocks can be shared with a file that copies it (a reflink needs
-/// block-aligned offsets in both files). Fewer than [`RECORD_ALIGN`].
-fn padding(offset: u64, codec: Codec, len: u64) -> u64 {
-    if codec == Codec::Raw && len > 0 && len % RECORD_ALIGN == 0 {
-        offset.next_multiple_of(RECORD_ALIGN) - offset
-    } else {
-        0
-    }
-}
 
 /// The file of a [`VersionWriter`], once the runs `append_stored` gathered are written
 /// (their writer thread then gives the file back).
