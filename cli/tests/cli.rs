@@ -199,6 +199,7 @@ fn bench_reports_the_documented_fields() {
         "restore_first_secs",
         "cold_read_secs",
         "restore_newest_cold_secs",
+        "restore_newest_cold_bytes_in_place",
         "cold_cache",
         "engine_rss_bytes",
     ] {

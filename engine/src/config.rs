@@ -296,4 +296,7 @@ pub struct RestoreStats {
     pub files_read: usize,
     /// Bytes restored.
     pub bytes: u64,
+    /// Of those, bytes read with direct I/O straight into the regions: raw pages stored back
+    /// to back (format version 2), read without a buffer or a copy.
+    pub bytes_in_place: u64,
 }

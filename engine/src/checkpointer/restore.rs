@@ -142,7 +142,7 @@ impl Checkpointer {
                 fast: Some(hashes.as_mut_slice()),
             });
         }
-        v.restore_regions(targets)?;
+        let bytes_in_place = v.restore_regions(targets)?;
         let new_hashes: Vec<RegionHashes> = new_hashes
             .into_iter()
             .zip(&order)
@@ -173,6 +173,7 @@ impl Checkpointer {
             version,
             files_read: v.files().len(),
             bytes,
+            bytes_in_place,
         })
     }
 

@@ -5,15 +5,28 @@
 //! [`MAX_CHUNK`]), many at once and around the page cache ([`Reader`]), while the workers
 //! decode and verify the chunks already read, straight into the regions. Every page is
 //! checked against its stored blake3 hash before the restore returns success.
+//!
+//! Where one file holds most of a megabyte of a region as raw pages stored back to back
+//! (a full version's file, format version 2), that stretch is read with direct I/O straight
+//! into the region: no buffer, no copy ([`How::Direct`]). The read also lays down the file's
+//! stale copies of the pages that newer files replace (the stretch's holes); those are
+//! written over in a second pass ([`How::Late`]), once every direct read has landed.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::parallel::{Filled, Reader, Request, GAP, MAX_CHUNK};
 use super::Version;
 use crate::error::{Error, Result};
-use crate::format::{RegionEntry, RECORD_ALIGN};
+use crate::format::{Codec, Record, RegionEntry, RECORD_ALIGN};
+use crate::vfs::DIRECT_ALIGN;
 
 /// Pages one run holds at most (fewer where pages are larger than 4 KiB): the unit a chunk
 /// is cut at.
 const RUN_PAGES: usize = 256;
+/// Pages of its own file that a direct stretch holds at least: shorter stretches are read
+/// with their neighbours in the file, into a buffer.
+const DIRECT_MIN_PAGES: usize = 32;
 
 /// One region to restore.
 pub struct Target<'a> {
@@ -23,6 +36,33 @@ pub struct Target<'a> {
     pub out: &'a mut [u8],
     /// Where each page's change-detection hash goes, one per page; `None` for no hashes.
     pub fast: Option<&'a mut [u128]>,
+}
+
+/// How a piece of a region is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Straight into the region, around the page cache, in the first pass. The stretch may
+    /// have holes: pages that come from other files, read late.
+    Direct,
+    /// Into a buffer, and decoded into the region, in the first pass.
+    Buffered,
+    /// Into a buffer, in the second pass: the rest of a window that holds a direct stretch,
+    /// including the stretch's holes, which the direct read filled with stale pages.
+    Late,
+}
+
+/// Pages of a region stored as consecutive records of one file.
+#[derive(Debug, Clone)]
+struct Piece {
+    file: usize,
+    /// The first page's record in that file's record table.
+    first_record: usize,
+    /// The first page, in the region, and how many.
+    first_page: usize,
+    pages: usize,
+    how: How,
+    /// For a direct piece, its holes: pages (counted from its first) that late pieces fill.
+    holes: Vec<Range<usize>>,
 }
 
 /// Consecutive pages of a region stored as consecutive records of one file.
@@ -36,6 +76,10 @@ struct Run<'a> {
     out: &'a mut [u8],
     /// Their change-detection hashes, if wanted.
     fast: Option<&'a mut [u128]>,
+    /// Pages (counted from the first) left to a later pass: neither checked nor hashed here.
+    holes: Vec<Range<usize>>,
+    /// Whether the run is a direct stretch, read into `out` in a chunk of its own.
+    direct: bool,
 }
 
 /// Whole records of one file read by one request, and where their pages go.
@@ -45,6 +89,8 @@ struct Chunk<'a> {
     start: u64,
     end: u64,
     runs: Vec<Run<'a>>,
+    /// One direct run, read straight into its pages if the reader can.
+    direct: bool,
 }
 
 impl Request for Chunk<'_> {
@@ -54,13 +100,23 @@ impl Request for Chunk<'_> {
     fn span(&self) -> (u64, u64) {
         (self.start, self.end)
     }
+    fn target(&mut self) -> Option<&mut [u8]> {
+        match self.runs.as_mut_slice() {
+            [run] if self.direct => Some(&mut *run.out),
+            _ => None,
+        }
+    }
 }
 
 /// Restores `targets` from `v`: reads what they need from each file, decodes every page into
 /// its place and checks it against its blake3 hash, and fills the change-detection hashes
-/// asked for. On error, the targets hold an unspecified mix of old and restored bytes.
-pub(super) fn restore(v: &Version, targets: Vec<Target<'_>>) -> Result<()> {
-    let chunks = plan(v, targets)?;
+/// asked for. Returns the bytes read straight into the regions (direct stretches). On error,
+/// the targets hold an unspecified mix of old and restored bytes.
+pub(super) fn restore(v: &Version, mut targets: Vec<Target<'_>>) -> Result<u64> {
+    let layouts = targets
+        .iter()
+        .map(|t| layout(v, t))
+        .collect::<Result<Vec<_>>>()?;
     // Twice as many workers as cores: a worker stalls in faulting its run's fresh pages in
     // (`populate_write`) and in waiting for reads, and another uses the core meanwhile. Cold
     // 1 GiB restores (2-core VM, ext4 on virtio, three bench runs each, alternated): the
@@ -68,14 +124,24 @@ pub(super) fn restore(v: &Version, targets: Vec<Target<'_>>) -> Result<()> {
     // the same CPU time (user 0.45-0.60 s, system 0.41-0.63 s).
     let workers = 2 * rayon::current_num_threads().max(1);
     let reader = Reader::new(v.files(), workers, true);
-    reader.run(chunks, workers, decode_chunk)
+    // The second pass writes over the stale pages that the first one's direct reads left in
+    // the holes: it starts once they have all landed.
+    let in_place = AtomicU64::new(0);
+    for late in [false, true] {
+        let chunks = chunks(v, &mut targets, &layouts, late)?;
+        reader.run(chunks, workers, |c| decode_chunk(c, &in_place))?;
+    }
+    Ok(in_place.into_inner())
 }
 
-/// Decodes every page of a chunk read into its place, checking it.
-fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>) -> Result<()> {
+/// Decodes every page of a chunk read into its place, checking it (or, read straight into
+/// its place, checks it there, counting its bytes in `in_place`).
+fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>, in_place: &AtomicU64) -> Result<()> {
     let f = chunk.file();
     let ps = f.header.page_size as usize;
     let runs = std::mem::take(&mut chunk.req.runs);
+    let in_target = chunk.in_target();
+    let mut placed = 0u64;
     for run in runs {
         let Run {
             first_record,
@@ -83,115 +149,240 @@ fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>) -> Result<()> {
             first_page,
             out,
             mut fast,
+            holes,
+            ..
         } = run;
         // A restarted process's regions are fresh memory: fault the run's pages in with one
         // call rather than one trap per page. Cold 1 GiB restores into fresh regions (2-core
         // VM, six alternated runs each): system time 0.80-1.02 s -> 0.61-0.70 s, wall time
         // the same (0.88-1.20 s against 0.84-1.25 s, the disk's pace that day). A hint: where
-        // it fails, the writes below fault the pages in.
-        let _ = crate::sys::populate_write(out);
+        // it fails, the writes below fault the pages in. (A direct read faulted them in.)
+        if !in_target {
+            let _ = crate::sys::populate_write(out);
+        }
+        let mut holes = holes.iter().peekable();
         for (k, page) in out.chunks_mut(ps).enumerate() {
+            while holes.next_if(|h| h.end <= k).is_some() {}
+            if holes.peek().is_some_and(|h| h.contains(&k)) {
+                continue;
+            }
             let p = first_page + k as u64;
             let what = || format!("page {p} of region {region_id}");
             let rec = f.index.records.get(first_record + k).ok_or_else(|| {
                 Error::corrupt(f.path(), what(), "refers to a record past the file's table")
             })?;
-            let bytes = chunk.stored(rec).ok_or_else(|| {
-                Error::corrupt(f.path(), what(), "record lies outside the bytes read")
-            })?;
-            f.decode(rec, bytes, page, &what)?;
+            if in_target {
+                f.check_in_place(rec, page, &what)?;
+                placed += page.len() as u64;
+            } else {
+                let bytes = chunk.stored(rec).ok_or_else(|| {
+                    Error::corrupt(f.path(), what(), "record lies outside the bytes read")
+                })?;
+                f.decode(rec, bytes, page, &what)?;
+            }
             if let Some(h) = fast.as_deref_mut().and_then(|h| h.get_mut(k)) {
                 *h = crate::hash::fast_hash(page);
             }
         }
     }
+    in_place.fetch_add(placed, Ordering::Relaxed);
     Ok(())
 }
 
-/// Cuts `targets` into runs of consecutive records and groups each file's runs, in file
-/// order, into chunks.
-fn plan<'a>(v: &Version, targets: Vec<Target<'a>>) -> Result<Vec<Chunk<'a>>> {
+/// Where each page of target `t` comes from, in page order, and how it is read: its extents
+/// cut into pieces, with a direct stretch wherever one file's raw pages fill most of a
+/// request's worth of the region.
+fn layout(v: &Version, t: &Target<'_>) -> Result<Vec<Piece>> {
     let ps = v.page_size();
-    // At most one request's worth, whatever the page size: a record is at most a page, and
-    // fewer than RECORD_ALIGN bytes of padding may precede each (format version 2).
-    let run_pages = (MAX_CHUNK as usize / (ps + RECORD_ALIGN as usize)).clamp(1, RUN_PAGES);
     let main = v.file();
-    let mut runs: Vec<Vec<Run<'a>>> = (0..v.files().len()).map(|_| Vec::new()).collect();
-    for t in targets {
-        let region: RegionEntry =
-            *v.regions()
-                .get(t.region)
-                .ok_or_else(|| Error::RegionMismatch {
-                    path: main.path().to_path_buf(),
-                    why: format!(
-                        "asked for region number {}, the checkpoint has {}",
-                        t.region,
-                        v.regions().len()
-                    ),
-                })?;
-        if t.out.len() as u64 != region.byte_len {
-            return Err(Error::RegionMismatch {
-                path: main.path().to_path_buf(),
-                why: format!(
-                    "region {} is {} bytes in the checkpoint, {} in memory",
-                    region.id,
-                    region.byte_len,
-                    t.out.len()
-                ),
-            });
-        }
-        let pages = t.out.len().div_ceil(ps);
-        let (mut out, mut fast) = (t.out, t.fast);
-        if fast.as_ref().is_some_and(|h| h.len() != pages) {
-            return Err(Error::Config(format!(
-                "restore of region {}: {pages} pages but room for {} hashes",
+    let region: RegionEntry = *v
+        .regions()
+        .get(t.region)
+        .ok_or_else(|| Error::RegionMismatch {
+            path: main.path().to_path_buf(),
+            why: format!(
+                "asked for region number {}, the checkpoint has {}",
+                t.region,
+                v.regions().len()
+            ),
+        })?;
+    if t.out.len() as u64 != region.byte_len {
+        return Err(Error::RegionMismatch {
+            path: main.path().to_path_buf(),
+            why: format!(
+                "region {} is {} bytes in the checkpoint, {} in memory",
                 region.id,
-                fast.as_ref().map_or(0, |h| h.len())
-            )));
-        }
-        let mut page = 0u64;
-        for ext in main.index.extents_of(&region) {
-            let file = ext.file as usize;
-            let mut left = ext.page_count as usize;
-            let mut record = ext.first_record as usize;
-            while left > 0 {
-                if out.is_empty() {
-                    return Err(Error::corrupt(
-                        main.path(),
-                        format!("region {}", region.id),
-                        format!("its extents hold more pages than its {pages}"),
-                    ));
-                }
-                let bytes = (left.min(run_pages) * ps).min(out.len());
-                let (head, rest) = std::mem::take(&mut out).split_at_mut(bytes);
-                out = rest;
-                let n = head.len().div_ceil(ps);
-                let hashes = match fast.take() {
-                    Some(h) => {
-                        let (a, b) = h.split_at_mut(n.min(h.len()));
-                        fast = Some(b);
-                        Some(a)
-                    }
-                    None => None,
-                };
-                runs[file].push(Run {
-                    first_record: record,
-                    region_id: region.id,
-                    first_page: page,
-                    out: head,
-                    fast: hashes,
-                });
-                page += n as u64;
-                record += n;
-                left -= n;
-            }
-        }
-        if !out.is_empty() {
+                region.byte_len,
+                t.out.len()
+            ),
+        });
+    }
+    let pages = t.out.len().div_ceil(ps);
+    if t.fast.as_ref().is_some_and(|h| h.len() != pages) {
+        return Err(Error::Config(format!(
+            "restore of region {}: {pages} pages but room for {} hashes",
+            region.id,
+            t.fast.as_ref().map_or(0, |h| h.len())
+        )));
+    }
+    // The extents, as pieces of at most one window each.
+    let window = (MAX_CHUNK as usize / ps).max(1);
+    let mut cut = Vec::new();
+    let mut page = 0usize;
+    for ext in main.index.extents_of(&region) {
+        let file = ext.file as usize;
+        if file >= v.files().len() {
             return Err(Error::corrupt(
                 main.path(),
                 format!("page {page} of region {}", region.id),
-                "is in none of the region's extents",
+                format!("refers to file {file} of a table of {}", v.files().len()),
             ));
+        }
+        let (mut left, mut record) = (ext.page_count as usize, ext.first_record as usize);
+        if pages - page < left {
+            return Err(Error::corrupt(
+                main.path(),
+                format!("region {}", region.id),
+                format!("its extents hold more pages than its {pages}"),
+            ));
+        }
+        while left > 0 {
+            let n = left.min(window - page % window);
+            cut.push(Piece {
+                file,
+                first_record: record,
+                first_page: page,
+                pages: n,
+                how: How::Buffered,
+                holes: Vec::new(),
+            });
+            (page, record, left) = (page + n, record + n, left - n);
+        }
+    }
+    if page < pages {
+        return Err(Error::corrupt(
+            main.path(),
+            format!("page {page} of region {}", region.id),
+            "is in none of the region's extents",
+        ));
+    }
+    // Window by window: the file, and the offset of its record numbers from the page
+    // numbers, that supply the most pages; a direct stretch from its first such page to its
+    // last, if the file's records in between are raw pages back to back.
+    let mut pieces = Vec::with_capacity(cut.len());
+    let mut rest = &cut[..];
+    while let Some(first) = rest.first() {
+        let w = first.first_page / window;
+        let n = rest
+            .iter()
+            .take_while(|p| p.first_page / window == w)
+            .count();
+        let (win, next) = rest.split_at(n);
+        rest = next;
+        let key = |p: &Piece| (p.file, p.first_record as i64 - p.first_page as i64);
+        let mut totals: Vec<((usize, i64), usize)> = Vec::new();
+        for p in win {
+            match totals.iter_mut().find(|(k, _)| *k == key(p)) {
+                Some((_, t)) => *t += p.pages,
+                None => totals.push((key(p), p.pages)),
+            }
+        }
+        let best = totals.iter().copied().max_by_key(|&(_, t)| t);
+        let stretch = best.and_then(|(k, own)| {
+            let lo = win.iter().find(|p| key(p) == k)?.first_page;
+            let last = win.iter().rev().find(|p| key(p) == k)?;
+            let hi = last.first_page + last.pages;
+            let record = usize::try_from(k.1 + lo as i64).ok()?;
+            let records = &v.files().get(k.0)?.index.records;
+            let out = t.out.get(lo * ps..)?;
+            let ok = own >= DIRECT_MIN_PAGES
+                && 2 * own >= hi - lo
+                && direct_pages(records, record, out, ps, hi - lo) == hi - lo;
+            ok.then_some((k, lo, hi, record))
+        });
+        let Some((k, lo, hi, record)) = stretch else {
+            pieces.extend_from_slice(win);
+            continue;
+        };
+        // The window's other pieces are all read late, with the other files' late pieces:
+        // a file that supplies a few pages to each window is then read in long requests.
+        let mut holes = Vec::new();
+        let mut late = Vec::new();
+        for p in win {
+            let inside = p.first_page >= lo && p.first_page < hi;
+            if inside && key(p) == k {
+                continue;
+            }
+            if inside {
+                holes.push(p.first_page - lo..p.first_page - lo + p.pages);
+            }
+            late.push(Piece {
+                how: How::Late,
+                ..p.clone()
+            });
+        }
+        pieces.push(Piece {
+            file: k.0,
+            first_record: record,
+            first_page: lo,
+            pages: hi - lo,
+            how: How::Direct,
+            holes,
+        });
+        pieces.append(&mut late);
+    }
+    Ok(pieces)
+}
+
+/// The first pass's chunks (direct and buffered pieces), or the second's (late pieces):
+/// the targets' pieces cut into runs of consecutive records, and each file's runs grouped,
+/// in file order, into chunks.
+fn chunks<'a>(
+    v: &Version,
+    targets: &'a mut [Target<'_>],
+    layouts: &[Vec<Piece>],
+    late: bool,
+) -> Result<Vec<Chunk<'a>>> {
+    let ps = v.page_size();
+    let main = v.file();
+    // At most one request's worth, whatever the page size: a record is at most a page, and
+    // fewer than RECORD_ALIGN bytes of padding may precede each (format version 2).
+    let run_pages = (MAX_CHUNK as usize / (ps + RECORD_ALIGN as usize)).clamp(1, RUN_PAGES);
+    let mut runs: Vec<Vec<Run<'a>>> = (0..v.files().len()).map(|_| Vec::new()).collect();
+    for (t, pieces) in targets.iter_mut().zip(layouts) {
+        let region_id = v.regions().get(t.region).map_or(0, |r| r.id);
+        let mut out: &'a mut [u8] = &mut *t.out;
+        let mut fast: Option<&'a mut [u128]> = t.fast.as_deref_mut();
+        // The page that `out` (and `fast`) start at.
+        let mut at = 0usize;
+        for piece in pieces.iter().filter(|p| (p.how == How::Late) == late) {
+            // Pieces of one pass are in page order and do not overlap.
+            let skip = piece.first_page.saturating_sub(at);
+            let _ = split_pages(&mut out, &mut fast, skip, ps);
+            at += skip;
+            let (direct, most) = match piece.how {
+                How::Direct => (true, piece.pages),
+                _ => (false, run_pages),
+            };
+            let (mut left, mut record) = (piece.pages, piece.first_record);
+            while left > 0 {
+                let n = left.min(most);
+                let (head, hashes) = split_pages(&mut out, &mut fast, n, ps);
+                runs[piece.file].push(Run {
+                    first_record: record,
+                    region_id,
+                    first_page: at as u64,
+                    out: head,
+                    fast: hashes,
+                    holes: if direct {
+                        piece.holes.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    direct,
+                });
+                (at, record, left) = (at + n, record + n, left - n);
+            }
         }
     }
     let mut per_file: Vec<std::collections::VecDeque<Chunk<'a>>> = Vec::new();
@@ -221,6 +412,16 @@ fn plan<'a>(v: &Version, targets: Vec<Target<'a>>) -> Result<Vec<Chunk<'a>>> {
                 ));
             };
             match cur.as_mut() {
+                _ if run.direct => {
+                    chunks.extend(cur.take());
+                    chunks.push_back(Chunk {
+                        file,
+                        start: a,
+                        end: b,
+                        runs: vec![run],
+                        direct: true,
+                    });
+                }
                 Some(c)
                     if a >= c.start && a <= c.end + GAP && b.max(c.end) - c.start <= MAX_CHUNK =>
                 {
@@ -234,6 +435,7 @@ fn plan<'a>(v: &Version, targets: Vec<Target<'a>>) -> Result<Vec<Chunk<'a>>> {
                         start: a,
                         end: b,
                         runs: vec![run],
+                        direct: false,
                     });
                 }
             }
@@ -249,4 +451,50 @@ fn plan<'a>(v: &Version, targets: Vec<Target<'a>>) -> Result<Vec<Chunk<'a>>> {
         }
     }
     Ok(chunks)
+}
+
+/// Splits the first `pages` pages off `out` and their hashes off `fast` (fewer where they
+/// end first; the last page may be short).
+fn split_pages<'a>(
+    out: &mut &'a mut [u8],
+    fast: &mut Option<&'a mut [u128]>,
+    pages: usize,
+    ps: usize,
+) -> (&'a mut [u8], Option<&'a mut [u128]>) {
+    let bytes = pages.saturating_mul(ps).min(out.len());
+    let (head, rest) = std::mem::take(out).split_at_mut(bytes);
+    *out = rest;
+    let hashes = fast.take().map(|h| {
+        let (a, b) = h.split_at_mut(pages.min(h.len()));
+        *fast = Some(b);
+        a
+    });
+    (head, hashes)
+}
+
+/// How many pages, from record `record` of a file's `records` on and at most `max`, can be
+/// read with direct I/O straight into `out` (their place in the region): raw whole pages
+/// stored back to back from a block boundary of the file (format version 2 aligns them), into
+/// memory that starts on a block boundary.
+fn direct_pages(records: &[Record], record: usize, out: &[u8], ps: usize, max: usize) -> usize {
+    let Some(first) = records.get(record) else {
+        return 0;
+    };
+    if ps % DIRECT_ALIGN != 0
+        || (out.as_ptr() as usize) % DIRECT_ALIGN != 0
+        || first.offset % DIRECT_ALIGN as u64 != 0
+    {
+        return 0;
+    }
+    records[record..]
+        .iter()
+        .take((out.len() / ps).min(max))
+        .zip((first.offset..).step_by(ps))
+        .take_while(|(r, at)| {
+            r.codec == Codec::Raw
+                && r.stored_len as usize == ps
+                && r.raw_len as usize == ps
+                && r.offset == *at
+        })
+        .count()
 }

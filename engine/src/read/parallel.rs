@@ -52,6 +52,11 @@ pub(crate) trait Request: Send {
     fn file(&self) -> usize;
     /// The bytes needed: `start..end` of the file.
     fn span(&self) -> (u64, u64);
+    /// Memory to read the span straight into, around the page cache and without a buffer,
+    /// where the reader can: exactly the span's length. `None` (the default) for a buffer.
+    fn target(&mut self) -> Option<&mut [u8]> {
+        None
+    }
 }
 
 /// A request's range, widened to [`DIRECT_ALIGN`] boundaries: offset and length.
@@ -65,8 +70,11 @@ fn aligned((start, end): (u64, u64)) -> (u64, usize) {
 pub(crate) struct Filled<'r, R> {
     /// The request.
     pub(crate) req: R,
-    /// The bytes read, from file offset `at`; `None` where they are taken from the mapping.
+    /// The bytes read, from file offset `at`; `None` where they are taken from the mapping or
+    /// were read into the request's target.
     buf: Option<Vec<Block>>,
+    /// Whether the span was read into the request's [`Request::target`].
+    in_target: bool,
     at: u64,
     file: &'r VersionFile,
     pool: &'r Pool,
@@ -78,6 +86,12 @@ impl<'r, R> Filled<'r, R> {
         self.file
     }
 
+    /// Whether the span's bytes were read straight into the request's
+    /// [`target`](Request::target) (then [`bytes`](Self::bytes) has none of them).
+    pub(crate) fn in_target(&self) -> bool {
+        self.in_target
+    }
+
     /// The stored bytes of record `rec` of the file, if the request covered them.
     pub(crate) fn stored(&self, rec: &Record) -> Option<&[u8]> {
         self.bytes(rec.offset, rec.offset.checked_add(rec.stored_len as u64)?)
@@ -85,6 +99,9 @@ impl<'r, R> Filled<'r, R> {
 
     /// Bytes `start..end` of the file, if the request covered them.
     pub(crate) fn bytes(&self, start: u64, end: u64) -> Option<&[u8]> {
+        if self.in_target {
+            return None;
+        }
         match &self.buf {
             Some(b) => {
                 let from = usize::try_from(start.checked_sub(self.at)?).ok()?;
@@ -326,41 +343,93 @@ impl<'f> Reader<'f> {
         }
     }
 
-    /// Reads `req` into `buf`, or takes it from the mapping if it is all cached (then `buf`
-    /// comes back unused).
+    /// Reads `req` into `buf`; or takes it from the mapping if it is all cached, or reads it
+    /// straight into its target (then `buf` comes back unused).
     fn read<R: Request>(
         &self,
-        req: R,
+        mut req: R,
         mut buf: Vec<Block>,
     ) -> Result<(Filled<'_, R>, Option<Vec<Block>>)> {
         let i = req.file();
         let f: &VersionFile = &self.files[i];
-        let (at, len) = aligned(req.span());
-        if crate::sys::mapping::resident(f.map(), at, len).unwrap_or(false) {
-            let filled = Filled {
-                req,
-                buf: None,
-                at,
-                file: f,
-                pool: &self.pool,
-            };
-            return Ok((filled, Some(buf)));
-        }
-        let dio = self.direct[i]
-            .as_ref()
-            .filter(|_| !self.refused[i].load(Ordering::Relaxed));
-        if let Err(e) = read_chunk(f, dio, &self.refused[i], at, &mut buf.as_mut_bytes()[..len]) {
-            self.pool.give(buf);
-            return Err(e);
-        }
-        let filled = Filled {
+        let span = req.span();
+        let (at, len) = aligned(span);
+        let filled = |req, buf, in_target| Filled {
             req,
-            buf: Some(buf),
+            buf,
+            in_target,
             at,
             file: f,
             pool: &self.pool,
         };
-        Ok((filled, None))
+        if crate::sys::mapping::resident(f.map(), at, len).unwrap_or(false) {
+            return Ok((filled(req, None, false), Some(buf)));
+        }
+        let dio = self.direct[i]
+            .as_ref()
+            .filter(|_| !self.refused[i].load(Ordering::Relaxed));
+        if let (Some(d), Some(target)) = (dio, req.target()) {
+            if read_into(f, d, &self.refused[i], span, target)? {
+                return Ok((filled(req, None, true), Some(buf)));
+            }
+        }
+        if let Err(e) = read_chunk(f, dio, &self.refused[i], at, &mut buf.as_mut_bytes()[..len]) {
+            self.pool.give(buf);
+            return Err(e);
+        }
+        Ok((filled(req, Some(buf), false), None))
+    }
+}
+
+/// Reads bytes `start..end` of `f` with direct I/O through `dio` straight into `target`, if
+/// the span, the memory and the file allow it: `false`, having read nothing that counts, if
+/// they do not. Direct I/O wants the file offset, the memory's address and the length to be
+/// multiples of [`DIRECT_ALIGN`]; a file system that refuses it (`EINVAL`) is remembered in
+/// `refused`, and memory that the kernel cannot read into this way (`EFAULT`: a device's
+/// mapping, say) is left to the buffered path.
+fn read_into(
+    f: &VersionFile,
+    dio: &File,
+    refused: &AtomicBool,
+    (start, end): (u64, u64),
+    target: &mut [u8],
+) -> Result<bool> {
+    let align = DIRECT_ALIGN as u64;
+    let len = target.len() as u64;
+    if start % align != 0
+        || len % align != 0
+        || end.checked_sub(start) != Some(len)
+        || (target.as_ptr() as usize) % DIRECT_ALIGN != 0
+        || end > f.size()
+    {
+        return Ok(false);
+    }
+    match read_full(dio, start, target) {
+        Ok(n) if n as u64 == len => Ok(true),
+        Ok(n) => Err(Error::io(
+            f.path(),
+            "read",
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{n} bytes at offset {start}, expected {len}"),
+            ),
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(
+                "{}: direct read refused ({e}); reading through the page cache",
+                f.path().display()
+            );
+            refused.store(true, Ordering::Relaxed);
+            Ok(false)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+            tracing::debug!(
+                "{}: no direct read into this memory ({e}); reading through a buffer",
+                f.path().display()
+            );
+            Ok(false)
+        }
+        Err(e) => Err(Error::io(f.path(), "read", e)),
     }
 }
 
