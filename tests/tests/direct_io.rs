@@ -45,6 +45,20 @@ fn resident_fraction(path: &Path) -> f64 {
     vec.iter().filter(|&&b| b & 1 == 1).count() as f64 / pages as f64
 }
 
+/// Damages the byte at `at` of the file at `path`, on the disk.
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+    f.sync_all().unwrap();
+}
+
 /// Whether the file system under `dir` is one known to take `O_DIRECT` writes.
 fn takes_direct_io(dir: &Path) -> bool {
     use nix::sys::statfs::{statfs, BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC};
@@ -224,7 +238,6 @@ fn a_copied_range_is_appended_exactly_and_local_copies_are_not_offloaded() {
 /// path; the same restore with the files cached comes through the mapping, equally checked.
 #[test]
 fn a_cold_restore_reads_around_the_page_cache_and_checks_every_page() {
-    use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().join("store");
     let ps = 4096;
@@ -287,16 +300,7 @@ fn a_cold_restore_reads_around_the_page_cache_and_checks_every_page() {
             .expect("a raw page that v2 still uses");
         rec.offset + 100
     };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&v1.path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    flip_byte(&v1.path, at);
     for cold in [true, false] {
         if cold {
             drop_from_cache(&v1.path);
@@ -322,7 +326,6 @@ fn a_cold_restore_reads_around_the_page_cache_and_checks_every_page() {
 #[test]
 fn a_direct_stretch_is_read_into_the_region_and_its_holes_filled_after() {
     use ckpt_engine::Tracking;
-    use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().join("store");
     let ps = 4096;
@@ -384,17 +387,7 @@ fn a_direct_stretch_is_read_into_the_region_and_its_holes_filled_after() {
         assert_eq!(rec.codec, ckpt_engine::format::Codec::Raw);
         rec.offset
     };
-    let flip = |at: u64| {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&v1.path)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).unwrap();
-        f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
-        f.sync_all().unwrap();
-    };
+    let flip = |at: u64| flip_byte(&v1.path, at);
     // Page 5's copy in v1 is stale (v2 replaced it): damaged, it changes nothing.
     flip(offset(5) + 7);
     let (_, same, _) = restore().unwrap();

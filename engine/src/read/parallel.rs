@@ -382,11 +382,9 @@ impl<'f> Reader<'f> {
 }
 
 /// Reads bytes `start..end` of `f` with direct I/O through `dio` straight into `target`, if
-/// the span, the memory and the file allow it: `false`, having read nothing that counts, if
-/// they do not. Direct I/O wants the file offset, the memory's address and the length to be
-/// multiples of [`DIRECT_ALIGN`]; a file system that refuses it (`EINVAL`) is remembered in
-/// `refused`, and memory that the kernel cannot read into this way (`EFAULT`: a device's
-/// mapping, say) is left to the buffered path.
+/// the span, the memory and the file allow it (direct I/O wants the file offset, the memory's
+/// address and the length to be multiples of [`DIRECT_ALIGN`]): `false`, having read nothing
+/// that counts, if they do not, or if the read is refused ([`read_direct`]).
 fn read_into(
     f: &VersionFile,
     dio: &File,
@@ -404,14 +402,53 @@ fn read_into(
     {
         return Ok(false);
     }
-    match read_full(dio, start, target) {
-        Ok(n) if n as u64 == len => Ok(true),
+    read_direct(f, dio, refused, start, target, len as usize)
+}
+
+/// Reads `buf.len()` bytes of `f` at `at` (aligned), with direct I/O through `dio` if given.
+/// A file system that refuses a direct read (`EINVAL`) gets this and later reads through the
+/// page cache (`refused` remembers). Bytes past the end of the file are left as they were.
+fn read_chunk(
+    f: &VersionFile,
+    dio: Option<&File>,
+    refused: &AtomicBool,
+    at: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    let size = f.size();
+    let want = buf.len().min(size.saturating_sub(at) as usize);
+    if let Some(d) = dio {
+        let whole = want.next_multiple_of(DIRECT_ALIGN).min(buf.len());
+        if read_direct(f, d, refused, at, &mut buf[..whole], want)? {
+            return Ok(());
+        }
+    }
+    f.file()
+        .read_exact_at(&mut buf[..want], at)
+        .map_err(|e| Error::io(f.path(), "read", e))
+}
+
+/// Reads `buf` (aligned) at `at` of `f` with direct I/O through `dio`: `true` once at least
+/// `want` bytes are in, `false` if the read was refused and nothing read counts. A file
+/// system that refuses direct I/O (`EINVAL`) is remembered in `refused`; memory that the
+/// kernel cannot read into this way (`EFAULT`: a device's mapping, say) is left to the
+/// caller's buffered path. A short read or any other error is an error.
+fn read_direct(
+    f: &VersionFile,
+    dio: &File,
+    refused: &AtomicBool,
+    at: u64,
+    buf: &mut [u8],
+    want: usize,
+) -> Result<bool> {
+    match read_full(dio, at, buf) {
+        Ok(n) if n >= want => Ok(true),
         Ok(n) => Err(Error::io(
             f.path(),
             "read",
             std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                format!("{n} bytes at offset {start}, expected {len}"),
+                format!("{n} bytes at offset {at}, expected {want}"),
             ),
         )),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -431,47 +468,6 @@ fn read_into(
         }
         Err(e) => Err(Error::io(f.path(), "read", e)),
     }
-}
-
-/// Reads `buf.len()` bytes of `f` at `at` (aligned), with direct I/O through `dio` if given.
-/// A file system that refuses a direct read (`EINVAL`) gets this and later reads through the
-/// page cache (`refused` remembers). Bytes past the end of the file are left as they were.
-fn read_chunk(
-    f: &VersionFile,
-    dio: Option<&File>,
-    refused: &AtomicBool,
-    at: u64,
-    buf: &mut [u8],
-) -> Result<()> {
-    let size = f.size();
-    let want = buf.len().min(size.saturating_sub(at) as usize);
-    if let Some(d) = dio {
-        let whole = want.next_multiple_of(DIRECT_ALIGN).min(buf.len());
-        match read_full(d, at, &mut buf[..whole]) {
-            Ok(n) if n >= want => return Ok(()),
-            Ok(n) => {
-                return Err(Error::io(
-                    f.path(),
-                    "read",
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("{n} bytes at offset {at}, expected {want}"),
-                    ),
-                ))
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!(
-                    "{}: direct read refused ({e}); reading through the page cache",
-                    f.path().display()
-                );
-                refused.store(true, Ordering::Relaxed);
-            }
-            Err(e) => return Err(Error::io(f.path(), "read", e)),
-        }
-    }
-    f.file()
-        .read_exact_at(&mut buf[..want], at)
-        .map_err(|e| Error::io(f.path(), "read", e))
 }
 
 /// Reads into `buf` at `at` until it is full or the file ends; the bytes read.
