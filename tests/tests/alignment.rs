@@ -16,7 +16,9 @@ use ckpt_engine::vfs::{copy_through_memory, RealFs, Vfs, VfsFile};
 use ckpt_engine::{Checkpointer, Config, Store, Tracking};
 
 const PAGE: usize = 4096;
-/// Pages of the first region: several read requests (1 MiB) of them.
+/// Pages of the first region's compressible head: one batch of a full version (8 MiB).
+const HEAD: usize = 2048;
+/// Pages of noise after it: several read requests (1 MiB) of them.
 const PAGES: usize = 1200;
 
 fn noise(rng: &mut u64, out: &mut [u8]) {
@@ -28,19 +30,19 @@ fn noise(rng: &mut u64, out: &mut [u8]) {
     }
 }
 
-/// A checkpointer over two regions: `PAGES` pages of noise whose first page ends in 200
-/// zeros (it compresses a little, its batch does not: it is stored compressed, past the
-/// first block boundary, and the raw pages after it need padding), and a region whose last
-/// page is short.
+/// A checkpointer over two regions: `HEAD` pages of zeros but for the last, noise that ends
+/// in 200 zeros (one batch worth compressing: all stored compressed, the last page to a
+/// little less than a page, so the raw pages after it need padding), then `PAGES` pages of
+/// noise (a batch stored raw); and a region whose last page is short.
 fn setup(dir: &Path) -> Checkpointer {
     let mut config = Config::default().with_compression_level(1);
     config.tracking = Tracking::Hash;
     let mut ck = Checkpointer::open(dir, "a", config).unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let h = ck.alloc_region::<u8>(1, PAGES * PAGE).unwrap();
+    let h = ck.alloc_region::<u8>(1, (HEAD + PAGES) * PAGE).unwrap();
     let r = ck.region_mut(&h).unwrap();
-    noise(&mut rng, r);
-    r[PAGE - 200..PAGE].fill(0);
+    noise(&mut rng, &mut r[(HEAD - 1) * PAGE..]);
+    r[HEAD * PAGE - 200..HEAD * PAGE].fill(0);
     let h = ck.alloc_region::<u8>(2, 3 * PAGE + 100).unwrap();
     noise(&mut rng, ck.region_mut(&h).unwrap());
     ck
@@ -60,7 +62,7 @@ fn state(ck: &Checkpointer) -> Vec<Vec<u8>> {
 /// Restores version `v` of chain `a` into fresh regions and returns their bytes.
 fn restored(dir: &Path, v: u64) -> Vec<Vec<u8>> {
     let mut ck = Checkpointer::open(dir, "a", Config::default()).unwrap();
-    ck.alloc_region::<u8>(1, PAGES * PAGE).unwrap();
+    ck.alloc_region::<u8>(1, (HEAD + PAGES) * PAGE).unwrap();
     ck.alloc_region::<u8>(2, 3 * PAGE + 100).unwrap();
     ck.restore(Some(v)).unwrap();
     state(&ck)
@@ -80,9 +82,20 @@ fn raw_pages_start_on_block_boundaries_and_verify_checks_the_padding() {
     let f = VersionFile::open(&path).unwrap();
     assert_eq!(f.header.format_version, FORMAT_VERSION);
     let recs = &f.index.records;
-    assert_eq!(recs[0].codec, Codec::Zstd, "the first page should compress");
-    // It crosses a block boundary: 256 records from it span more than 1 MiB.
-    assert!(recs[0].offset + recs[0].stored_len as u64 > RECORD_ALIGN);
+    let last = HEAD - 1;
+    assert!(
+        recs[..HEAD].iter().all(|r| r.codec == Codec::Zstd),
+        "the head should compress"
+    );
+    // Padding follows the head's last record, which crosses a block boundary: 256 records
+    // from it once spanned more than one 1 MiB request.
+    let gap = recs[last].offset + recs[last].stored_len as u64;
+    assert!(gap < recs[HEAD].offset, "no padding after the head");
+    assert_ne!(
+        recs[last].offset / RECORD_ALIGN,
+        (gap - 1) / RECORD_ALIGN,
+        "the head's last record should cross a block boundary"
+    );
     let raw: Vec<_> = recs
         .iter()
         .filter(|r| r.codec == Codec::Raw && r.stored_len as usize == PAGE)
@@ -101,9 +114,7 @@ fn raw_pages_start_on_block_boundaries_and_verify_checks_the_padding() {
     verify_version(&path).unwrap();
     assert_eq!(restored(dir.path(), 1), want);
 
-    // A non-zero byte in the padding after the compressed first page is refused by verify.
-    let gap = recs[0].offset + recs[0].stored_len as u64;
-    assert!(gap < recs[1].offset, "no padding after the first record");
+    // A non-zero byte in the padding after the compressed head is refused by verify.
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[gap as usize] = 0x5a;
     std::fs::write(&path, &bytes).unwrap();
@@ -214,7 +225,7 @@ fn chain(dir: &Path) -> Vec<Vec<u8>> {
     let h = ck.handle::<u8>(1).unwrap();
     for v in 0..3usize {
         let r = ck.region_mut(&h).unwrap();
-        for p in [7 + v, 600 + 3 * v, 1150 + v] {
+        for p in [HEAD + 7 + v, HEAD + 600 + 3 * v, HEAD + 1150 + v] {
             r[p * PAGE] ^= 0xff;
         }
         ck.checkpoint().unwrap();
@@ -250,7 +261,7 @@ fn compaction_shares_the_blocks_of_raw_pages_where_the_file_system_can() {
         fs.misaligned
     );
     // The runs of unchanged pages between the changed ones hold whole 1 MiB requests, which
-    // are shared; the rest (the compressed first page, the short region, the pieces of runs
+    // are shared; the rest (the compressed head, the short region, the pieces of runs
     // cut by a changed page) is written.
     let n = fs.shared.load(Ordering::Relaxed);
     assert_eq!(report.bytes_shared, n);

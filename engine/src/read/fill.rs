@@ -65,6 +65,26 @@ struct Piece {
     holes: Vec<Range<usize>>,
 }
 
+impl Piece {
+    /// Its file, and the offset of that file's record numbers from the region's page
+    /// numbers: pieces with the same key are parts of one mapping from pages to records.
+    fn key(&self) -> (usize, i64) {
+        (self.file, self.first_record as i64 - self.first_page as i64)
+    }
+
+    /// Pages `pages` of it (a subrange), read `how`.
+    fn part(&self, pages: Range<usize>, how: How) -> Piece {
+        Piece {
+            file: self.file,
+            first_record: self.first_record + (pages.start - self.first_page),
+            first_page: pages.start,
+            pages: pages.len(),
+            how,
+            holes: Vec::new(),
+        }
+    }
+}
+
 /// Consecutive pages of a region stored as consecutive records of one file.
 struct Run<'a> {
     /// The first page's record in that file's record table.
@@ -267,8 +287,8 @@ fn layout(v: &Version, t: &Target<'_>) -> Result<Vec<Piece>> {
         ));
     }
     // Window by window: the file, and the offset of its record numbers from the page
-    // numbers, that supply the most pages; a direct stretch from its first such page to its
-    // last, if the file's records in between are raw pages back to back.
+    // numbers, that supply the most pages (the window's main file); direct stretches where
+    // that file's records are raw pages back to back.
     let mut pieces = Vec::with_capacity(cut.len());
     let mut rest = &cut[..];
     while let Some(first) = rest.first() {
@@ -279,56 +299,69 @@ fn layout(v: &Version, t: &Target<'_>) -> Result<Vec<Piece>> {
             .count();
         let (win, next) = rest.split_at(n);
         rest = next;
-        let key = |p: &Piece| (p.file, p.first_record as i64 - p.first_page as i64);
         let mut totals: Vec<((usize, i64), usize)> = Vec::new();
         for p in win {
-            match totals.iter_mut().find(|(k, _)| *k == key(p)) {
+            match totals.iter_mut().find(|(k, _)| *k == p.key()) {
                 Some((_, t)) => *t += p.pages,
-                None => totals.push((key(p), p.pages)),
+                None => totals.push((p.key(), p.pages)),
             }
         }
-        let best = totals.iter().copied().max_by_key(|&(_, t)| t);
-        let stretch = best.and_then(|(k, own)| {
-            let lo = win.iter().find(|p| key(p) == k)?.first_page;
-            let last = win.iter().rev().find(|p| key(p) == k)?;
-            let hi = last.first_page + last.pages;
-            let record = usize::try_from(k.1 + lo as i64).ok()?;
-            let records = &v.files().get(k.0)?.index.records;
-            let out = t.out.get(lo * ps..)?;
-            let ok = own >= DIRECT_MIN_PAGES
-                && 2 * own >= hi - lo
-                && direct_pages(records, record, out, ps, hi - lo) == hi - lo;
-            ok.then_some((k, lo, hi, record))
-        });
-        let Some((k, lo, hi, record)) = stretch else {
+        let stretches = match totals.iter().max_by_key(|&&(_, t)| t) {
+            Some(&(k, _)) => stretches(v, t, win, k),
+            None => Vec::new(),
+        };
+        let Some(&(main_file, offset)) = stretches.first().map(|(k, _)| k) else {
             pieces.extend_from_slice(win);
             continue;
         };
-        // The window's other pieces are all read late, with the other files' late pieces:
-        // a file that supplies a few pages to each window is then read in long requests.
-        let mut holes = Vec::new();
+        // The window's other pages are all read late, with the other files' late pieces: a
+        // file that supplies a few pages to each window is then read in long requests.
+        let mut direct: Vec<Piece> = stretches
+            .iter()
+            .map(|(_, st)| Piece {
+                file: main_file,
+                first_record: (offset + st.start as i64) as usize,
+                first_page: st.start,
+                pages: st.len(),
+                how: How::Direct,
+                holes: Vec::new(),
+            })
+            .collect();
         let mut late = Vec::new();
         for p in win {
-            let inside = p.first_page >= lo && p.first_page < hi;
-            if inside && key(p) == k {
+            let end = p.first_page + p.pages;
+            if p.key() != (main_file, offset) {
+                // Inside a stretch (which starts and ends on main pages), it is a hole.
+                if let Some(d) = direct
+                    .iter_mut()
+                    .find(|d| (d.first_page..d.first_page + d.pages).contains(&p.first_page))
+                {
+                    d.holes
+                        .push(p.first_page - d.first_page..end - d.first_page);
+                }
+                late.push(Piece {
+                    how: How::Late,
+                    ..p.clone()
+                });
                 continue;
             }
-            if inside {
-                holes.push(p.first_page - lo..p.first_page - lo + p.pages);
+            // The main file's pages outside the stretches are read late.
+            let mut at = p.first_page;
+            for d in &direct {
+                let (a, b) = (d.first_page, d.first_page + d.pages);
+                if b <= at || a >= end {
+                    continue;
+                }
+                if a > at {
+                    late.push(p.part(at..a, How::Late));
+                }
+                at = b.min(end).max(at);
             }
-            late.push(Piece {
-                how: How::Late,
-                ..p.clone()
-            });
+            if at < end {
+                late.push(p.part(at..end, How::Late));
+            }
         }
-        pieces.push(Piece {
-            file: k.0,
-            first_record: record,
-            first_page: lo,
-            pages: hi - lo,
-            how: How::Direct,
-            holes,
-        });
+        pieces.append(&mut direct);
         pieces.append(&mut late);
     }
     Ok(pieces)
@@ -470,6 +503,63 @@ fn split_pages<'a>(
         a
     });
     (head, hashes)
+}
+
+/// The direct stretches of one window of target `t`, whose pieces are `win`, for the file and
+/// record offset `main` (see [`Piece::key`]): page ranges that start and end on pages of
+/// `main`, over which that file's records are raw pages stored back to back from a block
+/// boundary (a compressed page, or padding, ends one), of which `main` supplies at least
+/// half, and at least [`DIRECT_MIN_PAGES`]. Each comes with `main`.
+fn stretches(
+    v: &Version,
+    t: &Target<'_>,
+    win: &[Piece],
+    main: (usize, i64),
+) -> Vec<((usize, i64), Range<usize>)> {
+    let ps = v.page_size();
+    let Some(records) = v.files().get(main.0).map(|f| &f.index.records[..]) else {
+        return Vec::new();
+    };
+    let own: Vec<Range<usize>> = win
+        .iter()
+        .filter(|p| p.key() == main)
+        .map(|p| p.first_page..p.first_page + p.pages)
+        .collect();
+    let Some(hi) = own.last().map(|r| r.end) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let (mut i, mut from) = (0, 0);
+    while i < own.len() {
+        let s = from.max(own[i].start);
+        if s >= own[i].end {
+            i += 1;
+            continue;
+        }
+        let readable = match (usize::try_from(main.1 + s as i64), t.out.get(s * ps..)) {
+            (Ok(record), Some(out)) => direct_pages(records, record, out, ps, hi - s),
+            _ => 0,
+        };
+        if readable == 0 {
+            from = s + 1;
+            continue;
+        }
+        let e = s + readable;
+        // Ends on the last page of `main` before `e`.
+        let (mut owned, mut end) = (0, s);
+        for r in own[i..].iter().take_while(|r| r.start < e) {
+            let (a, b) = (r.start.max(s), r.end.min(e));
+            if a < b {
+                owned += b - a;
+                end = b;
+            }
+        }
+        if owned >= DIRECT_MIN_PAGES && 2 * owned >= end - s {
+            found.push((main, s..end));
+        }
+        from = e;
+    }
+    found
 }
 
 /// How many pages, from record `record` of a file's `records` on and at most `max`, can be

@@ -181,10 +181,13 @@ impl Sampling {
 
 /// Encodes a batch. Already-encoded pages (the compactor's copies) pass as they are, and
 /// with `sample` false (or `level` 0) the pages are stored raw. Else a sample of the pages
-/// is compressed first; if it saves less than `min_saving` of its size, the other pages are
-/// stored raw (zstd's CPU cost would buy too little). Pages never grow: a page that does not
-/// shrink is stored raw. Returns the encodings and, for a sampled batch, whether it was
-/// worth compressing.
+/// is compressed first; if it saves less than `min_saving` of its size, the whole batch is
+/// stored raw, the sample included (zstd's CPU cost would buy too little; and a compressed
+/// page among raw ones saves nothing on the disk, where the raw page after it is padded to a
+/// block boundary, while it costs a decode at restore and breaks a run of raw pages that a
+/// restore reads straight into memory). Pages never grow: a page that does not shrink is
+/// stored raw. Returns the encodings and, for a sampled batch, whether it was worth
+/// compressing.
 fn compress_batch<'a>(
     level: i32,
     min_saving: f64,
@@ -229,11 +232,13 @@ fn compress_batch<'a>(
         .collect::<Result<_, _>>()?;
     let out = rest
         .into_iter()
-        .map(|r| match r {
+        .zip(pages)
+        .map(|(r, p)| match r {
             Some(x) => x,
-            None => sampled
-                .next()
-                .unwrap_or((Codec::Raw, Cow::Borrowed(&[][..]))),
+            None => match sampled.next() {
+                Some(x) if worth => x,
+                _ => (Codec::Raw, Cow::Borrowed(p.bytes)),
+            },
         })
         .collect();
     Ok((out, Some(worth)))
@@ -655,5 +660,19 @@ mod tests {
             .collect();
         let (_, worth) = compress_batch(1, 0.125, &pages(&noise), true).unwrap();
         assert_eq!(worth, Some(false));
+        // Pages that compress a little (a tenth), below the saving asked for: the batch is
+        // stored raw, its sampled pages too.
+        let mut slight = noise.clone();
+        for page in slight.chunks_mut(4096) {
+            page[..400].fill(0);
+        }
+        let (out, worth) = compress_batch(1, 0.125, &pages(&slight), true).unwrap();
+        assert_eq!(worth, Some(false));
+        assert!(
+            out.iter()
+                .zip(slight.chunks(4096))
+                .all(|((c, b), page)| *c == Codec::Raw && b.as_ref() == page),
+            "a sampled page of a batch not worth compressing was stored compressed"
+        );
     }
 }
