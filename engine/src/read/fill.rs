@@ -72,14 +72,14 @@ impl Piece {
         (self.file, self.first_record as i64 - self.first_page as i64)
     }
 
-    /// Pages `pages` of it (a subrange), read `how`.
-    fn part(&self, pages: Range<usize>, how: How) -> Piece {
+    /// Pages `pages` of it (a subrange), read late.
+    fn late_part(&self, pages: Range<usize>) -> Piece {
         Piece {
             file: self.file,
             first_record: self.first_record + (pages.start - self.first_page),
             first_page: pages.start,
             pages: pages.len(),
-            how,
+            how: How::Late,
             holes: Vec::new(),
         }
     }
@@ -108,9 +108,8 @@ struct Chunk<'a> {
     /// The records' bytes: `start..end` of the file.
     start: u64,
     end: u64,
+    /// The runs; a direct run alone, read straight into its pages if the reader can.
     runs: Vec<Run<'a>>,
-    /// One direct run, read straight into its pages if the reader can.
-    direct: bool,
 }
 
 impl Request for Chunk<'_> {
@@ -122,7 +121,7 @@ impl Request for Chunk<'_> {
     }
     fn target(&mut self) -> Option<&mut [u8]> {
         match self.runs.as_mut_slice() {
-            [run] if self.direct => Some(&mut *run.out),
+            [run] if run.direct => Some(&mut *run.out),
             _ => None,
         }
     }
@@ -306,19 +305,21 @@ fn layout(v: &Version, t: &Target<'_>) -> Result<Vec<Piece>> {
                 None => totals.push((p.key(), p.pages)),
             }
         }
-        let stretches = match totals.iter().max_by_key(|&&(_, t)| t) {
-            Some(&(k, _)) => stretches(v, t, win, k),
-            None => Vec::new(),
-        };
-        let Some(&(main_file, offset)) = stretches.first().map(|(k, _)| k) else {
+        let Some(&(main, _)) = totals.iter().max_by_key(|&&(_, t)| t) else {
             pieces.extend_from_slice(win);
             continue;
         };
+        let stretches = stretches(v, t, win, main);
+        if stretches.is_empty() {
+            pieces.extend_from_slice(win);
+            continue;
+        }
+        let (main_file, offset) = main;
         // The window's other pages are all read late, with the other files' late pieces: a
         // file that supplies a few pages to each window is then read in long requests.
         let mut direct: Vec<Piece> = stretches
             .iter()
-            .map(|(_, st)| Piece {
+            .map(|st| Piece {
                 file: main_file,
                 first_record: (offset + st.start as i64) as usize,
                 first_page: st.start,
@@ -330,7 +331,7 @@ fn layout(v: &Version, t: &Target<'_>) -> Result<Vec<Piece>> {
         let mut late = Vec::new();
         for p in win {
             let end = p.first_page + p.pages;
-            if p.key() != (main_file, offset) {
+            if p.key() != main {
                 // Inside a stretch (which starts and ends on main pages), it is a hole.
                 if let Some(d) = direct
                     .iter_mut()
@@ -353,12 +354,12 @@ fn layout(v: &Version, t: &Target<'_>) -> Result<Vec<Piece>> {
                     continue;
                 }
                 if a > at {
-                    late.push(p.part(at..a, How::Late));
+                    late.push(p.late_part(at..a));
                 }
                 at = b.min(end).max(at);
             }
             if at < end {
-                late.push(p.part(at..end, How::Late));
+                late.push(p.late_part(at..end));
             }
         }
         pieces.append(&mut direct);
@@ -407,11 +408,7 @@ fn chunks<'a>(
                     first_page: at as u64,
                     out: head,
                     fast: hashes,
-                    holes: if direct {
-                        piece.holes.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    holes: piece.holes.clone(),
                     direct,
                 });
                 (at, record, left) = (at + n, record + n, left - n);
@@ -452,7 +449,6 @@ fn chunks<'a>(
                         start: a,
                         end: b,
                         runs: vec![run],
-                        direct: true,
                     });
                 }
                 Some(c)
@@ -468,7 +464,6 @@ fn chunks<'a>(
                         start: a,
                         end: b,
                         runs: vec![run],
-                        direct: false,
                     });
                 }
             }
@@ -509,13 +504,8 @@ fn split_pages<'a>(
 /// record offset `main` (see [`Piece::key`]): page ranges that start and end on pages of
 /// `main`, over which that file's records are raw pages stored back to back from a block
 /// boundary (a compressed page, or padding, ends one), of which `main` supplies at least
-/// half, and at least [`DIRECT_MIN_PAGES`]. Each comes with `main`.
-fn stretches(
-    v: &Version,
-    t: &Target<'_>,
-    win: &[Piece],
-    main: (usize, i64),
-) -> Vec<((usize, i64), Range<usize>)> {
+/// half, and at least [`DIRECT_MIN_PAGES`].
+fn stretches(v: &Version, t: &Target<'_>, win: &[Piece], main: (usize, i64)) -> Vec<Range<usize>> {
     let ps = v.page_size();
     let Some(records) = v.files().get(main.0).map(|f| &f.index.records[..]) else {
         return Vec::new();
@@ -555,7 +545,7 @@ fn stretches(
             }
         }
         if owned >= DIRECT_MIN_PAGES && 2 * owned >= end - s {
-            found.push((main, s..end));
+            found.push(s..end);
         }
         from = e;
     }

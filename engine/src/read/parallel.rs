@@ -66,15 +66,22 @@ fn aligned((start, end): (u64, u64)) -> (u64, usize) {
     (a, (b - a) as usize)
 }
 
+/// Where a read request's bytes are.
+enum Landed {
+    /// In a buffer of the pool, from file offset `at` of [`Filled`].
+    Buffer(Vec<Block>),
+    /// In the page cache: taken from the file's mapping.
+    Mapping,
+    /// In the request's [`Request::target`].
+    Target,
+}
+
 /// A request, read. Its buffer goes back to the pool when it is dropped.
 pub(crate) struct Filled<'r, R> {
     /// The request.
     pub(crate) req: R,
-    /// The bytes read, from file offset `at`; `None` where they are taken from the mapping or
-    /// were read into the request's target.
-    buf: Option<Vec<Block>>,
-    /// Whether the span was read into the request's [`Request::target`].
-    in_target: bool,
+    /// Where its bytes are.
+    landed: Landed,
     at: u64,
     file: &'r VersionFile,
     pool: &'r Pool,
@@ -89,7 +96,7 @@ impl<'r, R> Filled<'r, R> {
     /// Whether the span's bytes were read straight into the request's
     /// [`target`](Request::target) (then [`bytes`](Self::bytes) has none of them).
     pub(crate) fn in_target(&self) -> bool {
-        self.in_target
+        matches!(self.landed, Landed::Target)
     }
 
     /// The stored bytes of record `rec` of the file, if the request covered them.
@@ -99,26 +106,24 @@ impl<'r, R> Filled<'r, R> {
 
     /// Bytes `start..end` of the file, if the request covered them.
     pub(crate) fn bytes(&self, start: u64, end: u64) -> Option<&[u8]> {
-        if self.in_target {
-            return None;
-        }
-        match &self.buf {
-            Some(b) => {
+        match &self.landed {
+            Landed::Buffer(b) => {
                 let from = usize::try_from(start.checked_sub(self.at)?).ok()?;
                 let to = usize::try_from(end.checked_sub(self.at)?).ok()?;
                 b.as_bytes().get(from..to)
             }
-            None => self
+            Landed::Mapping => self
                 .file
                 .map()
                 .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?),
+            Landed::Target => None,
         }
     }
 }
 
 impl<R> Drop for Filled<'_, R> {
     fn drop(&mut self) {
-        if let Some(b) = self.buf.take() {
+        if let Landed::Buffer(b) = std::mem::replace(&mut self.landed, Landed::Mapping) {
             self.pool.give(b);
         }
     }
@@ -354,30 +359,29 @@ impl<'f> Reader<'f> {
         let f: &VersionFile = &self.files[i];
         let span = req.span();
         let (at, len) = aligned(span);
-        let filled = |req, buf, in_target| Filled {
+        let filled = |req, landed| Filled {
             req,
-            buf,
-            in_target,
+            landed,
             at,
             file: f,
             pool: &self.pool,
         };
         if crate::sys::mapping::resident(f.map(), at, len).unwrap_or(false) {
-            return Ok((filled(req, None, false), Some(buf)));
+            return Ok((filled(req, Landed::Mapping), Some(buf)));
         }
         let dio = self.direct[i]
             .as_ref()
             .filter(|_| !self.refused[i].load(Ordering::Relaxed));
         if let (Some(d), Some(target)) = (dio, req.target()) {
             if read_into(f, d, &self.refused[i], span, target)? {
-                return Ok((filled(req, None, true), Some(buf)));
+                return Ok((filled(req, Landed::Target), Some(buf)));
             }
         }
         if let Err(e) = read_chunk(f, dio, &self.refused[i], at, &mut buf.as_mut_bytes()[..len]) {
             self.pool.give(buf);
             return Err(e);
         }
-        Ok((filled(req, Some(buf), false), None))
+        Ok((filled(req, Landed::Buffer(buf)), None))
     }
 }
 
