@@ -6,6 +6,8 @@
 //! - `clean`: change detection over unchanged memory (XXH3-128 per 4 KiB page);
 //! - `dirty_1pct`: the same with 1 % of the pages changed (those are copied and blake3-hashed);
 //! - `xxh3_per_page` and `blake3_per_page`: one call of each hash per 4 KiB page;
+//! - `blake3_16_pages_at_once`: the same blake3 hashes, 16 pages side by side in the SIMD
+//!   lanes, as restores and full versions compute them;
 //! - `read_only`: a pass that only reads the same memory (a byte per cache line), the bound
 //!   for any change detection;
 //! - `hash_per_core_in_cache`: both hashes over 1 MiB that stays in cache.
@@ -66,6 +68,9 @@ fn bench(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    g.bench_function(BenchmarkId::new("blake3_16_pages_at_once", MIB), |b| {
+        b.iter(|| hashing::page_hashes(&bytes, ps))
+    });
     g.bench_function(BenchmarkId::new("read_only", MIB), |b| {
         b.iter(|| {
             bytes
@@ -94,6 +99,9 @@ fn bench(c: &mut Criterion) {
                 .map(|p| ckpt_engine::page_hash(p)[0] as usize)
                 .sum::<usize>()
         })
+    });
+    g.bench_function("blake3_16_pages_at_once", |b| {
+        b.iter(|| hashing::page_hashes(small, ps))
     });
     g.finish();
 }

@@ -138,4 +138,19 @@ pub mod hashing {
     pub fn fast_hash(page: &[u8]) -> u128 {
         crate::hash::fast_hash(page)
     }
+
+    /// blake3 of each page of `data` (`page_size` bytes each, the last may be short), several
+    /// pages at a time as restores and full versions take them; returns the first byte of
+    /// every hash summed. For benchmarks against one `page_hash` call per page.
+    pub fn page_hashes(data: &[u8], page_size: usize) -> usize {
+        let mut sum = 0usize;
+        let mut out = [[0u8; 32]; crate::hash::HASH_LANES];
+        let pages: Vec<&[u8]> = data.chunks(page_size).collect();
+        for batch in pages.chunks(crate::hash::HASH_LANES) {
+            let out = &mut out[..batch.len()];
+            crate::hash::page_hashes(batch, out);
+            sum += out.iter().map(|h| h[0] as usize).sum::<usize>();
+        }
+        sum
+    }
 }

@@ -19,6 +19,7 @@ use super::parallel::{Filled, Reader, Request, GAP, MAX_CHUNK};
 use super::Version;
 use crate::error::{Error, Result};
 use crate::format::{Codec, Record, RegionEntry, RECORD_ALIGN};
+use crate::hash::HASH_LANES;
 use crate::vfs::DIRECT_ALIGN;
 
 /// Pages one run holds at most (fewer where pages are larger than 4 KiB): the unit a chunk
@@ -179,6 +180,28 @@ fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>, in_place: &AtomicU64) -> Resul
         if !in_target {
             let _ = crate::sys::populate_write(out);
         }
+        // Pages are checked against their blake3 hashes a batch at a time (several pages
+        // hashed at once), once decoded into their place or read there.
+        let mut settle = |batch: &mut Vec<(usize, &Record, &mut [u8])>| -> Result<()> {
+            let recs: Vec<&Record> = batch.iter().map(|b| b.1).collect();
+            let pages: Vec<&[u8]> = batch.iter().map(|b| &*b.2).collect();
+            f.check_hashes(&recs, &pages, &|i| {
+                format!(
+                    "page {} of region {region_id}",
+                    first_page + batch[i].0 as u64
+                )
+            })?;
+            if let Some(h) = fast.as_deref_mut() {
+                for (k, page) in batch.iter().map(|b| (b.0, &*b.2)) {
+                    if let Some(slot) = h.get_mut(k) {
+                        *slot = crate::hash::fast_hash(page);
+                    }
+                }
+            }
+            batch.clear();
+            Ok(())
+        };
+        let mut batch = Vec::with_capacity(HASH_LANES);
         let mut holes = holes.iter().peekable();
         for (k, page) in out.chunks_mut(ps).enumerate() {
             while holes.next_if(|h| h.end <= k).is_some() {}
@@ -191,18 +214,20 @@ fn decode_chunk(mut chunk: Filled<'_, Chunk<'_>>, in_place: &AtomicU64) -> Resul
                 Error::corrupt(f.path(), what(), "refers to a record past the file's table")
             })?;
             if in_target {
-                f.check_in_place(rec, page, &what)?;
+                f.check_raw(rec, page.len(), &what)?;
                 placed += page.len() as u64;
             } else {
                 let bytes = chunk.stored(rec).ok_or_else(|| {
                     Error::corrupt(f.path(), what(), "record lies outside the bytes read")
                 })?;
-                f.decode(rec, bytes, page, &what)?;
+                f.decode_unchecked(rec, bytes, page, &what)?;
             }
-            if let Some(h) = fast.as_deref_mut().and_then(|h| h.get_mut(k)) {
-                *h = crate::hash::fast_hash(page);
+            batch.push((k, rec, page));
+            if batch.len() == HASH_LANES {
+                settle(&mut batch)?;
             }
         }
+        settle(&mut batch)?;
     }
     in_place.fetch_add(placed, Ordering::Relaxed);
     Ok(())

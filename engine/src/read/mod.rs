@@ -164,6 +164,19 @@ impl VersionFile {
         out: &mut [u8],
         what: &dyn Fn() -> String,
     ) -> Result<()> {
+        self.decode_unchecked(rec, src, out, what)?;
+        self.check_hash(rec, out, what)
+    }
+
+    /// [`Self::decode`] without the check against the record's hash, which the caller makes
+    /// ([`Self::check_hashes`]).
+    pub(crate) fn decode_unchecked(
+        &self,
+        rec: &Record,
+        src: &[u8],
+        out: &mut [u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
         let bad = |d: String| Error::corrupt(&self.path, what(), d);
         if rec.raw_len as usize != out.len() {
             return Err(bad(format!(
@@ -203,34 +216,55 @@ impl VersionFile {
                 }
             }
         }
-        self.check_hash(rec, out, what)
+        Ok(())
     }
 
-    /// Checks `page`, read straight into its place from record `rec`: a raw record of the
-    /// page's length whose blake3 hash the bytes match.
-    pub(crate) fn check_in_place(
+    /// Checks that record `rec` is a raw page of `len` bytes, as a page read straight into its
+    /// place must be (its hash is checked there, [`Self::check_hashes`]).
+    pub(crate) fn check_raw(
         &self,
         rec: &Record,
-        page: &[u8],
+        len: usize,
         what: &dyn Fn() -> String,
     ) -> Result<()> {
-        if rec.codec != Codec::Raw
-            || rec.stored_len != rec.raw_len
-            || rec.raw_len as usize != page.len()
-        {
+        if rec.codec != Codec::Raw || rec.stored_len != rec.raw_len || rec.raw_len as usize != len {
             return Err(Error::corrupt(
                 &self.path,
                 what(),
                 format!(
                     "record ({:?}, {} stored bytes for {}) is not a raw page of {} bytes",
-                    rec.codec,
-                    rec.stored_len,
-                    rec.raw_len,
-                    page.len()
+                    rec.codec, rec.stored_len, rec.raw_len, len
                 ),
             ));
         }
-        self.check_hash(rec, page, what)
+        Ok(())
+    }
+
+    /// Checks that each of `pages` matches the blake3 hash of its record in `recs` (several
+    /// pages hashed at once); `what(k)` names the k-th for the error.
+    pub(crate) fn check_hashes(
+        &self,
+        recs: &[&Record],
+        pages: &[&[u8]],
+        what: &dyn Fn(usize) -> String,
+    ) -> Result<()> {
+        let mut hashes = [[0u8; 32]; crate::hash::HASH_LANES];
+        for (at, (recs, pages)) in recs
+            .chunks(crate::hash::HASH_LANES)
+            .zip(pages.chunks(crate::hash::HASH_LANES))
+            .enumerate()
+        {
+            let hashes = &mut hashes[..pages.len()];
+            crate::hash::page_hashes(pages, hashes);
+            if let Some(k) = recs.iter().zip(&*hashes).position(|(r, h)| r.hash != *h) {
+                return Err(Error::corrupt(
+                    &self.path,
+                    what(at * crate::hash::HASH_LANES + k),
+                    "contents do not match the stored blake3 hash",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `page`, the decoded bytes of record `rec`, match its blake3 hash.
