@@ -221,6 +221,22 @@ fn bench_reports_the_documented_fields() {
         assert!(j["ratios"][r].as_f64().unwrap() > 0.0, "{r}: {j}");
     }
     assert_eq!(j["tracking"], "hash");
+    // Hash mode against userfaultfd mode on the same pages, where the kernel allows it: 3
+    // rounds (versions - 1), and their chains removed.
+    match ckpt_engine::uffd_support() {
+        Ok(()) => {
+            assert_eq!(j["compare_rounds"], 3, "{j}");
+            for k in ["compare_hash_delta_secs", "compare_uffd_delta_secs"] {
+                assert!(j[k].as_f64().unwrap() > 0.0, "{k}: {j}");
+            }
+            let r = j["ratios"]["hash_over_uffd"].as_f64().unwrap();
+            let want = j["compare_hash_delta_secs"].as_f64().unwrap()
+                / j["compare_uffd_delta_secs"].as_f64().unwrap();
+            assert!((r - want).abs() < 1e-9 * want, "{j}");
+        }
+        Err(_) => assert!(j["ratios"]["hash_over_uffd"].is_null(), "{j}"),
+    }
+    assert!(!d.join("compare-hash").exists() && !d.join("compare-uffd").exists());
     assert_eq!(j["state_bytes"], 8 << 20);
     // A 5 % delta stores about 5 % of the state, not all of it.
     let delta = j["delta_bytes"].as_f64().unwrap();

@@ -10,6 +10,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::format::TrackingKind;
 use crate::{Checkpointer, Config, RestoreStats, Snapshot, Tracking};
 
 /// Chain name used by the benchmark.
@@ -156,6 +157,13 @@ pub struct BenchReport {
     /// With `compact_keep`: of those, bytes whose blocks the revision shares with the file
     /// they came from (XFS, btrfs), not written.
     pub compact_bytes_shared: Option<u64>,
+    /// The same deltas taken side by side in hash mode and in userfaultfd mode, where the
+    /// kernel has userfaultfd write-protection (not in an asynchronous run): two more chains,
+    /// each over its own copy of the final state, a full version each, then `versions - 1`
+    /// rounds that rewrite the same pages in both and checkpoint both, in alternating order.
+    /// Median seconds of the deltas of each.
+    #[serde(flatten)]
+    pub tracking_compared: Option<TrackingCompared>,
     /// Ratios of the figures above, measured within this run.
     pub ratios: BenchRatios,
     /// With `asynchronous`: what the application was stopped for, against blocking versions.
@@ -198,6 +206,17 @@ pub struct AsyncFigures {
     pub full_blocked_over_blocking_full: f64,
 }
 
+/// Hash-mode deltas against userfaultfd-mode deltas of the same pages ([`BenchReport`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrackingCompared {
+    /// Median delta time in hash mode (every page's fast hash compared).
+    pub compare_hash_delta_secs: f64,
+    /// Median delta time in userfaultfd mode (only the reported pages hashed).
+    pub compare_uffd_delta_secs: f64,
+    /// Rounds taken (deltas per mode).
+    pub compare_rounds: u64,
+}
+
 /// Ratios of a [`BenchReport`]'s figures (both terms from the same run).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchRatios {
@@ -227,6 +246,9 @@ pub struct BenchRatios {
     pub restore_newest_over_first: f64,
     /// `engine_rss_bytes` over the state size.
     pub engine_memory_over_state: f64,
+    /// `compare_hash_delta_secs / compare_uffd_delta_secs`: what hash mode costs against
+    /// userfaultfd mode for the same pages, in the same minutes.
+    pub hash_over_uffd: Option<f64>,
 }
 
 /// SplitMix64: small, fast, good enough to pick pages and make noise.
@@ -852,6 +874,22 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         }
     };
 
+    let tracking_compared = match (asynchronous.is_none(), crate::uffd_support()) {
+        (true, Ok(())) => {
+            drop(first_state);
+            let mut rng = Rng::new(p.seed ^ 0xc0_ffee);
+            let rounds = p.versions - 1;
+            let picks: Vec<Vec<u64>> = (0..rounds)
+                .map(|_| pick(&mut rng, total_pages, dirty_pages))
+                .collect();
+            let c = compare_tracking(&p.dir, &config, &last_state, &picks, |ck, hs, pages| {
+                bump_in(ck, hs, pages, &mut rng)
+            })?;
+            Some(c)
+        }
+        _ => None,
+    };
+
     let delta_secs = median(&mut delta_secs);
     let delta_bytes = median(&mut delta_bytes) as u64;
     let floor_secs = commit_floor(&p.dir, &last_state, delta_bytes)?;
@@ -870,6 +908,9 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         restore_over_cold_read: restore_newest_cold_secs / cold_read_secs,
         restore_newest_over_first: restore_newest_secs / restore_first_secs,
         engine_memory_over_state: engine_rss_bytes as f64 / state_bytes as f64,
+        hash_over_uffd: tracking_compared
+            .as_ref()
+            .map(|c| c.compare_hash_delta_secs / c.compare_uffd_delta_secs),
     };
     Ok(BenchReport {
         state_bytes,
@@ -903,8 +944,81 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         compact_bytes_copied,
         compact_bytes_shared,
         copy_floor_secs,
+        tracking_compared,
         ratios,
         asynchronous,
+    })
+}
+
+/// Two more chains in `dir`, one in hash mode and one in userfaultfd mode, each over its own
+/// copy of `state`: a full version each, then for each of `picks` the same pages rewritten in
+/// both (`bump`) and a delta of each, the two in alternating order. The chains are removed
+/// after.
+fn compare_tracking(
+    dir: &std::path::Path,
+    config: &Config,
+    state: &[Vec<u8>],
+    picks: &[Vec<u64>],
+    mut bump: impl FnMut(&mut Checkpointer, &[crate::RegionHandle<f64>], &[u64]) -> Result<()>,
+) -> Result<TrackingCompared> {
+    let mut chains = Vec::new();
+    for (sub, tracking) in [
+        ("compare-hash", Tracking::Hash),
+        ("compare-uffd", Tracking::Uffd),
+    ] {
+        let d = dir.join(sub);
+        let mut ck = Checkpointer::open(
+            &d,
+            BENCH_CHAIN,
+            Config {
+                tracking,
+                ..config.clone()
+            },
+        )?;
+        let mut hs = Vec::new();
+        for (r, bytes) in state.iter().enumerate() {
+            let h = ck.alloc_region::<f64>(r as u64 + 1, bytes.len() / 8)?;
+            bytemuck::cast_slice_mut::<f64, u8>(ck.region_mut(&h)?).copy_from_slice(bytes);
+            hs.push(h);
+        }
+        ck.checkpoint()?;
+        chains.push((d, ck, hs));
+    }
+    let (mut times_hash, mut times_uffd) = (Vec::new(), Vec::new());
+    for (round, pages) in picks.iter().enumerate() {
+        // The same pages in both (the values written differ, which no mode can tell).
+        for (_, ck, hs) in chains.iter_mut() {
+            bump(ck, hs, pages)?;
+        }
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let t = Instant::now();
+            let stats = chains[i].1.checkpoint()?;
+            let secs = t.elapsed().as_secs_f64();
+            let want = [TrackingKind::Hash, TrackingKind::Uffd][i];
+            if stats.tracking != want {
+                return Err(Error::Config(format!(
+                    "{}: the comparison's delta was found by {}, not {}",
+                    stats.path.display(),
+                    stats.tracking.as_str(),
+                    want.as_str()
+                )));
+            }
+            if i == 0 {
+                times_hash.push(secs);
+            } else {
+                times_uffd.push(secs);
+            }
+        }
+    }
+    for (d, ck, _) in chains {
+        drop(ck);
+        std::fs::remove_dir_all(&d).map_err(|e| Error::io(&d, "remove", e))?;
+    }
+    Ok(TrackingCompared {
+        compare_hash_delta_secs: median(&mut times_hash),
+        compare_uffd_delta_secs: median(&mut times_uffd),
+        compare_rounds: picks.len() as u64,
     })
 }
 
