@@ -149,6 +149,14 @@ pub struct Config {
     /// The most bytes of pages an asynchronous checkpoint copies into its staging buffer
     /// ([`Snapshot::Copy`]); the buffer is kept and reused. Default 64 MiB.
     pub async_copy_limit: u64,
+    /// A forked flush ([`Snapshot::Fork`]) whose threads have all been asleep this long,
+    /// using no CPU time and doing no I/O, is taken as hung (a lock held by another thread at
+    /// the fork, say): it is killed and its checkpoint fails. Nothing is committed, and the
+    /// pages stay pending for the next checkpoint, so a rank never waits for ever on its own
+    /// flush. A flush that runs, waits for a CPU, or waits in the kernel for a disk or a
+    /// network file system (state D) is never killed, however slow. `None` never kills. At
+    /// least one second. Default 120 s.
+    pub flush_stall_limit: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -165,6 +173,7 @@ impl Default for Config {
             naming: crate::store::Naming::Ckpt,
             snapshot: Snapshot::Auto,
             async_copy_limit: 64 << 20,
+            flush_stall_limit: Some(std::time::Duration::from_secs(120)),
         }
     }
 }
@@ -226,9 +235,25 @@ impl Config {
         self
     }
 
+    /// Sets [`flush_stall_limit`](Self::flush_stall_limit).
+    pub fn with_flush_stall_limit(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.flush_stall_limit = limit;
+        self
+    }
+
     /// Checks every value.
     pub(crate) fn check(&self) -> Result<()> {
         format::check_page_size(self.page_size).map_err(Error::Config)?;
+        if self
+            .flush_stall_limit
+            .is_some_and(|l| l < std::time::Duration::from_secs(1))
+        {
+            return Err(Error::Config(format!(
+                "flush stall limit {:?} is under one second: a working flush could be taken \
+                 as hung between two ticks of its CPU time",
+                self.flush_stall_limit.unwrap_or_default()
+            )));
+        }
         if self.keep == Some(0) {
             return Err(Error::Config("keep must be at least 1".into()));
         }

@@ -9,6 +9,8 @@
 //! - `CKPT_FAULT_FAIL=<point>`: [`fail`] returns true at `<point>` (`<point>#<n>`: the n-th
 //!   time only), and the caller turns that into an I/O error, as if the disk had failed.
 //!   Points: `write-pages`, `write-commit`.
+//! - [`arm_hang`]: [`hang`] at the point named sleeps for ever (`flush-child`: a forked
+//!   flush that hangs before it starts).
 //! - [`start_recording`] / [`take_events`]: a log of durability events (`mkdir`,
 //!   `fsync-dir`), so that tests can check that every new directory reached its parent.
 //!
@@ -58,6 +60,26 @@ mod imp {
                     nix::unistd::getpid(),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+            }
+        }
+    }
+
+    static HANG: Mutex<Option<String>> = Mutex::new(None);
+
+    /// Makes [`hang`] at point `name` sleep for ever (`None`: nowhere), as a thread waiting
+    /// for a lock nobody will release would. Set before a fork, it holds in the child.
+    pub fn arm_hang(name: Option<&str>) {
+        if let Ok(mut h) = HANG.lock() {
+            *h = name.map(str::to_string);
+        }
+    }
+
+    /// Sleeps for ever if [`arm_hang`] named this point.
+    pub fn hang(name: &str) {
+        if HANG.lock().is_ok_and(|h| h.as_deref() == Some(name)) {
+            // Parked for ever (a spurious wake-up parks again).
+            loop {
+                std::thread::park();
             }
         }
     }
@@ -118,6 +140,9 @@ mod imp {
     pub fn fail(_name: &str) -> bool {
         false
     }
+
+    #[inline(always)]
+    pub fn hang(_name: &str) {}
 
     #[inline(always)]
     pub fn record(_what: &'static str, _path: &Path) {}

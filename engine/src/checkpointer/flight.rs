@@ -14,7 +14,6 @@
 //!   remember (the statistics and the new fast hashes) through a pipe; a thread of the
 //!   parent reads it and reads the new parent picture from the committed file.
 
-use std::io::Read;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -381,6 +380,7 @@ impl Checkpointer {
         let store = w.store.clone();
         let version = w.version;
         let started = w.started;
+        let stall = w.config.flush_stall_limit;
         // The child's fast hashes must be the parent's: the same secret.
         crate::hash::init_secret();
         let this: &mut Checkpointer = self;
@@ -390,6 +390,7 @@ impl Checkpointer {
             let _quiet = tracing::dispatcher::set_default(&tracing::Dispatch::none());
             // The application's threads come first: the flush takes the CPU they leave.
             crate::sys::lower_thread_priority(FLUSH_NICENESS);
+            crate::fault::hang("flush-child");
             let result = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
                 Ok(pool) => pool.install(|| this.flush_in_child(w)),
                 Err(e) => Err(Error::Flush {
@@ -412,7 +413,7 @@ impl Checkpointer {
         Ok(std::thread::Builder::new()
             .name("ckpt-flush".into())
             .spawn(move || {
-                let (result, memory_fault) = match collect(child, &path, &store, &regions) {
+                let (result, memory_fault) = match collect(child, &path, &store, &regions, stall) {
                     Ok(l) => (Ok(Some(l)), false),
                     Err((e, memory_fault)) => (Err(e), memory_fault),
                 };
@@ -538,31 +539,46 @@ fn collect(
     path: &std::path::Path,
     store: &crate::store::Store,
     regions: &[(u64, usize)],
+    stall: Option<std::time::Duration>,
 ) -> std::result::Result<Landed, (Error, bool)> {
     let flush_err = |why: String| Error::Flush {
         path: path.to_path_buf(),
         why,
     };
-    let mut answer = Vec::new();
-    let read = child.answer.read_to_end(&mut answer);
+    let read = crate::sys::read_answer(&mut child, stall);
     let status = crate::sys::wait_child(child.pid).map_err(|e| {
         (
             flush_err(format!("cannot wait for the flushing child: {e}")),
             false,
         )
     })?;
+    if let Ok(crate::sys::Answer::Stalled(d)) = read {
+        return Err((
+            flush_err(format!(
+                "the flushing child made no progress for {} s (all its threads asleep, no CPU \
+                 time used, no I/O done): taken as hung and killed; nothing was committed, \
+                 and the next checkpoint stores its pages",
+                d.as_secs()
+            )),
+            false,
+        ));
+    }
     if let Some(end) = status {
         return Err((
             flush_err(format!("the flushing child {}", end.how)),
             end.memory_fault,
         ));
     }
-    read.map_err(|e| {
-        (
-            flush_err(format!("cannot read the flushing child's answer: {e}")),
-            false,
-        )
-    })?;
+    let answer = match read {
+        Ok(crate::sys::Answer::Complete(a)) => a,
+        Ok(crate::sys::Answer::Stalled(_)) => Vec::new(), // returned above
+        Err(e) => {
+            return Err((
+                flush_err(format!("cannot read the flushing child's answer: {e}")),
+                false,
+            ))
+        }
+    };
     let mut landed = decode(&answer, store)
         .ok_or_else(|| flush_err("the flushing child's answer is malformed".into()))
         .and_then(|r| r.map_err(flush_err))

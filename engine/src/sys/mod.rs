@@ -360,6 +360,114 @@ pub(crate) fn fork_with_pipe(child: impl FnOnce() -> Vec<u8>) -> std::io::Result
     }
 }
 
+/// What a child's answer came to.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The child closed its pipe: these are all the bytes it wrote.
+    Complete(Vec<u8>),
+    /// The child's threads were all asleep, with no CPU time used and no I/O done, for this
+    /// long: it was sent SIGKILL (it still has to be waited for).
+    Stalled(std::time::Duration),
+}
+
+/// What a process's threads were doing at one instant, to tell a hung process from a slow
+/// one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Activity {
+    /// CPU time used by all its threads, in clock ticks.
+    ticks: u64,
+    /// Bytes it read and wrote (`rchar + wchar` of `/proc/<pid>/io`; 0 where unreadable).
+    io: u64,
+    /// A thread is running or waiting for a CPU (R), waiting in the kernel for I/O (D), or
+    /// stopped (T, t: a debugger's doing): not asleep.
+    busy: bool,
+}
+
+/// `pid`'s activity, from `/proc`; `None` if it cannot be read (then it is not judged).
+fn activity(pid: i32) -> Option<Activity> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let (mut ticks, mut busy, mut any) = (0u64, false, false);
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // a thread that just ended
+        };
+        // After the command name (in parentheses, which may hold anything): the state,
+        // then fields 4 to 13, then utime and stime (fields 14 and 15 of proc(5)).
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let state = f.first()?.chars().next()?;
+        busy |= matches!(state, 'R' | 'D' | 'T' | 't');
+        ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        any = true;
+    }
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    any.then_some(Activity { ticks, io, busy })
+}
+
+/// Reads `child`'s answer to the end. With `stall`, it also watches the child once a second:
+/// if all its threads stay asleep, using no CPU time and doing no I/O, for `stall`, it is
+/// sent SIGKILL ([`Answer::Stalled`]). A child that runs, waits for a CPU or waits for I/O
+/// in the kernel is never killed.
+pub(crate) fn read_answer(
+    child: &mut Child,
+    stall: Option<std::time::Duration>,
+) -> std::io::Result<Answer> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::time::Instant;
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut last: Option<Activity> = None;
+    let mut since = Instant::now();
+    loop {
+        let mut fds = libc::pollfd {
+            fd: child.answer.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll reads and writes the one pollfd it is given, which lives on this
+        // stack frame for the call.
+        let ready = unsafe { libc::poll(&mut fds, 1, 1000) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if ready > 0 {
+            match child.answer.read(&mut buf) {
+                Ok(0) => return Ok(Answer::Complete(answer)),
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            since = Instant::now();
+            continue;
+        }
+        let Some(limit) = stall else {
+            continue;
+        };
+        let now = activity(child.pid);
+        if now.is_none_or(|a| a.busy) || now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            // SAFETY: kill takes plain integers; the pid is our child's, not yet waited for,
+            // so it cannot have been reused.
+            unsafe { libc::kill(child.pid, libc::SIGKILL) };
+            return Ok(Answer::Stalled(since.elapsed()));
+        }
+    }
+}
+
 /// How a child that did not exit cleanly ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChildEnd {
@@ -411,6 +519,35 @@ pub(crate) fn lower_thread_priority(by: i32) {
 
 #[cfg(test)]
 mod tests {
+    /// A sleeping process is seen asleep, with its CPU time standing still; a running one is
+    /// seen busy (the calling thread is running as it reads), its CPU time moving.
+    #[test]
+    fn activity_tells_a_sleeping_process_from_a_running_one() {
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = sleeper.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let a = super::activity(pid).expect("read the sleeper's activity");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = super::activity(pid).expect("read the sleeper's activity");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert!(!a.busy && a == b, "{a:?} then {b:?}");
+
+        let me = std::process::id() as i32;
+        let a = super::activity(me).expect("read our own activity");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let b = super::activity(me).expect("read our own activity");
+        assert!(a.busy && b.busy && b.ticks > a.ticks, "{a:?} then {b:?}");
+        assert!(super::activity(i32::MAX).is_none());
+    }
+
     /// Populating memory changes none of its bytes, fresh or written, whole pages or not.
     #[test]
     fn populate_write_keeps_the_bytes() {
