@@ -149,13 +149,13 @@ pub struct Config {
     /// The most bytes of pages an asynchronous checkpoint copies into its staging buffer
     /// ([`Snapshot::Copy`]); the buffer is kept and reused. Default 64 MiB.
     pub async_copy_limit: u64,
-    /// A forked flush ([`Snapshot::Fork`]) whose threads have all been asleep this long,
-    /// using no CPU time and doing no I/O, is taken as hung (a lock held by another thread at
-    /// the fork, say): it is killed and its checkpoint fails. Nothing is committed, and the
-    /// pages stay pending for the next checkpoint, so a rank never waits for ever on its own
-    /// flush. A flush that runs, waits for a CPU, or waits in the kernel for a disk or a
-    /// network file system (state D) is never killed, however slow. `None` never kills. At
-    /// least one second. Default 120 s.
+    /// A forked flush ([`Snapshot::Fork`]) whose threads have all been waiting for locks
+    /// (asleep in `futex`) this long, using no CPU time and doing no I/O, is taken as hung (a
+    /// lock another thread held at the fork, say): it is killed and its checkpoint fails.
+    /// Nothing is committed, and the pages stay pending for the next checkpoint, so a rank
+    /// never waits for ever on its own flush. A flush that runs, waits for a CPU, or waits in
+    /// any other system call (a disk, a network file system's server) is never killed,
+    /// however slow. `None` never kills. At least one second. Default 120 s.
     pub flush_stall_limit: Option<std::time::Duration>,
 }
 

@@ -344,26 +344,26 @@ pub(crate) fn scan_pages(
         .enumerate()
         .map(|(k, chunk)| {
             let first = pages.start + k * PAGES_PER_TASK;
-            let mut dirty = Vec::new();
-            let mut blake = 0u64;
             if store_all {
                 // Every page is stored: one copy of the span, each page hashed from it.
                 let copy: Arc<[u8]> = Arc::from(chunk);
                 let pages: Vec<&[u8]> = copy.chunks(page_size).collect();
                 let mut hashes = vec![[0u8; 32]; pages.len()];
                 page_hashes(&pages, &mut hashes);
-                for (i, (page, hash)) in pages.iter().zip(hashes).enumerate() {
-                    blake += page.len() as u64;
-                    dirty.push(DirtyPage {
+                let dirty = pages
+                    .iter()
+                    .zip(hashes)
+                    .enumerate()
+                    .map(|(i, (page, hash))| DirtyPage {
                         page: (first + i) as u64,
                         hash,
                         fast: fast_hash(page),
                         at: i * page_size,
                         len: page.len(),
                         copy: Some(Arc::clone(&copy)),
-                    });
-                }
-                return (dirty, blake);
+                    })
+                    .collect();
+                return (dirty, chunk.len() as u64);
             }
             // The changed pages are read once more into a copy, which is hashed and stored.
             let changed = chunk
@@ -372,8 +372,8 @@ pub(crate) fn scan_pages(
                 .map(|(i, page)| (first + i, page))
                 .filter(|&(p, page)| known.pages[p] != fast_hash(page))
                 .map(|(p, page)| (p as u64, page, Some(known.pages[p])));
-            dirty = read_pages(changed);
-            blake = dirty.iter().map(|d| d.len as u64).sum();
+            let dirty = read_pages(changed);
+            let blake = dirty.iter().map(|d| d.len as u64).sum();
             (dirty, blake)
         })
         .collect();

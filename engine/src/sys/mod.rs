@@ -378,9 +378,25 @@ struct Activity {
     ticks: u64,
     /// Bytes it read and wrote (`rchar + wchar` of `/proc/<pid>/io`; 0 where unreadable).
     io: u64,
-    /// A thread is running or waiting for a CPU (R), waiting in the kernel for I/O (D), or
-    /// stopped (T, t: a debugger's doing): not asleep.
+    /// A thread is doing something other than waiting for a lock: running or waiting for a
+    /// CPU (R), waiting in the kernel (D, I: a disk, a network file system), stopped (T, t:
+    /// a debugger's doing), or asleep in a system call other than `futex` (a network file
+    /// system's client may wait for its server that way, a Lustre failover for minutes).
     busy: bool,
+}
+
+/// Whether thread `task` (a `/proc/<pid>/task/<tid>` directory) in state S sleeps on a lock:
+/// in `futex`, as a thread waiting for a mutex, a condition variable or a channel does.
+/// `false` where its system call cannot be read.
+fn asleep_on_lock(task: &std::path::Path) -> bool {
+    let Ok(s) = std::fs::read_to_string(task.join("syscall")) else {
+        return false;
+    };
+    let nr = s
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<i64>().ok());
+    nr == Some(libc::SYS_futex)
 }
 
 /// `pid`'s activity, from `/proc`; `None` if it cannot be read (then it is not judged).
@@ -396,7 +412,7 @@ fn activity(pid: i32) -> Option<Activity> {
         let rest = stat.rsplit_once(')')?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
         let state = f.first()?.chars().next()?;
-        busy |= matches!(state, 'R' | 'D' | 'T' | 't');
+        busy |= state != 'S' || !asleep_on_lock(&t.path());
         ticks += f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
         any = true;
     }
@@ -412,9 +428,10 @@ fn activity(pid: i32) -> Option<Activity> {
 }
 
 /// Reads `child`'s answer to the end. With `stall`, it also watches the child once a second:
-/// if all its threads stay asleep, using no CPU time and doing no I/O, for `stall`, it is
-/// sent SIGKILL ([`Answer::Stalled`]). A child that runs, waits for a CPU or waits for I/O
-/// in the kernel is never killed.
+/// if all its threads stay asleep on locks (in `futex`), using no CPU time and doing no I/O,
+/// for `stall`, it is sent SIGKILL ([`Answer::Stalled`]). A child that runs, waits for a CPU
+/// or waits in any other system call is never killed, nor one whose threads' system calls
+/// cannot be read (`/proc/<pid>/task/<tid>/syscall`).
 pub(crate) fn read_answer(
     child: &mut Child,
     stall: Option<std::time::Duration>,
@@ -519,22 +536,37 @@ pub(crate) fn lower_thread_priority(by: i32) {
 
 #[cfg(test)]
 mod tests {
-    /// A sleeping process is seen asleep, with its CPU time standing still; a running one is
-    /// seen busy (the calling thread is running as it reads), its CPU time moving.
+    /// A process whose one thread waits for a lock for ever is seen asleep, its CPU time
+    /// standing still, and is killed by `read_answer`; one in a timed sleep (another system
+    /// call) and a running one are seen busy, the running one's CPU time moving.
     #[test]
-    fn activity_tells_a_sleeping_process_from_a_running_one() {
+    fn activity_tells_a_process_stuck_on_a_lock_from_a_running_one() {
+        let mut stuck = super::fork_with_pipe(|| loop {
+            std::thread::park();
+        })
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let a = super::activity(stuck.pid).expect("read the stuck child's activity");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = super::activity(stuck.pid).expect("read the stuck child's activity");
+        let answer = super::read_answer(&mut stuck, Some(std::time::Duration::from_secs(1)));
+        let end = super::wait_child(stuck.pid).unwrap();
+        assert!(!a.busy && a == b, "{a:?} then {b:?}");
+        assert!(
+            matches!(answer, Ok(super::Answer::Stalled(d)) if d.as_secs_f64() >= 1.0),
+            "{answer:?}"
+        );
+        assert!(end.is_some_and(|e| e.how.contains("SIGKILL")));
+
         let mut sleeper = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let pid = sleeper.id() as i32;
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let a = super::activity(pid).expect("read the sleeper's activity");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let b = super::activity(pid).expect("read the sleeper's activity");
+        let s = super::activity(sleeper.id() as i32).expect("read the sleeper's activity");
         sleeper.kill().unwrap();
         sleeper.wait().unwrap();
-        assert!(!a.busy && a == b, "{a:?} then {b:?}");
+        assert!(s.busy, "{s:?}");
 
         let me = std::process::id() as i32;
         let a = super::activity(me).expect("read our own activity");
