@@ -48,7 +48,9 @@ extern "C" {
  * store `dir` (one directory per rank under it, created mode 0700). config_file may be NULL
  * (then the file named by the CKPT_CONFIG variable, if set, is used), or a file of
  * `key = value` lines: tracking (auto|hash|uffd), compression (zstd level, 0 for none),
- * max_chain_depth, page_size, audit_every; CKPT_<KEY> variables override it. A TOML
+ * max_chain_depth, page_size, audit_every, snapshot (auto|copy|fork), flush_stall_secs (a
+ * forked flush stuck on locks this long is killed; 120 by default, 0 never); CKPT_<KEY>
+ * variables override it. A TOML
  * `[storage]` table after those lines gives storage levels instead of `dir`: a node-local
  * cache, partner copies, persistent storage (see the README, "Multi-level storage").
  * MPI must be initialized. Collective. */

@@ -75,14 +75,16 @@ fn number<T: std::str::FromStr>(path: &Path, key: &str, v: &str) -> Result<T, Co
 
 /// Engine settings any configuration file may carry: `tracking` (auto, hash, uffd),
 /// `compression` (zstd level, 0 = none), `max_chain_depth`, `page_size`, `audit_every`,
-/// `snapshot` (how asynchronous checkpoints take their snapshot: auto, copy, fork).
-const ENGINE_KEYS: [&str; 6] = [
+/// `snapshot` (how asynchronous checkpoints take their snapshot: auto, copy, fork),
+/// `flush_stall_secs` (a forked flush stuck on locks this long is killed; 0: never).
+const ENGINE_KEYS: [&str; 7] = [
     "tracking",
     "compression",
     "max_chain_depth",
     "page_size",
     "audit_every",
     "snapshot",
+    "flush_stall_secs",
 ];
 
 fn engine_config(
@@ -116,6 +118,10 @@ fn engine_config(
     }
     if let Some(v) = lookup(pairs, prefix, "audit_every") {
         c.audit_every = number(path, "audit_every", &v)?;
+    }
+    if let Some(v) = lookup(pairs, prefix, "flush_stall_secs") {
+        let secs: u64 = number(path, "flush_stall_secs", &v)?;
+        c.flush_stall_limit = (secs > 0).then(|| std::time::Duration::from_secs(secs));
     }
     Ok(c)
 }
@@ -350,7 +356,15 @@ mod tests {
         assert_eq!(c.tracking, Tracking::Hash);
         assert_eq!(c.compression_level, 0);
         assert_eq!(c.max_chain_depth, 4);
+        assert_eq!(c.flush_stall_limit, Config::default().flush_stall_limit);
         assert!(storage.is_none());
+        let (_d, p) = write("flush_stall_secs = 30\n");
+        let limit = native(Some(&p)).unwrap().0.flush_stall_limit;
+        assert_eq!(limit, Some(std::time::Duration::from_secs(30)));
+        let (_d, p) = write("flush_stall_secs = 0\n");
+        assert_eq!(native(Some(&p)).unwrap().0.flush_stall_limit, None);
+        let (_d, p) = write("flush_stall_secs = soon\n");
+        assert!(native(Some(&p)).is_err());
         let (_d, p) = write("tracking = psychic\n");
         assert!(native(Some(&p)).is_err());
     }
