@@ -853,13 +853,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
             }
             let ref_dir = p.dir.join("blocking-reference");
             let (full, delta) = {
-                let mut ck = Checkpointer::open(&ref_dir, BENCH_CHAIN, config.clone())?;
-                let mut hs = Vec::new();
-                for (r, bytes) in last_state.iter().enumerate() {
-                    let h = ck.alloc_region::<f64>(r as u64 + 1, region_elems)?;
-                    bytemuck::cast_slice_mut::<f64, u8>(ck.region_mut(&h)?).copy_from_slice(bytes);
-                    hs.push(h);
-                }
+                let (mut ck, hs) = engine_holding(&ref_dir, config.clone(), &last_state)?;
                 let t = Instant::now();
                 ck.checkpoint()?;
                 let full = t.elapsed().as_secs_f64();
@@ -950,6 +944,23 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     })
 }
 
+/// An engine on chain `bench` in `dir` whose regions (numbered from 1) hold copies of
+/// `state`'s, and their handles.
+fn engine_holding(
+    dir: &std::path::Path,
+    config: Config,
+    state: &[Vec<u8>],
+) -> Result<(Checkpointer, Vec<crate::RegionHandle<f64>>)> {
+    let mut ck = Checkpointer::open(dir, BENCH_CHAIN, config)?;
+    let mut hs = Vec::new();
+    for (r, bytes) in state.iter().enumerate() {
+        let h = ck.alloc_region::<f64>(r as u64 + 1, bytes.len() / 8)?;
+        bytemuck::cast_slice_mut::<f64, u8>(ck.region_mut(&h)?).copy_from_slice(bytes);
+        hs.push(h);
+    }
+    Ok((ck, hs))
+}
+
 /// Two more chains in `dir`, one in hash mode and one in userfaultfd mode, each over its own
 /// copy of `state`: a full version each, then for each of `picks` the same pages rewritten in
 /// both (`bump`) and a delta of each, the two in alternating order. The chains are removed
@@ -967,20 +978,11 @@ fn compare_tracking(
         ("compare-uffd", Tracking::Uffd),
     ] {
         let d = dir.join(sub);
-        let mut ck = Checkpointer::open(
-            &d,
-            BENCH_CHAIN,
-            Config {
-                tracking,
-                ..config.clone()
-            },
-        )?;
-        let mut hs = Vec::new();
-        for (r, bytes) in state.iter().enumerate() {
-            let h = ck.alloc_region::<f64>(r as u64 + 1, bytes.len() / 8)?;
-            bytemuck::cast_slice_mut::<f64, u8>(ck.region_mut(&h)?).copy_from_slice(bytes);
-            hs.push(h);
-        }
+        let config = Config {
+            tracking,
+            ..config.clone()
+        };
+        let (mut ck, hs) = engine_holding(&d, config, state)?;
         ck.checkpoint()?;
         chains.push((d, ck, hs));
     }

@@ -347,10 +347,16 @@ pub(crate) fn scan_pages(
             if store_all {
                 // Every page is stored: one copy of the span, each page hashed from it.
                 let copy: Arc<[u8]> = Arc::from(chunk);
-                let pages: Vec<&[u8]> = copy.chunks(page_size).collect();
-                let mut hashes = vec![[0u8; 32]; pages.len()];
-                page_hashes(&pages, &mut hashes);
-                let dirty = pages
+                // A task's pages and hashes on the stack: no allocation per task.
+                let mut pages: [&[u8]; PAGES_PER_TASK] = [&[]; PAGES_PER_TASK];
+                let n = copy
+                    .chunks(page_size)
+                    .zip(&mut pages)
+                    .map(|(c, p)| *p = c)
+                    .count();
+                let mut hashes = [[0u8; 32]; PAGES_PER_TASK];
+                page_hashes(&pages[..n], &mut hashes[..n]);
+                let dirty = pages[..n]
                     .iter()
                     .zip(hashes)
                     .enumerate()

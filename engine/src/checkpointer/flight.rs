@@ -552,33 +552,34 @@ fn collect(
             false,
         )
     })?;
-    if let Ok(crate::sys::Answer::Stalled(d)) = read {
-        return Err((
-            flush_err(format!(
-                "the flushing child made no progress for {} s (all its threads asleep, no CPU \
-                 time used, no I/O done): taken as hung and killed; nothing was committed, \
-                 and the next checkpoint stores its pages",
-                d.as_secs()
-            )),
-            false,
-        ));
-    }
+    // A child killed as hung says so, rather than "killed by SIGKILL".
+    let answer = match read {
+        Ok(crate::sys::Answer::Stalled(d)) => {
+            return Err((
+                flush_err(format!(
+                    "the flushing child made no progress for {} s (all its threads waiting \
+                     for locks, no CPU time used, no I/O done): taken as hung and killed; \
+                     nothing was committed, and the next checkpoint stores its pages",
+                    d.as_secs()
+                )),
+                false,
+            ))
+        }
+        Ok(crate::sys::Answer::Complete(a)) => Ok(a),
+        Err(e) => Err(e),
+    };
     if let Some(end) = status {
         return Err((
             flush_err(format!("the flushing child {}", end.how)),
             end.memory_fault,
         ));
     }
-    let answer = match read {
-        Ok(crate::sys::Answer::Complete(a)) => a,
-        Ok(crate::sys::Answer::Stalled(_)) => Vec::new(), // returned above
-        Err(e) => {
-            return Err((
-                flush_err(format!("cannot read the flushing child's answer: {e}")),
-                false,
-            ))
-        }
-    };
+    let answer = answer.map_err(|e| {
+        (
+            flush_err(format!("cannot read the flushing child's answer: {e}")),
+            false,
+        )
+    })?;
     let mut landed = decode(&answer, store)
         .ok_or_else(|| flush_err("the flushing child's answer is malformed".into()))
         .and_then(|r| r.map_err(flush_err))

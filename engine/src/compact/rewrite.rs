@@ -5,10 +5,9 @@ use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    stored_digest, Codec, Extent, FileEntry, Hash, Header, Identity, Index, Record, RegionEntry,
+    stored_digest, Extent, FileEntry, Hash, Header, Identity, Index, Record, RegionEntry,
     FLAG_COMPACTED, FLAG_FULL,
 };
-use crate::hash::HASH_LANES;
 use crate::read::parallel::{Filled, Reader, Request, GAP, MAX_CHUNK};
 use crate::read::{read_header_footer, Version};
 use crate::store::Store;
@@ -380,37 +379,28 @@ fn copy_checked(
             let f = piece.file();
             let mut buf = vec![0u8; ps];
             let mut digests = Vec::with_capacity(piece.req.n);
-            // Raw pages are checked a batch at a time (blake3 of several pages at once).
-            let mut raw: Vec<(usize, &Record, &[u8])> = Vec::with_capacity(HASH_LANES);
-            let check_raw = |raw: &mut Vec<(usize, &Record, &[u8])>| -> Result<()> {
-                let recs: Vec<&Record> = raw.iter().map(|r| r.1).collect();
-                let pages: Vec<&[u8]> = raw.iter().map(|r| r.2).collect();
-                f.check_hashes(&recs, &pages, &|k| {
-                    format!("record copied by compaction ({})", raw[k].0)
-                })?;
-                raw.clear();
-                Ok(())
-            };
+            // Raw pages are checked as they are, together after the others (blake3 of
+            // several pages at once); a compressed one is decoded into `buf` and checked.
+            let (mut raw_at, mut raw_recs, mut raw_pages) = (Vec::new(), Vec::new(), Vec::new());
             for (k, (_, rec)) in sources[piece.req.first..][..piece.req.n].iter().enumerate() {
                 let i = piece.req.first + k;
                 let what = || format!("record copied by compaction ({i})");
                 let bytes = piece.stored(rec).ok_or_else(|| {
                     Error::corrupt(f.path(), what(), "record lies outside the bytes read")
                 })?;
-                if rec.codec == Codec::Raw
-                    && rec.stored_len == rec.raw_len
-                    && bytes.len() == rec.stored_len as usize
-                {
-                    raw.push((i, rec, bytes));
-                    if raw.len() == HASH_LANES {
-                        check_raw(&mut raw)?;
-                    }
+                if rec.is_raw_page(bytes.len()) {
+                    raw_at.push(i);
+                    raw_recs.push(rec);
+                    raw_pages.push(bytes);
                 } else {
-                    f.check_stored(rec, bytes, &mut buf, &what)?;
+                    let n = (rec.raw_len as usize).min(buf.len());
+                    f.decode(rec, bytes, &mut buf[..n], &what)?;
                 }
                 digests.push(stored_digest(rec.codec, &rec.hash, bytes));
             }
-            check_raw(&mut raw)?;
+            f.check_hashes(&raw_recs, &raw_pages, &|k| {
+                format!("record copied by compaction ({})", raw_at[k])
+            })?;
             tx.send((piece, digests)).map_err(|_| {
                 writer_gone.store(true, std::sync::atomic::Ordering::Relaxed);
                 Error::io(

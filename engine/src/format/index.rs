@@ -71,6 +71,14 @@ pub struct Record {
     pub codec: Codec,
 }
 
+impl Record {
+    /// Whether the record is a raw page of `len` bytes: stored as it is, `len` bytes stored
+    /// and `len` bytes once decoded.
+    pub fn is_raw_page(&self, len: usize) -> bool {
+        self.codec == Codec::Raw && self.stored_len as usize == len && self.raw_len as usize == len
+    }
+}
+
 /// A stored page's digest, as the footer's `data_checksum` covers it: the page hash
 /// `page_hash` for a raw page (its stored bytes are the page), blake3 of the `stored` frame
 /// for a compressed one.

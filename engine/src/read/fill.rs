@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::parallel::{Filled, Reader, Request, GAP, MAX_CHUNK};
 use super::Version;
 use crate::error::{Error, Result};
-use crate::format::{Codec, Record, RegionEntry, RECORD_ALIGN};
+use crate::format::{Record, RegionEntry, RECORD_ALIGN};
 use crate::hash::HASH_LANES;
 use crate::vfs::DIRECT_ALIGN;
 
@@ -595,11 +595,6 @@ fn direct_pages(records: &[Record], record: usize, out: &[u8], ps: usize, max: u
         .iter()
         .take((out.len() / ps).min(max))
         .zip((first.offset..).step_by(ps))
-        .take_while(|(r, at)| {
-            r.codec == Codec::Raw
-                && r.stored_len as usize == ps
-                && r.raw_len as usize == ps
-                && r.offset == *at
-        })
+        .take_while(|(r, at)| r.is_raw_page(ps) && r.offset == *at)
         .count()
 }

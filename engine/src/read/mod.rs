@@ -227,7 +227,7 @@ impl VersionFile {
         len: usize,
         what: &dyn Fn() -> String,
     ) -> Result<()> {
-        if rec.codec != Codec::Raw || rec.stored_len != rec.raw_len || rec.raw_len as usize != len {
+        if !rec.is_raw_page(len) {
             return Err(Error::corrupt(
                 &self.path,
                 what(),
@@ -277,27 +277,6 @@ impl VersionFile {
             ));
         }
         Ok(())
-    }
-
-    /// Checks record `rec` against its hash, given `src`, its stored bytes read from the
-    /// file: a raw page as it is (no copy), a compressed one decoded into `buf` (at least the
-    /// page length). `what` names the page for error messages.
-    pub(crate) fn check_stored(
-        &self,
-        rec: &Record,
-        src: &[u8],
-        buf: &mut [u8],
-        what: &dyn Fn() -> String,
-    ) -> Result<()> {
-        match rec.codec {
-            Codec::Raw if rec.stored_len == rec.raw_len && src.len() == rec.stored_len as usize => {
-                self.check_hash(rec, src, what)
-            }
-            _ => {
-                let n = (rec.raw_len as usize).min(buf.len());
-                self.decode(rec, src, &mut buf[..n], what)
-            }
-        }
     }
 
     /// Checks the data section's checksum, then decodes and checks every page stored in this
