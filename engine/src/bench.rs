@@ -131,9 +131,11 @@ pub struct BenchReport {
     /// The engine's resident memory beside the state once the versions are written: the
     /// growth of the process's anonymous resident memory over the versions (the fast-hash
     /// table, the parent picture, the tracker's state, worker threads' buffers), measured
-    /// from `RssAnon` in `/proc/self/status` after the allocator gave its free memory back
-    /// (`malloc_trim`). The program's code, paged in by the first checkpoint, is not counted:
-    /// it is shared and file-backed, not memory beside the state.
+    /// from `Anonymous` in `/proc/self/smaps_rollup` after the allocator gave its free memory
+    /// back (`malloc_trim`). Not counted: the program's code, paged in by the first
+    /// checkpoint (shared and file-backed, not memory beside the state), and the staging
+    /// buffers kept for the next version, which are marked free for the kernel (`LazyFree`:
+    /// it takes them back, without writing them anywhere, when memory runs short).
     pub engine_rss_bytes: u64,
     /// Both restores matched the expected state (and, with compaction, the newest version
     /// restored after it).
@@ -402,18 +404,16 @@ fn read_plan(files: &[PathBuf], plan: &[Vec<(u64, u64)>]) -> Result<f64> {
 /// then fsync; then the file is removed. Its buffers are allocated and touched before the
 /// clock starts. What the disk allows for reading those bytes and writing them again.
 fn copy_floor(dir: &std::path::Path, files: &[PathBuf], plan: &[Vec<(u64, u64)>]) -> Result<f64> {
+    use crate::iobuf::IoBuf;
     use crate::vfs::DIRECT_ALIGN;
-    use crate::write::staging::Block;
     use std::os::unix::fs::FileExt;
-    use zerocopy::{FromZeros, IntoBytes};
     const CHUNK: usize = 8 << 20;
     const BUFFERS: usize = 4;
     let path = dir.join(".bench-copy.tmp");
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<Block>>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<IoBuf>();
     for _ in 0..BUFFERS {
-        let mut b = Block::new_vec_zeroed(CHUNK / DIRECT_ALIGN)
-            .map_err(|_| Error::io(&path, "allocate", std::io::ErrorKind::OutOfMemory.into()))?;
-        b.as_mut_bytes().fill(1);
+        let mut b = IoBuf::new(CHUNK).map_err(|e| Error::io(&path, "allocate", e))?;
+        b.bytes_mut().fill(1);
         let _ = back_tx.send(b);
     }
     let dst = crate::store::create_new_file(&path)?;
@@ -421,12 +421,12 @@ fn copy_floor(dir: &std::path::Path, files: &[PathBuf], plan: &[Vec<(u64, u64)>]
     let _ = crate::sys::set_direct(&dst, true);
     let t = Instant::now();
     let copied = std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Block>, usize)>(BUFFERS);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(IoBuf, usize)>(BUFFERS);
         let path = &path;
         let writer = s.spawn(move || -> Result<()> {
             let mut pos = 0u64;
             for (buf, n) in rx {
-                let bytes = &buf.as_bytes()[..n.next_multiple_of(DIRECT_ALIGN)];
+                let bytes = &buf.bytes()[..n.next_multiple_of(DIRECT_ALIGN)];
                 if let Err(e) = dst.write_all_at(bytes, pos) {
                     // A file system that refuses direct writes: through the cache.
                     if e.raw_os_error() != Some(libc::EINVAL)
@@ -455,10 +455,10 @@ fn copy_floor(dir: &std::path::Path, files: &[PathBuf], plan: &[Vec<(u64, u64)>]
                             return Ok(()); // the writer stopped: its error says why
                         };
                         let want = n.next_multiple_of(DIRECT_ALIGN);
-                        let got = match f.read_at(&mut buf.as_mut_bytes()[..want], at) {
+                        let got = match f.read_at(&mut buf.bytes_mut()[..want], at) {
                             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                                 crate::sys::set_direct(&f, false)
-                                    .and_then(|()| f.read_at(&mut buf.as_mut_bytes()[..want], at))
+                                    .and_then(|()| f.read_at(&mut buf.bytes_mut()[..want], at))
                             }
                             r => r,
                         }
@@ -1104,16 +1104,22 @@ fn state_hash(ck: &Checkpointer, handles: &[crate::RegionHandle<f64>]) -> Result
     Ok(crate::hash::page_hash(&all))
 }
 
-/// This process's resident anonymous memory (`RssAnon` of `/proc/self/status`: its heap,
-/// stacks and private maps, not the program's code or mapped files), 0 if unreadable.
+/// This process's resident anonymous memory (its heap, stacks and private maps, not the
+/// program's code or mapped files) less what it has marked free for the kernel (`MADV_FREE`:
+/// the write buffers kept for the next version, which the kernel takes back without writing
+/// them anywhere when memory runs short): `Anonymous` less `LazyFree` in
+/// `/proc/self/smaps_rollup`. 0 if unreadable.
 fn anon_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let kib = s.lines().find_map(|l| l.strip_prefix("RssAnon:"))?;
-            kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-        })
-        .map_or(0, |kib| kib * 1024)
+    let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
+        return 0;
+    };
+    let kib = |field: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    kib("Anonymous:").saturating_sub(kib("LazyFree:")) * 1024
 }
 
 /// This process's resident memory (`/proc/self/statm`), 0 if unreadable.

@@ -14,8 +14,8 @@
 //! may have changed: hash, userfaultfd, auto) → `hash` (which did) → `write` (the new file,
 //! committed atomically) → [`store`] (naming, listing, locking). Beside them: `read` and
 //! [`catalog`] (opening, checking, resolving versions), [`compact`] (retention, crash-safe),
-//! [`job`] (a multi-rank job's layout, no MPI), `format` (the bytes) and `sys` (every system
-//! call).
+//! [`job`] (a multi-rank job's layout, no MPI), `format` (the bytes), `iobuf` (I/O buffers
+//! mapped outside the allocator) and `sys` (every system call).
 //!
 //! ```no_run
 //! use ckpt_engine::{Checkpointer, Config, Tracking};
@@ -50,6 +50,7 @@ pub mod format;
 #[cfg(not(feature = "internals"))]
 mod format;
 mod hash;
+mod iobuf;
 pub mod job;
 #[cfg(feature = "internals")]
 pub mod read;

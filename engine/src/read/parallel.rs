@@ -26,13 +26,11 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 
-use zerocopy::{FromZeros, IntoBytes};
-
 use super::VersionFile;
 use crate::error::{Error, Result};
 use crate::format::Record;
+use crate::iobuf::IoBuf;
 use crate::vfs::DIRECT_ALIGN;
-use crate::write::staging::Block;
 
 /// Bytes one read request covers at most.
 pub(crate) const MAX_CHUNK: u64 = 1 << 20;
@@ -69,7 +67,7 @@ fn aligned((start, end): (u64, u64)) -> (u64, usize) {
 /// Where a read request's bytes are.
 enum Landed {
     /// In a buffer of the pool, from file offset `at` of [`Filled`].
-    Buffer(Vec<Block>),
+    Buffer(IoBuf),
     /// In the page cache: taken from the file's mapping.
     Mapping,
     /// In the request's [`Request::target`].
@@ -110,7 +108,7 @@ impl<'r, R> Filled<'r, R> {
             Landed::Buffer(b) => {
                 let from = usize::try_from(start.checked_sub(self.at)?).ok()?;
                 let to = usize::try_from(end.checked_sub(self.at)?).ok()?;
-                b.as_bytes().get(from..to)
+                b.bytes().get(from..to)
             }
             Landed::Mapping => self
                 .file
@@ -138,7 +136,7 @@ struct Pool {
 }
 
 struct PoolState {
-    free: Vec<Vec<Block>>,
+    free: Vec<IoBuf>,
     allocated: usize,
     /// After an error: nobody waits for a buffer any more.
     closed: bool,
@@ -154,7 +152,7 @@ impl Pool {
 
     /// A free buffer, a new one while fewer than `max` exist, else the next one given back.
     /// `None` once the pool is closed, or if a new buffer cannot be allocated.
-    fn take(&self) -> Option<Vec<Block>> {
+    fn take(&self) -> Option<IoBuf> {
         let mut st = self.lock();
         loop {
             if st.closed {
@@ -166,7 +164,7 @@ impl Pool {
             if st.allocated < self.max {
                 st.allocated += 1;
                 drop(st);
-                return Block::new_vec_zeroed(self.bytes.div_ceil(DIRECT_ALIGN)).ok();
+                return IoBuf::new(self.bytes).ok();
             }
             st = match self.returned.wait(st) {
                 Ok(g) => g,
@@ -175,7 +173,7 @@ impl Pool {
         }
     }
 
-    fn give(&self, b: Vec<Block>) {
+    fn give(&self, b: IoBuf) {
         self.lock().free.push(b);
         self.returned.notify_one();
     }
@@ -353,8 +351,8 @@ impl<'f> Reader<'f> {
     fn read<R: Request>(
         &self,
         mut req: R,
-        mut buf: Vec<Block>,
-    ) -> Result<(Filled<'_, R>, Option<Vec<Block>>)> {
+        mut buf: IoBuf,
+    ) -> Result<(Filled<'_, R>, Option<IoBuf>)> {
         let i = req.file();
         let f: &VersionFile = &self.files[i];
         let span = req.span();
@@ -377,7 +375,7 @@ impl<'f> Reader<'f> {
                 return Ok((filled(req, Landed::Target), Some(buf)));
             }
         }
-        if let Err(e) = read_chunk(f, dio, &self.refused[i], at, &mut buf.as_mut_bytes()[..len]) {
+        if let Err(e) = read_chunk(f, dio, &self.refused[i], at, &mut buf.bytes_mut()[..len]) {
             self.pool.give(buf);
             return Err(e);
         }

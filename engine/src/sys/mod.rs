@@ -88,6 +88,30 @@ pub(crate) fn trim_heap() {
     }
 }
 
+/// Marks the pages under `mem` free for the kernel (`MADV_FREE`, Linux 4.5): it may take
+/// them back, without writing them anywhere, when memory runs short; a page written first
+/// stays, with what was written. Until then the pages are resident and a write needs no
+/// fault. Only the whole pages inside `mem` are marked. Afterwards each byte of a page not
+/// written since reads as before or as zero.
+pub(crate) fn lazy_free(mem: &mut [u8]) -> std::io::Result<()> {
+    let page = rustix::param::page_size();
+    let start = (mem.as_mut_ptr() as usize).next_multiple_of(page);
+    let end = (mem.as_mut_ptr() as usize + mem.len()) / page * page;
+    if end <= start {
+        return Ok(());
+    }
+    // SAFETY: the range holds only whole pages inside `mem`, which is borrowed mutably: no
+    // one else reads or writes it meanwhile. MADV_FREE unmaps nothing; it only lets the
+    // kernel replace a page not written since by a zeroed one, which is a valid value for
+    // every byte of a `[u8]`, and callers treat the bytes as unspecified.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_FREE) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Faults in the pages under `mem` for writing, all in one call (`MADV_POPULATE_WRITE`,
 /// Linux 5.14): what the first write to each page would do, without a trap per page. The
 /// bytes are unchanged. A hint: an error (an older kernel, memory the call does not take)

@@ -531,12 +531,14 @@ impl VersionWriter {
             .file
             .take()
             .ok_or_else(|| Error::io(&self.tmp, "commit", std::io::Error::other("closed")))?;
-        // Stream the index into the file through a buffer, each 1 MiB of which is hashed at
-        // once (blake3 hashes large inputs many chunks at a time; the index's entries, fed one
-        // by one, would be hashed a block at a time).
+        // Stream the index into the file through a buffer, each 64 KiB of which is hashed at
+        // once (blake3 hashes large inputs 16 chunks of 1 KiB at a time; the index's entries,
+        // fed one by one, would be hashed a block at a time). Below glibc's threshold for a
+        // mapping of its own (128 KiB): freeing a larger block raises that threshold for the
+        // whole process (`iobuf`).
         let index_len = index.encoded_len() as u64;
         let mut bw = std::io::BufWriter::with_capacity(
-            1 << 20,
+            64 << 10,
             HashingWriter {
                 inner: &mut file,
                 hasher: blake3::Hasher::new(),

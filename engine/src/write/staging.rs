@@ -1,41 +1,33 @@
-//! Staging buffers between the encoder and the writer thread: page-aligned, reused within a
-//! version, laid out so that a buffer's byte `i` is written at a file offset congruent to `i`
-//! modulo [`DIRECT_ALIGN`]. Whole aligned blocks can then go to the disk with direct I/O
-//! (`O_DIRECT`), straight from the buffer, without the kernel's copy into the page cache
-//! (a full version of 1 GiB: that copy was a third of the writer's CPU time); the unaligned
-//! ends (the header's block, the last block) go through the page cache.
+//! Staging buffers between the encoder and the writer thread: page-aligned ([`IoBuf`]),
+//! reused within a version and kept between versions, laid out so that a buffer's byte `i`
+//! is written at a file offset congruent to `i` modulo [`DIRECT_ALIGN`]. Whole aligned
+//! blocks can then go to the disk with direct I/O (`O_DIRECT`), straight from the buffer,
+//! without the kernel's copy into the page cache (a full version of 1 GiB: that copy was a
+//! third of the writer's CPU time); the unaligned ends (the header's block, the last block)
+//! go through the page cache.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
-
 use crate::error::{Error, Result};
+use crate::iobuf::{give_staging, take_staging, IoBuf, STAGING_BYTES};
 use crate::vfs::{copy_through_memory, VfsFile, DIRECT_ALIGN};
-
-/// One aligned block of a staging buffer.
-#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
-#[repr(C, align(4096))]
-pub(crate) struct Block([u8; DIRECT_ALIGN]);
-
-/// Bytes of one staging buffer.
-const STAGING_BYTES: usize = 8 << 20;
 
 /// Bytes to append to the file.
 pub(crate) enum Chunk {
     /// Bytes `from..to` of `buf`, whose byte 0 sits at an aligned file offset.
-    Aligned {
+    Staged {
         /// The staging buffer.
-        buf: Vec<Block>,
+        buf: IoBuf,
         /// First byte to write.
         from: usize,
         /// End of the bytes to write.
         to: usize,
+        /// Whole aligned blocks go with direct I/O (else all through the page cache).
+        direct: bool,
     },
-    /// Bytes to write through the page cache.
-    Plain(Vec<u8>),
     /// `len` bytes of `src` from `offset`, to be shared with it (a reflink) where the file
     /// system can, else copied. The file's length, `offset` and `len` are block-aligned.
     Share {
@@ -64,23 +56,25 @@ impl Chunk {
     /// The bytes to append.
     pub(crate) fn len(&self) -> usize {
         match self {
-            Chunk::Aligned { from, to, .. } => to - from,
-            Chunk::Plain(v) => v.len(),
+            Chunk::Staged { from, to, .. } => to - from,
             Chunk::Share { len, .. } => *len as usize,
         }
     }
 
-    /// Appends the chunk to `file`: whole aligned blocks with direct I/O when the file takes
-    /// it, the rest through the page cache. Returns whether anything went through the page
-    /// cache (the caller then asks for write-behind), and the staging buffer for reuse.
-    pub(crate) fn write_to(
-        self,
-        file: &mut dyn VfsFile,
-    ) -> std::io::Result<(bool, Option<Vec<Block>>)> {
+    /// Appends the chunk to `file`: whole aligned blocks with direct I/O when the chunk asks
+    /// for it and the file takes it, the rest through the page cache. Returns whether anything
+    /// went through the page cache (the caller then asks for write-behind), and the staging
+    /// buffer for reuse.
+    pub(crate) fn write_to(self, file: &mut dyn VfsFile) -> std::io::Result<(bool, Option<IoBuf>)> {
         let (buf, from, to) = match self {
-            Chunk::Plain(v) => {
-                file.write_all(&v)?;
-                return Ok((true, None));
+            Chunk::Staged {
+                buf,
+                from,
+                to,
+                direct: false,
+            } => {
+                file.write_all(&buf.bytes()[from..to])?;
+                return Ok((true, Some(buf)));
             }
             Chunk::Share {
                 src,
@@ -96,9 +90,9 @@ impl Chunk {
                 copy_through_memory(file, &src, offset, len)?;
                 return Ok((true, None));
             }
-            Chunk::Aligned { buf, from, to } => (buf, from, to),
+            Chunk::Staged { buf, from, to, .. } => (buf, from, to),
         };
-        let bytes = buf.as_bytes();
+        let bytes = buf.bytes();
         let body_start = from.next_multiple_of(DIRECT_ALIGN).min(to);
         let body_end = (to / DIRECT_ALIGN * DIRECT_ALIGN).max(body_start);
         let mut cached = false;
@@ -121,48 +115,43 @@ impl Chunk {
     }
 }
 
-/// The encoder's side: gathers the stored bytes and hands them over as chunks, in aligned
-/// staging buffers for direct I/O, else in plain vectors of one batch each.
+/// The encoder's side: gathers the stored bytes into staging buffers and hands them over as
+/// chunks, each buffer when it is full and whatever is gathered at each [`cut`](Self::cut).
+/// Its buffers, and those the writer gives back, are kept for the next version when it is
+/// dropped.
 pub(crate) struct Stager {
     /// The file written (for errors).
     path: PathBuf,
-    /// Direct I/O: aligned staging buffers, handed over when full.
+    /// Whole aligned blocks go with direct I/O.
     direct: bool,
-    /// The aligned buffer being filled (empty without direct I/O).
-    cur: Vec<Block>,
+    /// The buffer being filled.
+    cur: Option<IoBuf>,
     /// Where the current chunk starts in `cur`.
     from: usize,
     /// Bytes of `cur` filled.
     fill: usize,
-    /// The batch being gathered, without direct I/O.
-    plain: Vec<u8>,
     /// Buffers the writer gave back.
-    returned: Receiver<Vec<Block>>,
-    spare: Vec<Vec<Block>>,
+    returned: Receiver<IoBuf>,
+    spare: Vec<IoBuf>,
 }
 
 impl Stager {
     /// A stager for the file `path` whose first byte goes to file offset `pos`; `direct`
-    /// stages for direct I/O, and `returned` then brings back the buffers of written chunks
-    /// for reuse.
+    /// asks for direct I/O. `returned` brings back the buffers of written chunks for reuse.
     pub(crate) fn new(
         path: &Path,
         pos: u64,
         direct: bool,
-        returned: Receiver<Vec<Block>>,
+        returned: Receiver<IoBuf>,
     ) -> Result<Stager> {
         let at = (pos % DIRECT_ALIGN as u64) as usize;
-        let cur = match direct {
-            true => new_buffer().map_err(|e| Error::io(path, "allocate a write buffer", e))?,
-            false => Vec::new(),
-        };
+        let cur = take_staging().map_err(|e| Error::io(path, "allocate a write buffer", e))?;
         Ok(Stager {
             path: path.to_path_buf(),
             direct,
-            cur,
+            cur: Some(cur),
             from: at,
             fill: at,
-            plain: Vec::new(),
             returned,
             spare: Vec::new(),
         })
@@ -174,14 +163,15 @@ impl Stager {
         mut bytes: &[u8],
         send: &mut impl FnMut(Chunk) -> Result<()>,
     ) -> Result<()> {
-        if !self.direct {
-            self.plain.extend_from_slice(bytes);
-            return Ok(());
-        }
         while !bytes.is_empty() {
             let room = STAGING_BYTES - self.fill;
             let n = room.min(bytes.len());
-            self.cur.as_mut_bytes()[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
+            let cur = match self.cur.take() {
+                Some(c) => c,
+                None => self.next_buffer()?,
+            };
+            let cur = self.cur.insert(cur);
+            cur.bytes_mut()[self.fill..self.fill + n].copy_from_slice(&bytes[..n]);
             self.fill += n;
             bytes = &bytes[n..];
             if self.fill == STAGING_BYTES {
@@ -191,41 +181,42 @@ impl Stager {
         Ok(())
     }
 
-    /// Hands over what is gathered, if anything; with direct I/O the next byte starts a new
-    /// buffer (at the same offset modulo the alignment).
+    /// Hands over what is gathered, if anything; the next byte starts a new buffer (at the
+    /// same offset modulo the alignment).
     pub(crate) fn cut(&mut self, send: &mut impl FnMut(Chunk) -> Result<()>) -> Result<()> {
-        if !self.direct {
-            if self.plain.is_empty() {
-                return Ok(());
-            }
-            let n = self.plain.len();
-            return send(Chunk::Plain(std::mem::replace(
-                &mut self.plain,
-                Vec::with_capacity(n),
-            )));
-        }
         if self.fill == self.from {
             return Ok(());
         }
-        let next = self
-            .next_buffer()
-            .map_err(|e| Error::io(&self.path, "allocate a write buffer", e))?;
-        let at = self.fill % DIRECT_ALIGN;
-        let chunk = Chunk::Aligned {
-            buf: std::mem::replace(&mut self.cur, next),
+        let Some(buf) = self.cur.take() else {
+            return Ok(());
+        };
+        let chunk = Chunk::Staged {
+            buf,
             from: self.from,
             to: self.fill,
+            direct: self.direct,
         };
+        let at = self.fill % DIRECT_ALIGN;
         self.from = at;
         self.fill = at;
         send(chunk)
     }
 
-    fn next_buffer(&mut self) -> std::io::Result<Vec<Block>> {
+    /// A buffer the writer gave back, else a kept or new one.
+    fn next_buffer(&mut self) -> Result<IoBuf> {
         self.spare.extend(self.returned.try_iter());
         match self.spare.pop() {
             Some(b) => Ok(b),
-            None => new_buffer(),
+            None => take_staging().map_err(|e| Error::io(&self.path, "allocate a write buffer", e)),
+        }
+    }
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        self.spare.extend(self.returned.try_iter());
+        for b in self.cur.take().into_iter().chain(self.spare.drain(..)) {
+            give_staging(b);
         }
     }
 }
@@ -334,7 +325,7 @@ const WRITE_BEHIND: u64 = 1 << 20;
 pub(crate) fn write_chunks(
     file: &mut dyn VfsFile,
     chunks: Receiver<Chunk>,
-    back: &std::sync::mpsc::Sender<Vec<Block>>,
+    back: &std::sync::mpsc::Sender<IoBuf>,
     pos: u64,
     path: &Path,
     what: &'static str,
@@ -343,9 +334,12 @@ pub(crate) fn write_chunks(
     for c in chunks {
         let n = c.len() as u64;
         let (cached, buf) = c.write_to(file).map_err(|e| Error::io(path, what, e))?;
-        // The encoder reuses the buffer (it may have stopped: then it is freed).
+        // The encoder reuses the buffer (it may have stopped: then it is kept for the next
+        // version).
         if let Some(buf) = buf {
-            let _ = back.send(buf);
+            if let Err(std::sync::mpsc::SendError(buf)) = back.send(buf) {
+                give_staging(buf);
+            }
         }
         pos += n;
         if !cached {
@@ -358,12 +352,6 @@ pub(crate) fn write_chunks(
         }
     }
     Ok(())
-}
-
-/// A zeroed staging buffer (the kernel provides the pages when first touched).
-fn new_buffer() -> std::io::Result<Vec<Block>> {
-    Block::new_vec_zeroed(STAGING_BYTES / DIRECT_ALIGN)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))
 }
 
 #[cfg(test)]
@@ -402,13 +390,17 @@ mod tests {
         }
     }
 
-    /// Whatever the start offset and the cuts, the file receives exactly the pushed bytes,
-    /// and every direct write is aligned in memory, length and file offset.
+    /// Whatever the start offset and the cuts, the file receives exactly the pushed bytes;
+    /// with direct I/O asked, every direct write is aligned in memory, length and file
+    /// offset, and without, there is none.
     #[test]
     fn chunks_reassemble_the_stream_and_direct_writes_are_aligned() {
-        for start in [0u64, 100, 4095, 4096, 12_345] {
+        for (start, direct) in [0u64, 100, 4095, 4096, 12_345]
+            .into_iter()
+            .flat_map(|s| [(s, true), (s, false)])
+        {
             let (back_tx, back_rx) = std::sync::mpsc::channel();
-            let mut st = Stager::new(Path::new("test"), start, true, back_rx).unwrap();
+            let mut st = Stager::new(Path::new("test"), start, direct, back_rx).unwrap();
             let mut file = Log {
                 data: vec![0xee; start as usize],
                 ..Log::default()
@@ -439,16 +431,23 @@ mod tests {
             st.cut(&mut send).unwrap();
             assert!(
                 file.data == want,
-                "start {start}: the file differs from the stream"
+                "start {start}, direct {direct}: the file differs from the stream"
             );
-            // Only the partial blocks at each cut (4 of them) and at the start go through the
-            // page cache.
-            let direct: usize = file.direct.iter().map(|d| d.1).sum();
+            let direct_bytes: usize = file.direct.iter().map(|d| d.1).sum();
             let total = want.len() - start as usize;
-            assert!(
-                direct + 9 * DIRECT_ALIGN >= total,
-                "start {start}: only {direct} of {total} bytes went direct"
-            );
+            if direct {
+                // Only the partial blocks at each cut (4 of them) and at the start go through
+                // the page cache.
+                assert!(
+                    direct_bytes + 9 * DIRECT_ALIGN >= total,
+                    "start {start}: only {direct_bytes} of {total} bytes went direct"
+                );
+            } else {
+                assert_eq!(
+                    direct_bytes, 0,
+                    "start {start}: direct writes not asked for"
+                );
+            }
         }
     }
 }
