@@ -12,11 +12,13 @@
 //!
 //! Staging buffers are also kept between versions ([`take_staging`], [`give_staging`]): a
 //! page touched for the first time costs a fault and a zeroed page (1.6 us on this project's
-//! 2-core VM, 4 ms for the 11 MB of a 1 % delta of 1 GiB), and a delta is ~10 ms. Kept
-//! buffers are marked free for the kernel (`MADV_FREE`): it takes their pages back, without
-//! writing them anywhere, only when memory runs short, and until then the next version
-//! writes them without a fault. Their bytes are unspecified when taken; every user writes
-//! the bytes it reads.
+//! 2-core VM, 4 ms for the 11 MB of a 1 % delta of 1 GiB), and a delta is ~10 ms. Of a kept
+//! buffer, the part the last write filled is marked free for the kernel (`MADV_FREE`): it
+//! takes those pages back, without writing them anywhere, only when memory runs short, and
+//! until then the next version writes them without a fault. The rest is given back at once
+//! (`MADV_DONTNEED`), so that what stays is the working set of the last write (a sparse
+//! delta: about half a megabyte a buffer). Their bytes are unspecified when taken; every
+//! user writes the bytes it reads.
 
 use std::sync::Mutex;
 
@@ -32,6 +34,8 @@ const KEPT: usize = 4;
 /// A page-aligned buffer of anonymous memory, mapped for it alone and unmapped when dropped.
 pub(crate) struct IoBuf {
     map: MmapMut,
+    /// How far it was filled since it was last kept ([`IoBuf::filled_to`]).
+    used: usize,
 }
 
 impl IoBuf {
@@ -40,7 +44,14 @@ impl IoBuf {
     pub(crate) fn new(len: usize) -> std::io::Result<IoBuf> {
         Ok(IoBuf {
             map: MmapMut::map_anon(len.max(1))?,
+            used: 0,
         })
+    }
+
+    /// Records that the buffer's first `n` bytes were filled: when the buffer is kept, those
+    /// stay ready for the next version and the rest is given back to the kernel.
+    pub(crate) fn filled_to(&mut self, n: usize) {
+        self.used = self.used.max(n.min(self.map.len()));
     }
 
     /// The buffer's bytes.
@@ -78,24 +89,44 @@ impl Kept {
         IoBuf::new(STAGING_BYTES)
     }
 
-    /// Keeps `b`, its pages marked free for the kernel; or unmaps it, if it is not a staging
-    /// buffer or enough are kept.
-    fn give(&self, mut b: IoBuf) {
-        if b.len() != STAGING_BYTES {
-            return;
-        }
+    /// Keeps `b`, the pages it was filled to marked free for the kernel and the others given
+    /// back; or unmaps it, if it is not a staging buffer or enough are kept.
+    fn give(&self, b: IoBuf) {
+        self.give_all(vec![b], false);
+    }
+
+    /// Keeps `bufs`, as [`give`](Self::give) does each; with `only`, they replace the buffers
+    /// kept before (a write's buffers, given back when it ends: what an earlier, larger write
+    /// filled does not stay beside them).
+    fn give_all(&self, bufs: Vec<IoBuf>, only: bool) {
         let Ok(mut kept) = self.bufs.try_lock() else {
             return;
         };
-        if kept.len() >= self.max {
-            return;
+        if only {
+            kept.clear();
         }
-        // A hint: a kernel without MADV_FREE (before 4.5) leaves the pages resident.
-        if let Err(e) = crate::sys::lazy_free(b.bytes_mut()) {
-            tracing::debug!("MADV_FREE on a staging buffer: {e}");
+        for b in bufs {
+            if b.len() != STAGING_BYTES || kept.len() >= self.max {
+                continue;
+            }
+            keep(&mut kept, b);
         }
-        kept.push(b);
     }
+}
+
+/// Adds `b` to `kept`, the pages it was filled to marked free for the kernel and the others
+/// given back.
+fn keep(kept: &mut Vec<IoBuf>, mut b: IoBuf) {
+    // What the last write filled stays ready (its working set: a sparse delta fills half a
+    // megabyte of each buffer, a full version all of it); what it did not is given back now,
+    // so that a full version's buffers do not stay beside the state. Hints: a kernel without
+    // MADV_FREE (before 4.5) leaves the pages resident.
+    let used = std::mem::take(&mut b.used);
+    let (ready, rest) = b.bytes_mut().split_at_mut(used);
+    if let Err(e) = crate::sys::lazy_free(ready).and_then(|()| crate::sys::release(rest)) {
+        tracing::debug!("MADV_FREE or MADV_DONTNEED on a staging buffer: {e}");
+    }
+    kept.push(b);
 }
 
 /// The process's kept staging buffers.
@@ -110,10 +141,17 @@ pub(crate) fn take_staging() -> std::io::Result<IoBuf> {
     KEPT_BUFFERS.take()
 }
 
-/// Keeps staging buffer `b` for a later write, its pages marked free for the kernel; or
-/// unmaps it if enough are kept.
+/// Keeps staging buffer `b` for a later write, the pages it was filled to
+/// ([`IoBuf::filled_to`]) marked free for the kernel, the others given back; or unmaps it if
+/// enough are kept.
 pub(crate) fn give_staging(b: IoBuf) {
     KEPT_BUFFERS.give(b);
+}
+
+/// Keeps the staging buffers of a write that ended, as [`give_staging`] does each, instead
+/// of those kept before: unmaps those.
+pub(crate) fn give_write_buffers(bufs: Vec<IoBuf>) {
+    KEPT_BUFFERS.give_all(bufs, true);
 }
 
 #[cfg(test)]
@@ -136,6 +174,7 @@ mod tests {
         let mut s = kept.take().unwrap();
         assert_eq!(s.len(), STAGING_BYTES);
         s.bytes_mut().fill(0x5a);
+        s.filled_to(1 << 20);
         let at = s.bytes().as_ptr() as usize;
         kept.give(s);
         let mut s = kept.take().unwrap();
@@ -144,9 +183,10 @@ mod tests {
             at,
             "the buffer given back is reused"
         );
-        // Marked free, its bytes are the old ones or zero (if the kernel took the pages),
-        // and what is written now stays.
-        assert!(s.bytes().iter().all(|&x| x == 0x5a || x == 0));
+        // Its filled part, marked free, holds the old bytes or zeros (if the kernel took the
+        // pages); the rest was given back and reads as zeros; what is written now stays.
+        assert!(s.bytes()[..1 << 20].iter().all(|&x| x == 0x5a || x == 0));
+        assert!(s.bytes()[1 << 20..].iter().all(|&x| x == 0));
         s.bytes_mut()[..4096].fill(1);
         assert!(s.bytes()[..4096].iter().all(|&x| x == 1));
         // At most `max` are kept; a buffer of another size is not.
@@ -156,6 +196,15 @@ mod tests {
             kept.give(b);
         }
         assert_eq!(kept.bufs.lock().unwrap().len(), 2);
+        // A write's buffers replace those kept before.
+        let mut one = kept.take().unwrap();
+        one.filled_to(4096);
+        let at = one.bytes().as_ptr() as usize;
+        kept.give_all(vec![one], true);
+        let left = kept.bufs.lock().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].bytes().as_ptr() as usize, at);
+        drop(left);
         // The process's own pool hands out staging buffers.
         let b = take_staging().unwrap();
         assert_eq!(b.len(), STAGING_BYTES);

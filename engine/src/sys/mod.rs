@@ -112,6 +112,28 @@ pub(crate) fn lazy_free(mem: &mut [u8]) -> std::io::Result<()> {
     }
 }
 
+/// Gives the pages under `mem` back to the kernel at once (`MADV_DONTNEED`): they read as
+/// zeros afterwards, and the next write to each faults in a zeroed page. Only the whole pages
+/// inside `mem` are given back. `mem` must be private anonymous memory.
+pub(crate) fn release(mem: &mut [u8]) -> std::io::Result<()> {
+    let page = rustix::param::page_size();
+    let start = (mem.as_mut_ptr() as usize).next_multiple_of(page);
+    let end = (mem.as_mut_ptr() as usize + mem.len()) / page * page;
+    if end <= start {
+        return Ok(());
+    }
+    // SAFETY: the range holds only whole pages inside `mem`, which is borrowed mutably: no
+    // one else reads or writes it meanwhile. On private anonymous memory MADV_DONTNEED
+    // unmaps nothing that stays reachable: the pages read as zeros afterwards, a valid value
+    // for every byte of a `[u8]`.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Faults in the pages under `mem` for writing, all in one call (`MADV_POPULATE_WRITE`,
 /// Linux 5.14): what the first write to each page would do, without a trap per page. The
 /// bytes are unchanged. A hint: an error (an older kernel, memory the call does not take)

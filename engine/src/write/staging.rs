@@ -12,7 +12,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::iobuf::{give_staging, take_staging, IoBuf, STAGING_BYTES};
+use crate::iobuf::{give_staging, give_write_buffers, take_staging, IoBuf, STAGING_BYTES};
 use crate::vfs::{copy_through_memory, VfsFile, DIRECT_ALIGN};
 
 /// Bytes to append to the file.
@@ -187,9 +187,10 @@ impl Stager {
         if self.fill == self.from {
             return Ok(());
         }
-        let Some(buf) = self.cur.take() else {
+        let Some(mut buf) = self.cur.take() else {
             return Ok(());
         };
+        buf.filled_to(self.fill);
         let chunk = Chunk::Staged {
             buf,
             from: self.from,
@@ -215,9 +216,11 @@ impl Stager {
 impl Drop for Stager {
     fn drop(&mut self) {
         self.spare.extend(self.returned.try_iter());
-        for b in self.cur.take().into_iter().chain(self.spare.drain(..)) {
-            give_staging(b);
+        if let Some(mut cur) = self.cur.take() {
+            cur.filled_to(self.fill);
+            self.spare.push(cur);
         }
+        give_write_buffers(std::mem::take(&mut self.spare));
     }
 }
 
