@@ -17,8 +17,9 @@
 //!    survives a crash still restores), one unlink at a time under the chain's commit lock,
 //!    after checking that no version committed since the plan still references the file.
 //!
-//! The files replaced and removed are closed for the last time after the compaction returns,
-//! on a thread of its own (`Retired`).
+//! The files replaced and removed are closed for the last time once the commit lock is no
+//! longer needed, on a thread of its own (`Retired`), and the compaction waits for it before
+//! it returns: the space it reports freed is then free.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -232,6 +233,11 @@ pub(crate) fn compact_locked(
     }
     report.rewritten = rewritten.into_iter().collect();
     report.removed.sort_unstable();
+    // The old files' last close frees their blocks and cached pages: on a thread of its own,
+    // beside the removal of leftover temporaries. It is waited for below, so that what the
+    // report counts as freed is free when this returns (the next write on a full disk needs
+    // it: seen as an export failing with ENOSPC right after a compaction freed room for it).
+    let releasing = retired.release();
 
     // Leftover temporary files are garbage only if no writer is active.
     let temps = store.temp_files()?;
@@ -252,17 +258,20 @@ pub(crate) fn compact_locked(
             store::sync_dir(store.dir())?;
         }
     }
+    if let Some(h) = releasing {
+        // The thread only closes files; it does not panic.
+        let _ = h.join();
+    }
     report.secs = t0.elapsed().as_secs_f64();
-    retired.release();
     Ok(report)
 }
 
 /// The replaced revisions and removed files of a compaction, still open. Their names are
-/// gone (and that is durable) when the compaction returns; what is left is the kernel's work
+/// gone (and that is durable) before they are released; what is left is the kernel's work
 /// of freeing their blocks and cached pages at the last close, which for a GiB of cached
 /// pages takes a few hundred milliseconds. Holding them open makes each unlink a directory
-/// update only, and the last close happens on a thread of its own, so the caller (and the
-/// writers waiting on the commit lock) need not wait for it.
+/// update only, so the writers waiting on the commit lock need not wait for it; the last
+/// close happens on a thread of its own, beside the compaction's last steps.
 #[derive(Default)]
 struct Retired {
     versions: Vec<Version>,
@@ -270,10 +279,11 @@ struct Retired {
 }
 
 impl Retired {
-    /// Closes everything on a detached thread (inline if no thread can be started).
-    fn release(self) {
+    /// Closes everything on a thread of its own, whose handle it returns (inline, and
+    /// `None`, if no thread can be started or there is nothing to close).
+    fn release(self) -> Option<std::thread::JoinHandle<()>> {
         if self.versions.is_empty() && self.files.is_empty() {
-            return;
+            return None;
         }
         let spawned = std::thread::Builder::new()
             .name("ckpt-release".into())
@@ -287,9 +297,13 @@ impl Retired {
                     "compaction released its old files"
                 );
             });
-        if let Err(e) = spawned {
-            // The closure, and with it every handle, was dropped here: released inline.
-            tracing::debug!(error = %e, "no thread to release old files; released inline");
+        match spawned {
+            Ok(h) => Some(h),
+            Err(e) => {
+                // The closure, and with it every handle, was dropped here: released inline.
+                tracing::debug!(error = %e, "no thread to release old files; released inline");
+                None
+            }
         }
     }
 }

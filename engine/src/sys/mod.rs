@@ -94,28 +94,20 @@ pub(crate) fn trim_heap() {
 /// fault. Only the whole pages inside `mem` are marked. Afterwards each byte of a page not
 /// written since reads as before or as zero.
 pub(crate) fn lazy_free(mem: &mut [u8]) -> std::io::Result<()> {
-    let page = rustix::param::page_size();
-    let start = (mem.as_mut_ptr() as usize).next_multiple_of(page);
-    let end = (mem.as_mut_ptr() as usize + mem.len()) / page * page;
-    if end <= start {
-        return Ok(());
-    }
-    // SAFETY: the range holds only whole pages inside `mem`, which is borrowed mutably: no
-    // one else reads or writes it meanwhile. MADV_FREE unmaps nothing; it only lets the
-    // kernel replace a page not written since by a zeroed one, which is a valid value for
-    // every byte of a `[u8]`, and callers treat the bytes as unspecified.
-    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_FREE) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    discard_pages(mem, libc::MADV_FREE)
 }
 
 /// Gives the pages under `mem` back to the kernel at once (`MADV_DONTNEED`): they read as
 /// zeros afterwards, and the next write to each faults in a zeroed page. Only the whole pages
 /// inside `mem` are given back. `mem` must be private anonymous memory.
 pub(crate) fn release(mem: &mut [u8]) -> std::io::Result<()> {
+    discard_pages(mem, libc::MADV_DONTNEED)
+}
+
+/// `madvise(advice)` over the whole pages inside `mem`; `advice` is `MADV_FREE` or
+/// `MADV_DONTNEED`, on private anonymous memory.
+fn discard_pages(mem: &mut [u8], advice: libc::c_int) -> std::io::Result<()> {
+    debug_assert!(advice == libc::MADV_FREE || advice == libc::MADV_DONTNEED);
     let page = rustix::param::page_size();
     let start = (mem.as_mut_ptr() as usize).next_multiple_of(page);
     let end = (mem.as_mut_ptr() as usize + mem.len()) / page * page;
@@ -123,10 +115,11 @@ pub(crate) fn release(mem: &mut [u8]) -> std::io::Result<()> {
         return Ok(());
     }
     // SAFETY: the range holds only whole pages inside `mem`, which is borrowed mutably: no
-    // one else reads or writes it meanwhile. On private anonymous memory MADV_DONTNEED
-    // unmaps nothing that stays reachable: the pages read as zeros afterwards, a valid value
-    // for every byte of a `[u8]`.
-    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    // one else reads or writes it meanwhile. On private anonymous memory neither advice
+    // unmaps anything: MADV_DONTNEED makes the pages read as zeros, MADV_FREE lets the kernel
+    // do so to a page not written since; zero is a valid value for every byte of a `[u8]`,
+    // and the callers treat the bytes as unspecified.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
     if rc == 0 {
         Ok(())
     } else {
