@@ -1113,13 +1113,18 @@ fn anon_rss_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/smaps_rollup") else {
         return 0;
     };
-    let kib = |field: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    kib("Anonymous:").saturating_sub(kib("LazyFree:")) * 1024
+    rollup_bytes(&s, "Anonymous:").saturating_sub(rollup_bytes(&s, "LazyFree:"))
+}
+
+/// The bytes of the fields of `smaps_rollup` text `rollup` whose names start with `prefix`,
+/// summed (`Private_` sums `Private_Clean` and `Private_Dirty`).
+fn rollup_bytes(rollup: &str, prefix: &str) -> u64 {
+    rollup
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
 }
 
 /// This process's resident memory (`/proc/self/statm`), 0 if unreadable.
@@ -1140,13 +1145,6 @@ fn children_private_bytes() -> u64 {
     children
         .split_whitespace()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .map(|rollup| {
-            rollup
-                .lines()
-                .filter(|l| l.starts_with("Private_"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
-                * 1024
-        })
+        .map(|rollup| rollup_bytes(&rollup, "Private_"))
         .sum()
 }

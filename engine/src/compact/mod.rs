@@ -18,8 +18,8 @@
 //!    after checking that no version committed since the plan still references the file.
 //!
 //! The files replaced and removed are closed for the last time once the commit lock is no
-//! longer needed, on a thread of its own (`Retired`), and the compaction waits for it before
-//! it returns: the space it reports freed is then free.
+//! longer needed (`Retired`), before the compaction returns: the space it reports freed is
+//! then free.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -233,11 +233,6 @@ pub(crate) fn compact_locked(
     }
     report.rewritten = rewritten.into_iter().collect();
     report.removed.sort_unstable();
-    // The old files' last close frees their blocks and cached pages: on a thread of its own,
-    // beside the removal of leftover temporaries. It is waited for below, so that what the
-    // report counts as freed is free when this returns (the next write on a full disk needs
-    // it: seen as an export failing with ENOSPC right after a compaction freed room for it).
-    let releasing = retired.release();
 
     // Leftover temporary files are garbage only if no writer is active.
     let temps = store.temp_files()?;
@@ -258,54 +253,24 @@ pub(crate) fn compact_locked(
             store::sync_dir(store.dir())?;
         }
     }
-    if let Some(h) = releasing {
-        // The thread only closes files; it does not panic.
-        let _ = h.join();
-    }
+    // The old files' last close frees their blocks and cached pages, so that what the report
+    // counts as freed is free when this returns (the next write on a full disk needs it:
+    // seen as an export failing with ENOSPC right after a compaction freed room for it).
+    drop(retired);
     report.secs = t0.elapsed().as_secs_f64();
     Ok(report)
 }
 
 /// The replaced revisions and removed files of a compaction, still open. Their names are
-/// gone (and that is durable) before they are released; what is left is the kernel's work
-/// of freeing their blocks and cached pages at the last close, which for a GiB of cached
-/// pages takes a few hundred milliseconds. Holding them open makes each unlink a directory
-/// update only, so the writers waiting on the commit lock need not wait for it; the last
-/// close happens on a thread of its own, beside the compaction's last steps.
+/// gone (and that is durable) while they are held; what is left is the kernel's work of
+/// freeing their blocks and cached pages at the last close, which for a GiB of cached pages
+/// takes a few hundred milliseconds. Holding them open until the compaction's end makes each
+/// unlink under the commit lock a directory update only, so the writers waiting on that lock
+/// do not wait for the freeing. Dropping this closes them.
 #[derive(Default)]
 struct Retired {
     versions: Vec<Version>,
     files: Vec<std::fs::File>,
-}
-
-impl Retired {
-    /// Closes everything on a thread of its own, whose handle it returns (inline, and
-    /// `None`, if no thread can be started or there is nothing to close).
-    fn release(self) -> Option<std::thread::JoinHandle<()>> {
-        if self.versions.is_empty() && self.files.is_empty() {
-            return None;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("ckpt-release".into())
-            .spawn(move || {
-                let t = Instant::now();
-                let files = self.versions.len() + self.files.len();
-                drop(self);
-                tracing::debug!(
-                    files,
-                    secs = t.elapsed().as_secs_f64(),
-                    "compaction released its old files"
-                );
-            });
-        match spawned {
-            Ok(h) => Some(h),
-            Err(e) => {
-                // The closure, and with it every handle, was dropped here: released inline.
-                tracing::debug!(error = %e, "no thread to release old files; released inline");
-                None
-            }
-        }
-    }
 }
 
 /// One round: rewrite, then remove. Returns the versions spared.
@@ -383,7 +348,7 @@ fn run_round(
         }
         crate::fault::point("compact-step");
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        // Held open only to move the freeing of its blocks off this thread (`Retired`).
+        // Held open only to move the freeing of its blocks out of the commit lock (`Retired`).
         let handle = std::fs::File::open(&path).ok();
         match crate::vfs::current().remove_file(&path) {
             Ok(()) => {
