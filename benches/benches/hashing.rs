@@ -37,11 +37,13 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(bytes.len() as u64));
     g.sample_size(10);
     g.bench_function(BenchmarkId::new("fresh", MIB), |b| {
-        b.iter(|| pool.install(|| hashing::hash_fresh(&bytes, ps)))
+        b.iter(|| pool.install(|| hashing::hash_fresh(&bytes, ps).expect("map a copy")))
     });
-    let known = pool.install(|| hashing::remember(&bytes, ps));
+    let known = pool
+        .install(|| hashing::remember(&bytes, ps))
+        .expect("map a copy");
     g.bench_function(BenchmarkId::new("clean", MIB), |b| {
-        b.iter(|| pool.install(|| hashing::rescan(&bytes, ps, &known)))
+        b.iter(|| pool.install(|| hashing::rescan(&bytes, ps, &known).expect("map a copy")))
     });
     let mut rng = Rng::new(3);
     let pages = bytes.len() / ps;
@@ -50,7 +52,7 @@ fn bench(c: &mut Criterion) {
         bytes[p * ps] ^= 0x55;
     }
     g.bench_function(BenchmarkId::new("dirty_1pct", MIB), |b| {
-        b.iter(|| pool.install(|| hashing::rescan(&bytes, ps, &known)))
+        b.iter(|| pool.install(|| hashing::rescan(&bytes, ps, &known).expect("map a copy")))
     });
     g.bench_function(BenchmarkId::new("xxh3_per_page", MIB), |b| {
         b.iter(|| {

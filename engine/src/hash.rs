@@ -20,6 +20,7 @@ use crate::write::pipeline::Source;
 use twox_hash::XxHash3_128;
 
 use crate::format::Hash;
+use crate::iobuf::{take_staging, IoBuf, STAGING_BYTES};
 
 /// A page's change-detection hash (XXH3-128 under this process's secret).
 pub(crate) type Fast = u128;
@@ -252,17 +253,23 @@ pub(crate) struct DirtyPage {
     pub(crate) hash: Hash,
     /// Fast hash of the copy (remembered once the version commits).
     pub(crate) fast: Fast,
-    /// The page as it was read once, for both hashes and the stored bytes (`copy[at..at +
-    /// len]`, the copy being shared by the pages of a span read together). Dropped once the
-    /// page is written.
+    /// The page as it was read once, for both hashes and the stored bytes: `copy`, or, for
+    /// the pages of a scan of every page, the scan's [`Scan::whole`] copy (at `at`, `len`
+    /// bytes). Dropped once the page is written.
     copy: Option<Arc<[u8]>>,
     at: usize,
     len: usize,
 }
 
 impl DirtyPage {
-    /// The bytes the hashes were computed from (empty once dropped).
-    pub(crate) fn bytes(&self) -> &[u8] {
+    /// Bytes of the page.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The bytes the hashes were computed from, when the page has a copy of its own (empty
+    /// else: see [`Scan::bytes`]).
+    fn own_bytes(&self) -> &[u8] {
         self.copy
             .as_deref()
             .and_then(|c| c.get(self.at..self.at + self.len))
@@ -292,7 +299,7 @@ fn read_pages<'a>(pages: impl Iterator<Item = (u64, &'a [u8], Option<Fast>)>) ->
 
 /// Computes the blake3 hash of each of `dirty` from its copy, [`HASH_LANES`] pages at a time.
 fn hash_copies(dirty: &mut [DirtyPage]) {
-    let refs: Vec<&[u8]> = dirty.iter().map(DirtyPage::bytes).collect();
+    let refs: Vec<&[u8]> = dirty.iter().map(DirtyPage::own_bytes).collect();
     let mut hashes = vec![[0u8; 32]; refs.len()];
     page_hashes(&refs, &mut hashes);
     drop(refs);
@@ -310,6 +317,20 @@ pub(crate) struct Scan {
     pub(crate) hashed_bytes: u64,
     /// Bytes passed through blake3 (the stored pages).
     pub(crate) blake3_bytes: u64,
+    /// A scan of every page: the copy of the span, every page back to back from byte 0, which
+    /// its pages' hashes were computed from. Page-aligned and whole, it can go to the disk
+    /// as it is (the writer takes it: no second copy into a staging buffer).
+    pub(crate) whole: Option<IoBuf>,
+}
+
+impl Scan {
+    /// The bytes page `d` of this scan was hashed from, and that are stored.
+    pub(crate) fn bytes<'a>(&'a self, d: &'a DirtyPage) -> &'a [u8] {
+        match (&d.copy, &self.whole) {
+            (None, Some(w)) => w.bytes().get(d.at..d.at + d.len).unwrap_or(&[]),
+            _ => d.own_bytes(),
+        }
+    }
 }
 
 impl RegionHashes {
@@ -351,46 +372,22 @@ pub(crate) fn scan_pages(
     known: &RegionHashes,
     pages: Range<usize>,
     every_page: bool,
-) -> Scan {
+    spare: Option<IoBuf>,
+) -> std::io::Result<Scan> {
     let lo = pages.start * page_size;
     let hi = (pages.end * page_size).min(data.len());
     if lo >= hi {
-        return Scan::default();
+        return Ok(Scan::default());
     }
     let task = PAGES_PER_TASK * page_size;
-    let store_all = every_page || !known.pages_known;
+    if every_page || !known.pages_known {
+        return scan_every_page(&data[lo..hi], page_size, pages.start, spare);
+    }
     let parts: Vec<(Vec<DirtyPage>, u64)> = data[lo..hi]
         .par_chunks(task)
         .enumerate()
         .map(|(k, chunk)| {
             let first = pages.start + k * PAGES_PER_TASK;
-            if store_all {
-                // Every page is stored: one copy of the span, each page hashed from it.
-                let copy: Arc<[u8]> = Arc::from(chunk);
-                // A task's pages and hashes on the stack: no allocation per task.
-                let mut pages: [&[u8]; PAGES_PER_TASK] = [&[]; PAGES_PER_TASK];
-                let n = copy
-                    .chunks(page_size)
-                    .zip(&mut pages)
-                    .map(|(c, p)| *p = c)
-                    .count();
-                let mut hashes = [[0u8; 32]; PAGES_PER_TASK];
-                page_hashes(&pages[..n], &mut hashes[..n]);
-                let dirty = pages[..n]
-                    .iter()
-                    .zip(hashes)
-                    .enumerate()
-                    .map(|(i, (page, hash))| DirtyPage {
-                        page: (first + i) as u64,
-                        hash,
-                        fast: fast_hash(page),
-                        at: i * page_size,
-                        len: page.len(),
-                        copy: Some(Arc::clone(&copy)),
-                    })
-                    .collect();
-                return (dirty, chunk.len() as u64);
-            }
             // The changed pages are read once more into a copy, which is hashed and stored.
             let changed = chunk
                 .chunks(page_size)
@@ -411,20 +408,77 @@ pub(crate) fn scan_pages(
         scan.dirty.extend(dirty);
         scan.blake3_bytes += blake;
     }
-    if !store_all {
-        // The span's changed pages are hashed together, not task by task: scattered writes
-        // leave one or two changed pages in most tasks, too few to fill blake3's lanes (1 %
-        // of 64 MiB dirty on one core: 4.47 ms a scan hashing them in their tasks, against
-        // 3.0 ms for the unchanged memory).
-        scan.dirty.par_chunks_mut(HASH_LANES).for_each(hash_copies);
-    }
-    scan
+    // The span's changed pages are hashed together, not task by task: scattered writes
+    // leave one or two changed pages in most tasks, too few to fill blake3's lanes (1 % of
+    // 64 MiB dirty on one core: 4.47 ms a scan hashing them in their tasks, against 3.0 ms
+    // for the unchanged memory).
+    scan.dirty.par_chunks_mut(HASH_LANES).for_each(hash_copies);
+    Ok(scan)
+}
+
+/// Every page of `span` (whose first page is page `first` of its region), read once into one
+/// copy ([`Scan::whole`]: `spare` if it is large enough, else a staging buffer when the span
+/// fits one) and hashed from it with each hash, task by task while the task's pages are in
+/// the cache.
+fn scan_every_page(
+    span: &[u8],
+    page_size: usize,
+    first: usize,
+    spare: Option<IoBuf>,
+) -> std::io::Result<Scan> {
+    let task = PAGES_PER_TASK * page_size;
+    let mut copy = match spare {
+        Some(b) if b.len() >= span.len() => b,
+        _ if span.len() <= STAGING_BYTES => take_staging()?,
+        _ => IoBuf::new(span.len())?,
+    };
+    copy.filled_to(span.len());
+    let parts: Vec<Vec<DirtyPage>> = copy.bytes_mut()[..span.len()]
+        .par_chunks_mut(task)
+        .zip(span.par_chunks(task))
+        .enumerate()
+        .map(|(k, (copy, chunk))| {
+            copy.copy_from_slice(chunk);
+            // A task's pages and hashes on the stack: no allocation per task.
+            let mut pages: [&[u8]; PAGES_PER_TASK] = [&[]; PAGES_PER_TASK];
+            let n = copy
+                .chunks(page_size)
+                .zip(&mut pages)
+                .map(|(c, p)| *p = c)
+                .count();
+            let mut hashes = [[0u8; 32]; PAGES_PER_TASK];
+            page_hashes(&pages[..n], &mut hashes[..n]);
+            pages[..n]
+                .iter()
+                .zip(hashes)
+                .enumerate()
+                .map(|(i, (page, hash))| DirtyPage {
+                    page: (first + k * PAGES_PER_TASK + i) as u64,
+                    hash,
+                    fast: fast_hash(page),
+                    at: k * task + i * page_size,
+                    len: page.len(),
+                    copy: None,
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Scan {
+        dirty: parts.into_iter().flatten().collect(),
+        hashed_bytes: span.len() as u64,
+        blake3_bytes: span.len() as u64,
+        whole: Some(copy),
+    })
 }
 
 /// Scans a whole region (for tests and benchmarks).
 #[cfg(any(test, feature = "bench"))]
-pub(crate) fn scan_all(data: &[u8], page_size: usize, known: &RegionHashes) -> Scan {
-    scan_pages(data, page_size, known, 0..known.pages.len(), false)
+pub(crate) fn scan_all(
+    data: &[u8],
+    page_size: usize,
+    known: &RegionHashes,
+) -> std::io::Result<Scan> {
+    scan_pages(data, page_size, known, 0..known.pages.len(), false, None)
 }
 
 /// Scans only the candidate pages (ascending, deduplicated) reported by a dirty tracker,
@@ -476,6 +530,7 @@ pub(crate) fn scan_candidates(
         dirty,
         hashed_bytes,
         blake3_bytes,
+        whole: None,
     })
 }
 
@@ -491,24 +546,31 @@ mod tests {
             *b = (i * 31 % 251) as u8;
         }
         let mut known = RegionHashes::unknown(data.len(), ps);
-        let s = scan_all(&data, ps, &known);
+        let s = scan_all(&data, ps, &known).unwrap();
         assert_eq!(s.dirty.len(), 41);
+        // Each page's bytes are its copy in the scan's whole copy, hashed with each hash.
+        for d in &s.dirty {
+            let at = d.page as usize * ps;
+            assert_eq!(s.bytes(d), &data[at..(at + ps).min(data.len())]);
+            assert_eq!(d.hash, page_hash(s.bytes(d)));
+            assert_eq!(d.fast, fast_hash(s.bytes(d)));
+        }
         // The first scan hashes each page once with each hash.
         assert_eq!(s.hashed_bytes, data.len() as u64);
         assert_eq!(s.blake3_bytes, data.len() as u64);
         known.apply(&s);
-        let s = scan_all(&data, ps, &known);
+        let s = scan_all(&data, ps, &known).unwrap();
         assert!(s.dirty.is_empty());
         assert_eq!(s.blake3_bytes, 0);
         data[5 * ps + 7] ^= 1;
         data[40 * ps + 99] ^= 1;
-        let s = scan_all(&data, ps, &known);
+        let s = scan_all(&data, ps, &known).unwrap();
         let pages: Vec<u64> = s.dirty.iter().map(|d| d.page).collect();
         assert_eq!(pages, vec![5, 40]);
         assert_eq!(s.blake3_bytes, ps as u64 + 100);
         for d in &s.dirty {
-            assert_eq!(d.hash, page_hash(d.bytes()));
-            assert_eq!(d.fast, fast_hash(d.bytes()));
+            assert_eq!(d.hash, page_hash(s.bytes(d)));
+            assert_eq!(d.fast, fast_hash(s.bytes(d)));
         }
         // The state after a restore equals the state after the scans.
         known.apply(&s);
@@ -524,12 +586,12 @@ mod tests {
         for &p in &changed {
             data[p as usize * ps] ^= 0x80;
         }
-        let s = scan_all(&data, ps, &known);
+        let s = scan_all(&data, ps, &known).unwrap();
         let pages: Vec<u64> = s.dirty.iter().map(|d| d.page).collect();
         assert_eq!(pages, changed);
         for d in &s.dirty {
-            assert_eq!(d.hash, page_hash(d.bytes()), "page {}", d.page);
-            assert_eq!(d.fast, fast_hash(d.bytes()));
+            assert_eq!(d.hash, page_hash(s.bytes(d)), "page {}", d.page);
+            assert_eq!(d.fast, fast_hash(s.bytes(d)));
         }
     }
 

@@ -38,6 +38,15 @@ pub(crate) struct IoBuf {
     used: usize,
 }
 
+impl std::fmt::Debug for IoBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoBuf")
+            .field("len", &self.map.len())
+            .field("used", &self.used)
+            .finish()
+    }
+}
+
 impl IoBuf {
     /// A zeroed buffer of `len` bytes (at least one page is mapped); the kernel provides each
     /// page when it is first touched.

@@ -113,9 +113,9 @@ pub mod hashing {
     /// Hashes `data` the way a checkpoint does when nothing is known yet (every page once
     /// with the change-detection hash and once with blake3, from one copy), returning the
     /// number of pages found. For benchmarks.
-    pub fn hash_fresh(data: &[u8], page_size: usize) -> usize {
+    pub fn hash_fresh(data: &[u8], page_size: usize) -> std::io::Result<usize> {
         let known = crate::hash::RegionHashes::unknown(data.len(), page_size);
-        crate::hash::scan_all(data, page_size, &known).dirty.len()
+        Ok(crate::hash::scan_all(data, page_size, &known)?.dirty.len())
     }
 
     /// A remembered state for `data`, to benchmark re-scans of unchanged or lightly changed
@@ -123,16 +123,18 @@ pub mod hashing {
     pub struct Known(crate::hash::RegionHashes);
 
     /// Scans `data` once and remembers it.
-    pub fn remember(data: &[u8], page_size: usize) -> Known {
+    pub fn remember(data: &[u8], page_size: usize) -> std::io::Result<Known> {
         let mut known = crate::hash::RegionHashes::unknown(data.len(), page_size);
-        let s = crate::hash::scan_all(data, page_size, &known);
+        let s = crate::hash::scan_all(data, page_size, &known)?;
         known.apply(&s);
-        Known(known)
+        Ok(Known(known))
     }
 
     /// Re-scans `data` against a remembered state; returns the number of dirty pages.
-    pub fn rescan(data: &[u8], page_size: usize, known: &Known) -> usize {
-        crate::hash::scan_all(data, page_size, &known.0).dirty.len()
+    pub fn rescan(data: &[u8], page_size: usize, known: &Known) -> std::io::Result<usize> {
+        Ok(crate::hash::scan_all(data, page_size, &known.0)?
+            .dirty
+            .len())
     }
 
     /// The change-detection hash (XXH3-128) of one page.

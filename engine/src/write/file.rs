@@ -17,6 +17,7 @@ use crate::format::{
     padding, stored_digest, Codec, Footer, Hash, Header, Identity, Index, Record, FORMAT_VERSION,
     HEADER_LEN, RECORD_ALIGN,
 };
+use crate::iobuf::IoBuf;
 use crate::store;
 use crate::vfs::VfsFile;
 
@@ -244,6 +245,163 @@ fn compress_batch<'a>(
     Ok((out, Some(worth)))
 }
 
+/// A batch of pages handed to [`VersionWriter::write_stream`]'s `emit`.
+pub(crate) enum Batch<'a> {
+    /// Pages, copied into the write buffers (compressed where the sample says it is worth
+    /// it).
+    Pages(&'a [PageIn<'a>]),
+    /// Pages back to back from byte 0 of `buf`, `len` bytes in all, `page_size` bytes each
+    /// (the last may be shorter), whose blake3 hashes are `hashes`. Stored raw, `buf` goes
+    /// to the writer as it is: no copy into a staging buffer. (Where the sample says to
+    /// compress, or the page size does not keep the records block-aligned, the pages are
+    /// copied as [`Batch::Pages`] are, and `emit` gives `buf` back.)
+    Whole {
+        /// The pages' bytes (page-aligned memory).
+        buf: IoBuf,
+        /// Bytes of pages in `buf`.
+        len: usize,
+        /// Bytes of each page but the last.
+        page_size: usize,
+        /// blake3 of each page.
+        hashes: &'a [Hash],
+    },
+}
+
+/// The encoder's side of [`VersionWriter::write_stream`]: lays out the records and hands the
+/// stored bytes to the [`Stager`].
+struct Encoder<'s> {
+    level: i32,
+    min_saving: f64,
+    sampling: &'s mut Sampling,
+    /// Records of the pages emitted so far, in order.
+    records: Vec<Record>,
+    /// File offset of the next stored byte.
+    offset: u64,
+    /// Raw bytes of the pages emitted so far.
+    stored_raw: u64,
+}
+
+impl Encoder<'_> {
+    /// Encodes `pages` (compressing a sample first when `sample`) and stages their bytes.
+    fn pages(
+        &mut self,
+        pages: &[PageIn<'_>],
+        sample: bool,
+        stager: &mut Stager,
+        data_hash: &mut blake3::Hasher,
+        send: &mut impl FnMut(Chunk) -> Result<()>,
+        tmp: &Path,
+    ) -> Result<()> {
+        let (out, worth) = compress_batch(self.level, self.min_saving, pages, sample)
+            .map_err(|e| Error::io(tmp, "compress", e))?;
+        if let Some(w) = worth {
+            self.sampling.saw(w);
+        }
+        // The data checksum covers each page's stored bytes through their digest.
+        let digests: Vec<Hash> = pages
+            .par_iter()
+            .zip(out.par_iter())
+            .map(|(p, (codec, bytes))| stored_digest(*codec, &p.hash, bytes))
+            .collect();
+        for d in &digests {
+            data_hash.update(d);
+        }
+        for (p, (codec, bytes)) in pages.iter().zip(out) {
+            // The raw pages of a batch stored raw start on block boundaries (one padding per
+            // batch at most: they are whole blocks, back to back). The odd raw page among
+            // compressed ones is not worth the padding.
+            if worth != Some(true) {
+                self.pad(codec, bytes.len() as u64, stager, send)?;
+            }
+            self.records.push(Record {
+                hash: p.hash,
+                offset: self.offset,
+                stored_len: bytes.len() as u32,
+                raw_len: p.bytes.len() as u32,
+                codec,
+            });
+            self.offset += bytes.len() as u64;
+            self.stored_raw += p.bytes.len() as u64;
+            stager.push(&bytes, send)?;
+        }
+        Ok(())
+    }
+
+    /// Stages the padding a record of `len` bytes stored with `codec` needs at the offset.
+    fn pad(
+        &mut self,
+        codec: Codec,
+        len: u64,
+        stager: &mut Stager,
+        send: &mut impl FnMut(Chunk) -> Result<()>,
+    ) -> Result<()> {
+        let pad = padding(self.offset, codec, len);
+        if pad > 0 {
+            stager.push(&ZEROS[..pad as usize], send)?;
+            self.offset += pad;
+        }
+        Ok(())
+    }
+
+    /// A [`Batch::Whole`]: the same records and bytes as [`Encoder::pages`] would lay out,
+    /// with `buf` handed to the writer as it is when the batch is stored raw. Returns a
+    /// buffer the writer is done with, if any.
+    #[allow(clippy::too_many_arguments)]
+    fn whole(
+        &mut self,
+        buf: IoBuf,
+        len: usize,
+        page_size: usize,
+        hashes: &[Hash],
+        stager: &mut Stager,
+        data_hash: &mut blake3::Hasher,
+        send: &mut impl FnMut(Chunk) -> Result<()>,
+        tmp: &Path,
+    ) -> Result<Option<IoBuf>> {
+        let sample = self.sampling.sample();
+        // The padding the first record gets, as `pages` would give it (none for a short
+        // page); after it the buffer's byte 0 must sit on an aligned offset, and every page
+        // but the last must be whole blocks, so that none of them is padded.
+        let first = page_size.min(len) as u64;
+        let aligned = page_size as u64 % RECORD_ALIGN == 0
+            && (self.offset + padding(self.offset, Codec::Raw, first))
+                % crate::vfs::DIRECT_ALIGN as u64
+                == 0;
+        if len.div_ceil(page_size.max(1)) != hashes.len() || (self.level != 0 && sample) || !aligned
+        {
+            let pages: Vec<PageIn<'_>> = buf.bytes()[..len.min(buf.len())]
+                .chunks(page_size.max(1))
+                .zip(hashes)
+                .map(|(bytes, &hash)| PageIn {
+                    bytes,
+                    hash,
+                    stored: None,
+                })
+                .collect();
+            self.pages(&pages, sample, stager, data_hash, send, tmp)?;
+            drop(pages);
+            return Ok(Some(buf));
+        }
+        self.pad(Codec::Raw, first, stager, send)?;
+        for (i, hash) in hashes.iter().enumerate() {
+            let raw_len = page_size.min(len - i * page_size);
+            // A raw page's digest is its hash (`stored_digest`).
+            data_hash.update(hash);
+            self.records.push(Record {
+                hash: *hash,
+                offset: self.offset,
+                stored_len: raw_len as u32,
+                raw_len: raw_len as u32,
+                codec: Codec::Raw,
+            });
+            self.offset += raw_len as u64;
+        }
+        self.stored_raw += len as u64;
+        stager.hand_over(buf, len, send)?;
+        Ok(stager.spare())
+    }
+}
+
 impl VersionWriter {
     /// Creates the temporary file (mode 0600) and writes the header.
     pub(crate) fn create(tmp: PathBuf, dst: PathBuf, mut header: Header) -> Result<VersionWriter> {
@@ -290,10 +448,10 @@ impl VersionWriter {
 
     /// Streams pages into the data section. `produce` is called once and hands batches of
     /// pages to the `emit` callback it receives; each batch is sampled (`sampling`, updated)
-    /// and compressed in parallel, and passed
-    /// to a writer thread, so that producing (hashing) and compressing the next batch overlap
-    /// with writing the previous one to disk. Returns the records of all pages, in the order
-    /// they were emitted.
+    /// and compressed in parallel, and passed to a writer thread, so that producing (hashing)
+    /// and compressing the next batch overlap with writing the previous one to disk. `emit`
+    /// may give back a buffer the writer is done with, for the producer's next
+    /// [`Batch::Whole`]. Returns the records of all pages, in the order they were emitted.
     pub(crate) fn write_stream<F>(
         &mut self,
         level: i32,
@@ -303,14 +461,20 @@ impl VersionWriter {
         produce: F,
     ) -> Result<Vec<Record>>
     where
-        F: FnOnce(&mut (dyn FnMut(&[PageIn<'_>]) -> Result<()> + Send)) -> Result<()>,
+        F: FnOnce(&mut (dyn FnMut(Batch<'_>) -> Result<Option<IoBuf>> + Send)) -> Result<()>,
     {
         let file = settled(&mut self.file, &mut self.pending, &self.tmp)?;
         let tmp = &self.tmp;
-        let mut records = Vec::new();
-        let mut offset = self.offset;
-        let mut stored_raw = 0u64;
         let start = self.offset;
+        let data_hash = &mut self.data_hash;
+        let mut enc = Encoder {
+            level,
+            min_saving,
+            sampling,
+            records: Vec::new(),
+            offset: start,
+            stored_raw: 0,
+        };
         std::thread::scope(|s| -> Result<()> {
             let (tx, rx) = mpsc::sync_channel::<Chunk>(2);
             let (back_tx, back_rx) = mpsc::channel();
@@ -318,56 +482,42 @@ impl VersionWriter {
             let writer =
                 s.spawn(move || write_chunks(&mut **file, rx, &back_tx, start, tmp, "write pages"));
             let mut send = |chunk: Chunk| send_to(&tx, tmp, "write pages", chunk);
-            let mut emit = |pages: &[PageIn<'_>]| -> Result<()> {
-                let sample = sampling.sample();
-                let (out, worth) = compress_batch(level, min_saving, pages, sample)
-                    .map_err(|e| Error::io(tmp, "compress", e))?;
-                if let Some(w) = worth {
-                    sampling.saw(w);
-                }
-                // The data checksum covers each page's stored bytes through their digest.
-                let digests: Vec<Hash> = pages
-                    .par_iter()
-                    .zip(out.par_iter())
-                    .map(|(p, (codec, bytes))| stored_digest(*codec, &p.hash, bytes))
-                    .collect();
-                for d in &digests {
-                    self.data_hash.update(d);
-                }
-                for (p, (codec, bytes)) in pages.iter().zip(out) {
-                    // The raw pages of a batch stored raw start on block boundaries (one
-                    // padding per batch at most: they are whole blocks, back to back). The
-                    // odd raw page among compressed ones is not worth the padding.
-                    if worth != Some(true) {
-                        let pad = padding(offset, codec, bytes.len() as u64);
-                        if pad > 0 {
-                            stager.push(&ZEROS[..pad as usize], &mut send)?;
-                            offset += pad;
-                        }
+            let mut emit = |batch: Batch<'_>| -> Result<Option<IoBuf>> {
+                let spare = match batch {
+                    Batch::Pages(pages) => {
+                        let sample = enc.sampling.sample();
+                        enc.pages(pages, sample, &mut stager, data_hash, &mut send, tmp)?;
+                        None
                     }
-                    records.push(Record {
-                        hash: p.hash,
-                        offset,
-                        stored_len: bytes.len() as u32,
-                        raw_len: p.bytes.len() as u32,
-                        codec,
-                    });
-                    offset += bytes.len() as u64;
-                    stored_raw += p.bytes.len() as u64;
-                    stager.push(&bytes, &mut send)?;
-                }
+                    Batch::Whole {
+                        buf,
+                        len,
+                        page_size,
+                        hashes,
+                    } => enc.whole(
+                        buf,
+                        len,
+                        page_size,
+                        hashes,
+                        &mut stager,
+                        data_hash,
+                        &mut send,
+                        tmp,
+                    )?,
+                };
                 crate::fault::point("mid-write");
                 // Without direct I/O, each batch goes to the writer at once (a sparse delta
                 // is a few small batches); with it, buffers go full, in large requests.
                 if !direct {
                     stager.cut(&mut send)?;
                 }
-                Ok(())
+                Ok(spare)
             };
             let mut produced = produce(&mut emit);
             if produced.is_ok() {
                 produced = stager.cut(&mut send);
             }
+            drop(stager);
             drop(tx);
             let written = writer.join().map_err(|_| {
                 Error::io(
@@ -380,9 +530,9 @@ impl VersionWriter {
             written?;
             produced
         })?;
-        self.offset = offset;
-        self.stored_raw += stored_raw;
-        Ok(records)
+        self.offset = enc.offset;
+        self.stored_raw += enc.stored_raw;
+        Ok(enc.records)
     }
 
     /// Appends records `recs` of `src` as they are stored (no decoding, no recompression).
@@ -623,6 +773,120 @@ mod tests {
                 stored: None,
             })
             .collect()
+    }
+
+    /// Writes `batches` (each: whole or not, the pages' bytes) through `write_stream` at
+    /// compression level `level` into a new file in `dir`; returns its records and bytes.
+    fn written(
+        dir: &Path,
+        name: &str,
+        level: i32,
+        direct: bool,
+        batches: &[(bool, &[u8])],
+    ) -> (Vec<Record>, Vec<u8>) {
+        let header = Header {
+            format_version: FORMAT_VERSION,
+            file_id: [7; 16],
+            version: 1,
+            parent: None,
+            page_size: 4096,
+            depth: 0,
+            flags: 0,
+            tracking: crate::format::TrackingKind::Hash,
+            compression_level: 1,
+            created_unix_nanos: 42,
+            name: "job".into(),
+        };
+        let tmp = dir.join(name);
+        let mut w = VersionWriter::create(tmp.clone(), dir.join("unused"), header).unwrap();
+        let mut sampling = Sampling::default();
+        let records = w
+            .write_stream(level, 0.125, &mut sampling, direct, |emit| {
+                for &(whole, bytes) in batches {
+                    let hashes: Vec<Hash> =
+                        bytes.chunks(4096).map(crate::hash::page_hash).collect();
+                    let mut buf = IoBuf::new(bytes.len()).unwrap();
+                    buf.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+                    if whole {
+                        emit(Batch::Whole {
+                            buf,
+                            len: bytes.len(),
+                            page_size: 4096,
+                            hashes: &hashes,
+                        })?;
+                    } else {
+                        let pages: Vec<PageIn<'_>> = bytes
+                            .chunks(4096)
+                            .zip(&hashes)
+                            .map(|(bytes, &hash)| PageIn {
+                                bytes,
+                                hash,
+                                stored: None,
+                            })
+                            .collect();
+                        emit(Batch::Pages(&pages))?;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        let bytes = std::fs::read(&tmp).unwrap();
+        (records, bytes)
+    }
+
+    /// A whole batch lays out the same records and writes the same bytes as the same pages
+    /// emitted one by one: after a start off the block boundary (a page of 100 bytes), with
+    /// a short last page, with direct I/O or without, stored raw as it is (level 0) or
+    /// sampled for compression first (level 1: copied like pages, the sample not worth it).
+    #[test]
+    fn whole_batches_write_what_page_batches_write() {
+        let dir = std::env::temp_dir().join(format!("ckpt-whole-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..4096 * 40 + 700)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (odd, spans) = noise.split_at(100);
+        let (a, b) = spans.split_at(4096 * 24);
+        for (level, direct) in [(0, false), (0, true), (1, false), (1, true)] {
+            let layout = |whole: bool| {
+                // Whole batches of one short page (a small region's) among them, the first
+                // off the block boundary.
+                let batches = [
+                    (false, odd),
+                    (whole, odd),
+                    (whole, a),
+                    (whole, odd),
+                    (whole, b),
+                ];
+                let name = format!("{whole}-{level}-{direct}");
+                written(&dir, &name, level, direct, &batches)
+            };
+            let (pages, whole) = (layout(false), layout(true));
+            assert_eq!(pages.0.len(), 1 + 1 + 24 + 1 + 17);
+            assert_eq!(whole.0, pages.0, "records, level {level}, direct {direct}");
+            assert!(whole.1 == pages.1, "bytes, level {level}, direct {direct}");
+            // The raw records of whole blocks start on block boundaries, each holds its page.
+            let stored = [odd]
+                .into_iter()
+                .chain(a.chunks(4096))
+                .chain([odd])
+                .chain(b.chunks(4096));
+            for (r, page) in whole.0[1..].iter().zip(stored) {
+                assert_eq!(r.codec, Codec::Raw);
+                assert!(r.offset % RECORD_ALIGN == 0 || page.len() % 4096 != 0);
+                let at = r.offset as usize;
+                assert_eq!(&whole.1[at..at + page.len()], page);
+                assert_eq!(r.hash, crate::hash::page_hash(page));
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Incompressible batches stop being sampled after a streak (all but every

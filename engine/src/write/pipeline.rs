@@ -8,10 +8,11 @@
 
 use std::time::Instant;
 
-use super::file::{PageIn, Sampling, VersionWriter};
+use super::file::{Batch, PageIn, Sampling, VersionWriter};
 use crate::error::{Error, Result};
-use crate::format::Record;
+use crate::format::{Hash, Record};
 use crate::hash::{self, Fast, RegionHashes, Scan};
+use crate::iobuf::{give_staging, IoBuf};
 
 /// Bytes of a region scanned (or of candidate pages hashed) before their dirty pages are
 /// handed to the writer.
@@ -149,7 +150,10 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
         out.updates.push(Vec::new());
         out.stored.push(Vec::new());
     }
-    let scan_span = |(ri, g, end): (usize, usize, usize)| -> Result<(usize, Scan, f64)> {
+    // `spare`: a buffer for the copy of a scan of every page (one the writer is done with).
+    let scan_span = |(ri, g, end): (usize, usize, usize),
+                     spare: Option<IoBuf>|
+     -> Result<(usize, Scan, f64)> {
         let (src, known) = (&job.sources[ri], &job.known[ri]);
         let ts = Instant::now();
         let scan = match (job.candidates, src) {
@@ -167,7 +171,10 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                     )
                 })?
             }
-            (None, Source::Live(bytes)) => hash::scan_pages(bytes, ps, known, g..end, job.full),
+            (None, Source::Live(bytes)) => {
+                hash::scan_pages(bytes, ps, known, g..end, job.full, spare)
+                    .map_err(|e| Error::io(&tmp, "map a copy of the pages", e))?
+            }
             (None, Source::Staged { .. }) => {
                 return Err(Error::io(
                     &tmp,
@@ -185,17 +192,8 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
     let records =
         writer.write_stream(job.level, job.min_saving, &mut sampling, direct, |emit| {
             // Hands a scanned span's dirty pages to the writer: the stored bytes are the copies
-            // the hashes were computed from.
-            let mut emit_scan = |(ri, scan): (usize, Scan)| -> Result<()> {
-                let pages: Vec<PageIn<'_>> = scan
-                    .dirty
-                    .iter()
-                    .map(|d| PageIn {
-                        bytes: d.bytes(),
-                        hash: d.hash,
-                        stored: None,
-                    })
-                    .collect();
+            // the hashes were computed from. Returns a buffer the writer is done with.
+            let mut emit_scan = |(ri, mut scan): (usize, Scan)| -> Result<Option<IoBuf>> {
                 if crate::fault::fail("write-pages") {
                     return Err(Error::io(
                         &tmp,
@@ -203,33 +201,63 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                         std::io::Error::other("injected failure (CKPT_FAULT_FAIL=write-pages)"),
                     ));
                 }
-                if !pages.is_empty() {
-                    emit(&pages)?;
-                }
-                drop(pages);
+                let spare = match scan.whole.take() {
+                    // A scan of every page: its copy goes to the disk as it is.
+                    Some(buf) if !scan.dirty.is_empty() => {
+                        let hashes: Vec<Hash> = scan.dirty.iter().map(|d| d.hash).collect();
+                        let len = scan.dirty.iter().map(|d| d.len()).sum();
+                        emit(Batch::Whole {
+                            buf,
+                            len,
+                            page_size: ps,
+                            hashes: &hashes,
+                        })?
+                    }
+                    whole => {
+                        scan.whole = whole;
+                        let pages: Vec<PageIn<'_>> = scan
+                            .dirty
+                            .iter()
+                            .map(|d| PageIn {
+                                bytes: scan.bytes(d),
+                                hash: d.hash,
+                                stored: None,
+                            })
+                            .collect();
+                        if !pages.is_empty() {
+                            emit(Batch::Pages(&pages))?;
+                        }
+                        drop(pages);
+                        scan.whole.take()
+                    }
+                };
                 stored[ri].extend(scan.dirty.iter().map(|d| d.page));
                 updates[ri].extend(scan.dirty.iter().map(|d| (d.page, d.fast)));
-                Ok(())
+                Ok(spare)
             };
             // Software pipelining: span k is encoded and handed to the writer while span k + 1
             // is scanned, so that the encoder's serial steps (its copy into the write buffers)
             // do not leave the hashing workers idle. The loop runs on a worker of rayon's pool
             // (`rayon::scope`): called from the application's thread, each `join` would
             // otherwise be handed to the pool and waited for, two thread wake-ups per span.
+            // A full version's copies are buffers the writer gives back, scanned into again.
             rayon::scope(|_| {
                 let mut pending: Option<(usize, Scan)> = None;
+                let mut spares: Vec<IoBuf> = Vec::new();
                 for span in spans.iter().copied().map(Some).chain([None]) {
+                    let spare = span.and_then(|_| spares.pop());
                     let (emitted, scanned) = rayon::join(
-                        || pending.take().map_or(Ok(()), &mut emit_scan),
-                        || span.map(scan_span).transpose(),
+                        || pending.take().map_or(Ok(None), &mut emit_scan),
+                        || span.map(|s| scan_span(s, spare)).transpose(),
                     );
-                    emitted?;
+                    spares.extend(emitted?);
                     if let Some((ri, scan, secs)) = scanned? {
                         scan_secs += secs;
                         hashed_bytes += scan.hashed_bytes;
                         pending = Some((ri, scan));
                     }
                 }
+                spares.into_iter().for_each(give_staging);
                 Ok(())
             })
         })?;

@@ -203,13 +203,53 @@ impl Stager {
         send(chunk)
     }
 
-    /// A buffer the writer gave back, else a kept or new one.
+    /// Appends the first `len` bytes of `buf` as they are, after what is gathered: `buf`
+    /// becomes a chunk of its own, with no copy. The stream must be at an aligned offset
+    /// (`buf`'s byte 0 goes to one).
+    pub(crate) fn hand_over(
+        &mut self,
+        mut buf: IoBuf,
+        len: usize,
+        send: &mut impl FnMut(Chunk) -> Result<()>,
+    ) -> Result<()> {
+        if self.fill % DIRECT_ALIGN != 0 || len > buf.len() {
+            return Err(Error::io(
+                &self.path,
+                "write pages",
+                std::io::Error::other("a whole buffer handed over off its alignment"),
+            ));
+        }
+        self.cut(send)?;
+        buf.filled_to(len);
+        send(Chunk::Staged {
+            buf,
+            from: 0,
+            to: len,
+            direct: self.direct,
+        })?;
+        // The next byte goes where the buffer's end left the file.
+        let at = len % DIRECT_ALIGN;
+        self.from = at;
+        self.fill = at;
+        Ok(())
+    }
+
+    /// A buffer the writer gave back, if any (for a producer's next whole batch).
+    pub(crate) fn spare(&mut self) -> Option<IoBuf> {
+        self.spare.extend(self.returned.try_iter());
+        self.spare.pop()
+    }
+
+    /// A buffer the writer gave back, else a kept or new one. (Buffers handed over whole
+    /// may be of any size: those shorter than a staging buffer are dropped here.)
     fn next_buffer(&mut self) -> Result<IoBuf> {
         self.spare.extend(self.returned.try_iter());
-        match self.spare.pop() {
-            Some(b) => Ok(b),
-            None => take_staging().map_err(|e| Error::io(&self.path, "allocate a write buffer", e)),
+        while let Some(b) = self.spare.pop() {
+            if b.len() >= STAGING_BYTES {
+                return Ok(b);
+            }
         }
+        take_staging().map_err(|e| Error::io(&self.path, "allocate a write buffer", e))
     }
 }
 
