@@ -264,6 +264,30 @@ fn bench_reports_the_documented_fields() {
     );
 }
 
+/// More versions than the chain depth allows: the main chain writes full versions where
+/// the limit says, and the tracking comparison still compares deltas only (it failed with
+/// "the comparison's delta was found by hash" once a run had more than 17 versions).
+#[test]
+fn bench_runs_past_the_depth_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("b");
+    let (code, j, stderr) = ckpt(&[
+        "bench",
+        "--dir",
+        d.to_str().unwrap(),
+        "--state-mib",
+        "1",
+        "--versions",
+        "6",
+        "--max-depth",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(j["compare_rounds"], 5, "{j}");
+    assert_eq!(j["verified"], true, "{j}");
+}
+
 /// `ckpt bench --async` reports the stopped times against blocking versions of the same
 /// state, and every version (asynchronous ones included) restores exactly.
 #[test]

@@ -963,8 +963,8 @@ fn engine_holding(
 
 /// Two more chains in `dir`, one in hash mode and one in userfaultfd mode, each over its own
 /// copy of `state`: a full version each, then for each of `picks` the same pages rewritten in
-/// both (`bump`) and a delta of each, the two in alternating order. The chains are removed
-/// after.
+/// both (`bump`) and a delta of each, the two in alternating order (deltas however deep: the
+/// chain depth limit is raised for them). The chains are removed after.
 fn compare_tracking(
     dir: &std::path::Path,
     config: &Config,
@@ -980,6 +980,9 @@ fn compare_tracking(
         let d = dir.join(sub);
         let config = Config {
             tracking,
+            max_chain_depth: config
+                .max_chain_depth
+                .max(u32::try_from(picks.len()).unwrap_or(u32::MAX)),
             ..config.clone()
         };
         let (mut ck, hs) = engine_holding(&d, config, state)?;
