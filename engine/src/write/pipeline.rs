@@ -150,7 +150,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
         out.updates.push(Vec::new());
         out.stored.push(Vec::new());
     }
-    // `spare`: a buffer for the scan's copies (one the writer is done with).
+    // `spare`: a buffer for the copy of a scan of every page (one the writer is done with).
     let scan_span = |(ri, g, end): (usize, usize, usize),
                      spare: Option<IoBuf>|
      -> Result<(usize, Scan, f64)> {
@@ -161,11 +161,13 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                 let c = &c[ri];
                 let a = c.partition_point(|&p| p < g as u64);
                 let b = c.partition_point(|&p| p < end as u64);
-                hash::scan_candidates(src, a, ps, known, &c[a..b], spare).map_err(|e| {
+                hash::scan_candidates(src, a, ps, known, &c[a..b]).ok_or_else(|| {
                     Error::io(
                         &tmp,
                         "scan pages",
-                        std::io::Error::new(e.kind(), format!("region {ri}: {e}")),
+                        std::io::Error::other(format!(
+                            "region {ri}: a candidate page is outside its source"
+                        )),
                     )
                 })?
             }
@@ -200,8 +202,8 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                     ));
                 }
                 let spare = match scan.whole.take() {
-                    // Every page read is stored: their copy goes to the disk as it is.
-                    Some(buf) if !scan.dirty.is_empty() && scan.dense(ps) => {
+                    // A scan of every page: its copy goes to the disk as it is.
+                    Some(buf) if !scan.dirty.is_empty() => {
                         let hashes: Vec<Hash> = scan.dirty.iter().map(|d| d.hash).collect();
                         let len = scan.dirty.iter().map(|d| d.len()).sum();
                         emit(Batch::Whole {
@@ -238,7 +240,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
             // do not leave the hashing workers idle. The loop runs on a worker of rayon's pool
             // (`rayon::scope`): called from the application's thread, each `join` would
             // otherwise be handed to the pool and waited for, two thread wake-ups per span.
-            // The copies' buffers the writer gives back are scanned into again.
+            // A full version's copies are buffers the writer gives back, scanned into again.
             rayon::scope(|_| {
                 let mut pending: Option<(usize, Scan)> = None;
                 let mut spares: Vec<IoBuf> = Vec::new();
