@@ -20,6 +20,17 @@ fn ckpt(args: &[&str]) -> (i32, Value, String) {
     )
 }
 
+/// `ckpt bench --dir <dir> <args> --json`.
+fn bench(dir: &std::path::Path, args: &[&str]) -> (i32, Value, String) {
+    let dir = dir.to_str().unwrap();
+    let all: Vec<&str> = ["bench", "--dir", dir]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--json"])
+        .collect();
+    ckpt(&all)
+}
+
 /// Three versions of chain "sim": v1 full, v2 and v3 deltas. Returns v3's region contents.
 fn make_store(dir: &Path) -> Vec<(u64, Vec<u8>)> {
     let mut ck = Checkpointer::open(dir, "sim", Config::default()).unwrap();
@@ -168,20 +179,19 @@ fn errors_are_json_and_name_the_problem() {
 fn bench_reports_the_documented_fields() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("b");
-    let (code, j, stderr) = ckpt(&[
-        "bench",
-        "--dir",
-        d.to_str().unwrap(),
-        "--state-mib",
-        "8",
-        "--dirty",
-        "0.05",
-        "--versions",
-        "4",
-        "--tracking",
-        "hash",
-        "--json",
-    ]);
+    let (code, j, stderr) = bench(
+        &d,
+        &[
+            "--state-mib",
+            "8",
+            "--dirty",
+            "0.05",
+            "--versions",
+            "4",
+            "--tracking",
+            "hash",
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
     for k in [
         "state_bytes",
@@ -249,14 +259,7 @@ fn bench_reports_the_documented_fields() {
     assert_eq!(code, 0);
     assert_eq!(j["versions"].as_array().unwrap().len(), 4);
     // A second run into the same directory refuses instead of mixing chains.
-    let (code, j, _) = ckpt(&[
-        "bench",
-        "--dir",
-        d.to_str().unwrap(),
-        "--state-mib",
-        "1",
-        "--json",
-    ]);
+    let (code, j, _) = bench(&d, &["--state-mib", "1"]);
     assert_eq!(code, 2);
     assert!(
         j["error"].as_str().unwrap().contains("empty directory"),
@@ -271,18 +274,10 @@ fn bench_reports_the_documented_fields() {
 fn bench_runs_past_the_depth_limit() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("b");
-    let (code, j, stderr) = ckpt(&[
-        "bench",
-        "--dir",
-        d.to_str().unwrap(),
-        "--state-mib",
-        "1",
-        "--versions",
-        "6",
-        "--max-depth",
-        "2",
-        "--json",
-    ]);
+    let (code, j, stderr) = bench(
+        &d,
+        &["--state-mib", "1", "--versions", "6", "--max-depth", "2"],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(j["compare_rounds"], 5, "{j}");
     assert_eq!(j["verified"], true, "{j}");
@@ -295,19 +290,18 @@ fn bench_async_reports_blocked_times_and_verifies_every_version() {
     let dir = tempfile::tempdir().unwrap();
     for snapshot in ["fork", "auto"] {
         let d = dir.path().join(snapshot);
-        let (code, j, stderr) = ckpt(&[
-            "bench",
-            "--dir",
-            d.to_str().unwrap(),
-            "--state-mib",
-            "8",
-            "--versions",
-            "4",
-            "--async",
-            "--snapshot",
-            snapshot,
-            "--json",
-        ]);
+        let (code, j, stderr) = bench(
+            &d,
+            &[
+                "--state-mib",
+                "8",
+                "--versions",
+                "4",
+                "--async",
+                "--snapshot",
+                snapshot,
+            ],
+        );
         assert_eq!(code, 0, "{stderr}");
         assert_eq!(j["verified"], true, "{j}");
         assert_eq!(j["snapshot"], snapshot, "{j}");

@@ -765,6 +765,19 @@ impl Drop for VersionWriter {
 mod tests {
     use super::*;
 
+    /// `len` bytes that do not compress (xorshift from `seed`).
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn pages(data: &[u8]) -> Vec<PageIn<'_>> {
         data.chunks(4096)
             .map(|p| PageIn {
@@ -843,15 +856,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ckpt-whole-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..4096 * 40 + 700)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(4096 * 40 + 700, 0x2545_f491_4f6c_dd1d);
         let (odd, spans) = noise.split_at(100);
         let (a, b) = spans.split_at(4096 * 24);
         for (level, direct) in [(0, false), (0, true), (1, false), (1, true)] {
@@ -915,15 +920,7 @@ mod tests {
         let (out, worth) = compress_batch(1, 0.125, &pages(&zeros), false).unwrap();
         assert_eq!(worth, None);
         assert!(out.iter().all(|(c, b)| *c == Codec::Raw && b.len() == 4096));
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..4096 * 16)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng as u8
-            })
-            .collect();
+        let noise = noise(4096 * 16, 0x9e37_79b9_7f4a_7c15);
         let (_, worth) = compress_batch(1, 0.125, &pages(&noise), true).unwrap();
         assert_eq!(worth, Some(false));
         // Pages that compress a little (a tenth), below the saving asked for: the batch is
