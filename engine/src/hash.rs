@@ -297,14 +297,20 @@ fn read_pages<'a>(pages: impl Iterator<Item = (u64, &'a [u8], Option<Fast>)>) ->
         .collect()
 }
 
-/// Computes the blake3 hash of each of `dirty` from its copy, [`HASH_LANES`] pages at a time.
+/// Computes the blake3 hash of each of `dirty` from its copy, [`HASH_LANES`] pages at a time
+/// (their pages and hashes on the stack: no allocation).
 fn hash_copies(dirty: &mut [DirtyPage]) {
-    let refs: Vec<&[u8]> = dirty.iter().map(DirtyPage::own_bytes).collect();
-    let mut hashes = vec![[0u8; 32]; refs.len()];
-    page_hashes(&refs, &mut hashes);
-    drop(refs);
-    for (d, h) in dirty.iter_mut().zip(hashes) {
-        d.hash = h;
+    for dirty in dirty.chunks_mut(HASH_LANES) {
+        let mut pages: [&[u8]; HASH_LANES] = [&[]; HASH_LANES];
+        for (p, d) in pages.iter_mut().zip(dirty.iter()) {
+            *p = d.own_bytes();
+        }
+        let mut hashes = [[0u8; 32]; HASH_LANES];
+        let n = dirty.len();
+        page_hashes(&pages[..n], &mut hashes[..n]);
+        for (d, h) in dirty.iter_mut().zip(hashes) {
+            d.hash = h;
+        }
     }
 }
 

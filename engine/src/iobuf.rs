@@ -32,19 +32,11 @@ pub(crate) const STAGING_BYTES: usize = 8 << 20;
 const KEPT: usize = 4;
 
 /// A page-aligned buffer of anonymous memory, mapped for it alone and unmapped when dropped.
+#[derive(Debug)]
 pub(crate) struct IoBuf {
     map: MmapMut,
     /// How far it was filled since it was last kept ([`IoBuf::filled_to`]).
     used: usize,
-}
-
-impl std::fmt::Debug for IoBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IoBuf")
-            .field("len", &self.map.len())
-            .field("used", &self.used)
-            .finish()
-    }
 }
 
 impl IoBuf {

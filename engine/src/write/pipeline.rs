@@ -12,7 +12,7 @@ use super::file::{Batch, PageIn, Sampling, VersionWriter};
 use crate::error::{Error, Result};
 use crate::format::{Hash, Record};
 use crate::hash::{self, Fast, RegionHashes, Scan};
-use crate::iobuf::{give_staging, IoBuf};
+use crate::iobuf::IoBuf;
 
 /// Bytes of a region scanned (or of candidate pages hashed) before their dirty pages are
 /// handed to the writer.
@@ -213,8 +213,9 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                             hashes: &hashes,
                         })?
                     }
+                    // Pages with copies of their own (or none: an empty span's copy is
+                    // given back as it is).
                     whole => {
-                        scan.whole = whole;
                         let pages: Vec<PageIn<'_>> = scan
                             .dirty
                             .iter()
@@ -227,8 +228,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                         if !pages.is_empty() {
                             emit(Batch::Pages(&pages))?;
                         }
-                        drop(pages);
-                        scan.whole.take()
+                        whole
                     }
                 };
                 stored[ri].extend(scan.dirty.iter().map(|d| d.page));
@@ -257,7 +257,9 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                         pending = Some((ri, scan));
                     }
                 }
-                spares.into_iter().for_each(give_staging);
+                // The leftovers are unmapped: when the write ends, its stager keeps the
+                // buffers it holds in place of every kept one (`give_write_buffers`).
+                drop(spares);
                 Ok(())
             })
         })?;
