@@ -2,7 +2,8 @@
 //!
 //! Runs in a one-thread rayon pool so that the figures are GB/s per core.
 //! - `fresh`: nothing known yet (every page hashed once with XXH3-128 and once with blake3,
-//!   from one copy: the first checkpoint);
+//!   from one copy: the first checkpoint), span by span, each copied into the buffer the
+//!   previous one used, as a full version's spans reuse the buffers its writer gives back;
 //! - `clean`: change detection over unchanged memory (XXH3-128 per 4 KiB page);
 //! - `dirty_1pct`: the same with 1 % of the pages changed (those are copied and blake3-hashed);
 //! - `xxh3_per_page` and `blake3_per_page`: one call of each hash per 4 KiB page;
