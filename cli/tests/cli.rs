@@ -220,6 +220,12 @@ fn bench_reports_the_documented_fields() {
     // arenas).
     let engine = j["engine_rss_bytes"].as_f64().unwrap();
     assert!(engine < (8 << 20) as f64, "{j}");
+    // Of which the engine's own bookkeeping: at least the table of 16 bytes per page.
+    let kept = j["engine_bookkeeping_bytes"].as_f64().unwrap();
+    assert!(
+        kept >= (16 * (8 << 20) / 4096) as f64 && kept < (1 << 20) as f64,
+        "{j}"
+    );
     assert_eq!(j["verified"], true);
     assert!(j["floor_secs"].as_f64().unwrap() > 0.0, "{j}");
     for r in [

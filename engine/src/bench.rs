@@ -130,13 +130,20 @@ pub struct BenchReport {
     pub newest_files_read: usize,
     /// The engine's resident memory beside the state once the versions are written: the
     /// growth of the process's anonymous resident memory over the versions (the fast-hash
-    /// table, the parent picture, the tracker's state, worker threads' buffers), measured
-    /// from `Anonymous` in `/proc/self/smaps_rollup` after the allocator gave its free memory
-    /// back (`malloc_trim`). Not counted: the program's code, paged in by the first
+    /// table, the parent picture, the tracker's state, worker threads' stacks and buffers,
+    /// and the memory glibc's allocator keeps after the write path's transient buffers are
+    /// freed), measured from `Anonymous` in `/proc/self/smaps_rollup` after `malloc_trim`
+    /// (which gives back the free memory of the main thread's heap, but not the top of a
+    /// worker thread's arena). Not counted: the program's code, paged in by the first
     /// checkpoint (shared and file-backed, not memory beside the state), and the staging
     /// buffers kept for the next version, which are marked free for the kernel (`LazyFree`:
     /// it takes them back, without writing them anywhere, when memory runs short).
     pub engine_rss_bytes: u64,
+    /// Of `engine_rss_bytes`, what the engine itself holds between checkpoints, counted by
+    /// its data structures (`Checkpointer::metadata_bytes`): the fast-hash table (16 bytes a
+    /// page), the parent's file table and packed extents, the tracker's pending pages. The
+    /// rest is the allocator's and the threads'.
+    pub engine_bookkeeping_bytes: u64,
     /// Both restores matched the expected state (and, with compaction, the newest version
     /// restored after it).
     pub verified: bool,
@@ -742,6 +749,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     // first: it is not the engine's.
     crate::sys::trim_heap();
     let engine_rss_bytes = anon_rss_bytes().saturating_sub(rss_before_versions + state_bytes);
+    let engine_bookkeeping_bytes = ck.metadata_bytes() as u64;
     let (Some(first), Some(last)) = (first, last) else {
         return Err(Error::Config("bench needs at least 2 versions".into()));
     };
@@ -932,6 +940,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         newest_depth: last.depth,
         newest_files_read,
         engine_rss_bytes,
+        engine_bookkeeping_bytes,
         verified: ok_newest && ok_first && ok_cold && ok_compacted && ok_async,
         compact_secs,
         compact_bytes_written,
