@@ -228,6 +228,17 @@ fn bench_reports_the_documented_fields() {
     );
     assert_eq!(j["verified"], true);
     assert!(j["floor_secs"].as_f64().unwrap() > 0.0, "{j}");
+    // The host's taking back of freed memory is counted where the kernel counts it.
+    let reporting = std::path::Path::new("/sys/module/page_reporting/parameters/reported_kib");
+    assert!(j
+        .as_object()
+        .unwrap()
+        .contains_key("free_pages_reported_kib"));
+    assert_eq!(
+        j["free_pages_reported_kib"].is_u64(),
+        reporting.exists(),
+        "{j}"
+    );
     for r in [
         "delta_over_floor",
         "delta_over_floor_plus_detect",

@@ -124,6 +124,15 @@ pub struct BenchReport {
     /// Whether dropping the cache worked (`posix_fadvise(DONTNEED)` on every store file);
     /// when false, the two cold figures above are warm.
     pub cold_cache: bool,
+    /// KiB of free memory the guest kernel reported to its host during the run (free page
+    /// reporting of a virtio balloon, as on Firecracker VMs: the host takes those pages
+    /// back), from `/sys/module/page_reporting/parameters/reported_kib`; `None` where the
+    /// kernel has no such counter. Where it is large, memory the run frees and allocates
+    /// again (the page cache a delta is written into, fresh regions a restore fills)
+    /// faults in from the host, and the times above swing from run to run: on a 2-core
+    /// Firecracker VM the same 10.7 MB delta took 9-12 ms in one run and 34-48 ms in the next,
+    /// and 10-15 ms in every round once reporting was held back.
+    pub free_pages_reported_kib: Option<u64>,
     /// Depth of the newest version.
     pub newest_depth: u32,
     /// Files the newest version's pages were read from.
@@ -576,6 +585,7 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
     if p.state_mib == 0 {
         return Err(Error::Config("state size must be at least 1 MiB".into()));
     }
+    let reported_before = free_pages_reported_kib();
     // Before any arithmetic with them: a page size of 0 would divide by zero, and a state
     // size that overflows would silently bench a wrapped-around size.
     crate::format::check_page_size(p.page_size).map_err(Error::Config)?;
@@ -937,6 +947,9 @@ pub fn run(p: &BenchParams, progress: &mut dyn FnMut(u64, u64)) -> Result<BenchR
         restore_newest_cold_secs,
         restore_newest_cold_bytes_in_place,
         cold_cache,
+        free_pages_reported_kib: reported_before
+            .zip(free_pages_reported_kib())
+            .map(|(a, b)| b.saturating_sub(a)),
         newest_depth: last.depth,
         newest_files_read,
         engine_rss_bytes,
@@ -1137,6 +1150,16 @@ fn rollup_bytes(rollup: &str, prefix: &str) -> u64 {
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum::<u64>()
         * 1024
+}
+
+/// KiB of free memory the kernel has reported to the host since it booted (free page
+/// reporting, `/sys/module/page_reporting/parameters/reported_kib`), if it keeps that count.
+fn free_pages_reported_kib() -> Option<u64> {
+    std::fs::read_to_string("/sys/module/page_reporting/parameters/reported_kib")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// This process's resident memory (`/proc/self/statm`), 0 if unreadable.
