@@ -496,3 +496,41 @@ fn auto_mode_hashes_for_a_while_when_most_pages_are_written() {
         assert_eq!(std::fs::read(&files[0]).unwrap(), want, "version {v}");
     }
 }
+
+/// Candidates rewritten with the bytes they held, between pages that really changed: the
+/// unchanged ones are not stored, and the changed ones' bytes (taken page by page out of a
+/// copy with holes) restore exactly.
+#[test]
+fn unchanged_candidates_between_changed_pages_restore_exactly() {
+    if skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ps = 4096;
+    let mut ck = engine(dir.path(), Tracking::Uffd, &[40 * ps + 100]);
+    let h = ck.handle::<u8>(1).unwrap();
+    let mut rng = Rng::new(7);
+    for b in ck.region_mut(&h).unwrap().iter_mut() {
+        *b = rng.next_u64() as u8;
+    }
+    ck.checkpoint().unwrap();
+    let r = ck.region_mut(&h).unwrap();
+    for page in [0, 3, 4, 9, 39, 40] {
+        let at = page * ps;
+        if page % 3 == 0 {
+            // Rewritten as it was: reported, not changed.
+            let same = r[at..(at + ps).min(r.len())].to_vec();
+            r[at..at + same.len()].copy_from_slice(&same);
+        } else {
+            r[at] ^= 0x5a;
+        }
+    }
+    let want = ck.region(&h).unwrap().to_vec();
+    let s = ck.checkpoint().unwrap();
+    assert_eq!(s.tracking, TrackingKind::Uffd);
+    assert_eq!(stored_pages(&s.path), BTreeSet::from([(1, 4), (1, 40)]));
+    drop(ck);
+    let mut back = engine(dir.path(), Tracking::Uffd, &[40 * ps + 100]);
+    back.restore(Some(s.version)).unwrap();
+    assert!(back.region(&back.handle::<u8>(1).unwrap()).unwrap() == want.as_slice());
+}

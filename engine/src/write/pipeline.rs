@@ -150,7 +150,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
         out.updates.push(Vec::new());
         out.stored.push(Vec::new());
     }
-    // `spare`: a buffer for the copy of a scan of every page (one the writer is done with).
+    // `spare`: a buffer for the scan's copies (one the writer is done with).
     let scan_span = |(ri, g, end): (usize, usize, usize),
                      spare: Option<IoBuf>|
      -> Result<(usize, Scan, f64)> {
@@ -161,13 +161,11 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                 let c = &c[ri];
                 let a = c.partition_point(|&p| p < g as u64);
                 let b = c.partition_point(|&p| p < end as u64);
-                hash::scan_candidates(src, a, ps, known, &c[a..b]).ok_or_else(|| {
+                hash::scan_candidates(src, a, ps, known, &c[a..b], spare).map_err(|e| {
                     Error::io(
                         &tmp,
                         "scan pages",
-                        std::io::Error::other(format!(
-                            "region {ri}: a candidate page is outside its source"
-                        )),
+                        std::io::Error::new(e.kind(), format!("region {ri}: {e}")),
                     )
                 })?
             }
@@ -202,8 +200,8 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                     ));
                 }
                 let spare = match scan.whole.take() {
-                    // A scan of every page: its copy goes to the disk as it is.
-                    Some(buf) if !scan.dirty.is_empty() => {
+                    // Every page read is stored: their copy goes to the disk as it is.
+                    Some(buf) if !scan.dirty.is_empty() && scan.dense(ps) => {
                         let hashes: Vec<Hash> = scan.dirty.iter().map(|d| d.hash).collect();
                         let len = scan.dirty.iter().map(|d| d.len()).sum();
                         emit(Batch::Whole {
@@ -213,21 +211,36 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
                             hashes: &hashes,
                         })?
                     }
-                    // Pages with copies of their own (or none: an empty span's copy is
-                    // given back as it is).
+                    // Some pages read were found unchanged (their places in the copy are
+                    // holes): the stored ones are taken from the copy page by page, and the
+                    // copy's buffer is given back (as it is when the span changed nothing).
                     whole => {
-                        let pages: Vec<PageIn<'_>> = scan
+                        let copy = whole.as_ref().map_or(&[][..], IoBuf::bytes);
+                        let pages = scan
                             .dirty
                             .iter()
-                            .map(|d| PageIn {
-                                bytes: scan.bytes(d),
-                                hash: d.hash,
-                                stored: None,
+                            .map(|d| {
+                                let bytes = d.copy_in(copy).ok_or_else(|| {
+                                    Error::io(
+                                        &tmp,
+                                        "write pages",
+                                        std::io::Error::other(format!(
+                                            "region {ri}: page {} is not in its scan's copy",
+                                            d.page
+                                        )),
+                                    )
+                                })?;
+                                Ok(PageIn {
+                                    bytes,
+                                    hash: d.hash,
+                                    stored: None,
+                                })
                             })
-                            .collect();
+                            .collect::<Result<Vec<PageIn<'_>>>>()?;
                         if !pages.is_empty() {
                             emit(Batch::Pages(&pages))?;
                         }
+                        drop(pages);
                         whole
                     }
                 };
@@ -240,7 +253,7 @@ pub(crate) fn scan_and_emit(writer: &mut VersionWriter, job: &ScanJob<'_>) -> Re
             // do not leave the hashing workers idle. The loop runs on a worker of rayon's pool
             // (`rayon::scope`): called from the application's thread, each `join` would
             // otherwise be handed to the pool and waited for, two thread wake-ups per span.
-            // A full version's copies are buffers the writer gives back, scanned into again.
+            // The copies' buffers the writer gives back are scanned into again.
             rayon::scope(|_| {
                 let mut pending: Option<(usize, Scan)> = None;
                 let mut spares: Vec<IoBuf> = Vec::new();
