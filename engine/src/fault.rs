@@ -162,11 +162,14 @@ mod tests {
         std::env::set_var("CKPT_FAULT_KILL", "mid-write");
         assert!(!super::fail("write-pages"));
         super::point("mid-write"); // would SIGKILL this test process
-        let dir = std::env::temp_dir().join(format!("ckpt-nofault-{}", std::process::id()));
+        let tmp = tempfile::Builder::new()
+            .prefix("ckpt-nofault-")
+            .tempdir()
+            .expect("scratch directory");
+        let dir = tmp.path().join("store");
         let mut ck = crate::Checkpointer::open(&dir, "p", crate::Config::default()).expect("open");
         ck.alloc_region::<u8>(1, 100_000).expect("alloc");
-        let r = ck.checkpoint();
-        let _ = std::fs::remove_dir_all(&dir);
-        r.expect("a production build checkpoints whatever CKPT_FAULT_* say");
+        ck.checkpoint()
+            .expect("a production build checkpoints whatever CKPT_FAULT_* say");
     }
 }

@@ -478,8 +478,11 @@ mod tests {
 
     #[test]
     fn job_descriptions_are_checked_line_by_line() {
-        let d = std::env::temp_dir().join(format!("ckpt-meta-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("ckpt-meta-")
+            .tempdir()
+            .unwrap();
+        let d = tmp.path().to_path_buf();
         let p = d.join(META_FILE);
         let cases = [
             (
@@ -500,6 +503,5 @@ mod tests {
         }
         std::fs::write(&p, "ckpt-job 1\nname heat\nworld_size 2\nfuture yes\n").unwrap();
         assert_eq!(read_meta(&p).unwrap().world_size, 2);
-        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -853,9 +853,11 @@ mod tests {
     /// sampled for compression first (level 1: copied like pages, the sample not worth it).
     #[test]
     fn whole_batches_write_what_page_batches_write() {
-        let dir = std::env::temp_dir().join(format!("ckpt-whole-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("ckpt-whole-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         let noise = noise(4096 * 40 + 700, 0x2545_f491_4f6c_dd1d);
         let (odd, spans) = noise.split_at(100);
         let (a, b) = spans.split_at(4096 * 24);
@@ -891,7 +893,6 @@ mod tests {
                 assert_eq!(r.hash, crate::hash::page_hash(page));
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Incompressible batches stop being sampled after a streak (all but every
