@@ -187,6 +187,31 @@ fn missing_parent_names_both_files() {
     assert!(mentions(&e, &parent), "{e}");
 }
 
+/// With every referenced file gone, the error names the first one of the file table, as an
+/// open of one file after another would, though the files are opened in parallel.
+#[test]
+fn missing_references_are_reported_in_file_table_order() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), "c", 6);
+    let newest = dir.path().join("c.ckpt.3");
+    let table: Vec<String> = VersionFile::open(&newest).unwrap().index.files[1..]
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(table.len(), 2, "{table:?}");
+    for name in &table {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    for _ in 0..10 {
+        match restore(dir.path(), "c", 3).unwrap_err() {
+            Error::MissingReference { missing, .. } => {
+                assert_eq!(missing, dir.path().join(&table[0]))
+            }
+            e => panic!("{e}"),
+        }
+    }
+}
+
 #[test]
 fn replaced_parent_is_detected() {
     let dir = tempfile::tempdir().unwrap();
