@@ -539,7 +539,8 @@ fn commit_floor(dir: &std::path::Path, state: &[Vec<u8>], bytes: u64) -> Result<
 }
 
 /// The change detection alone over `state`: each page's fast hash, computed in parallel in
-/// tasks of the engine's size, compared with a remembered table. Median of three.
+/// tasks of the engine's size by the engine's own loop, compared with a remembered table.
+/// Median of three.
 fn detect_only(state: &[Vec<u8>], page_size: usize) -> f64 {
     let per_task = crate::hash::PAGES_PER_TASK;
     let tables: Vec<Vec<crate::hash::Fast>> = state
@@ -555,13 +556,7 @@ fn detect_only(state: &[Vec<u8>], page_size: usize) -> f64 {
             .map(|(r, table)| {
                 r.par_chunks(per_task * page_size)
                     .zip(table.par_chunks(per_task))
-                    .map(|(pages, known)| {
-                        pages
-                            .chunks(page_size)
-                            .zip(known)
-                            .filter(|(p, k)| crate::hash::fast_hash(p) != **k)
-                            .count()
-                    })
+                    .map(|(pages, known)| crate::hash::changed_in(pages, page_size, known).count())
                     .sum::<usize>()
             })
             .sum();

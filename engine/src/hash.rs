@@ -434,17 +434,40 @@ pub(crate) fn scan_pages(
         .enumerate()
         .flat_map_iter(|(k, chunk)| {
             let first = pages.start + k * PAGES_PER_TASK;
-            chunk
-                .chunks(page_size)
-                .enumerate()
-                .map(move |(i, page)| (first + i, page))
-                .filter(|&(p, page)| known.pages[p] != fast_hash(page))
-                .map(|(p, page)| (p as u64, page, Some(known.pages[p])))
+            let remembered = known.pages.get(first..).unwrap_or(&[]);
+            changed_in(chunk, page_size, remembered)
+                .map(move |(i, page)| ((first + i) as u64, page, remembered.get(i).copied()))
         })
         .collect();
     let mut scan = copy_changed(&changed, page_size, spare)?;
     scan.hashed_bytes = (hi - lo) as u64;
     Ok(scan)
+}
+
+/// The pages of `chunk` (`page_size` bytes each, the last may be short) whose fast hash
+/// differs from `known` (page `i` of the chunk against `known[i]`; a page past the end of
+/// `known` has no remembered hash and counts as changed), with their indices in the chunk:
+/// change detection, one task's worth.
+///
+/// Each page's lines are prefetched while the one before it is hashed, so that memory not in
+/// the cache (most of a large state) streams in behind the hashing instead of stalling it.
+/// A 1 GiB pass on a 2-core VM (Intel Xeon, state in memory, not in the cache) took 75-79 ms
+/// without, 62-65 ms with, and a plain read of the same bytes 56-61 ms.
+pub(crate) fn changed_in<'a>(
+    chunk: &'a [u8],
+    page_size: usize,
+    known: &'a [Fast],
+) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+    let mut ahead = chunk.chunks(page_size).skip(1);
+    chunk
+        .chunks(page_size)
+        .enumerate()
+        .filter_map(move |(i, page)| {
+            if let Some(next) = ahead.next() {
+                crate::sys::prefetch(next);
+            }
+            (known.get(i) != Some(&fast_hash(page))).then_some((i, page))
+        })
 }
 
 /// Every page of `span` (whose first page is page `first` of its region), read once into one
@@ -552,6 +575,25 @@ pub(crate) fn scan_candidates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Change detection reports exactly the pages whose fast hash differs from the remembered
+    /// one, a short last page included, and counts a page with no remembered hash as changed.
+    #[test]
+    fn changed_in_reports_the_pages_that_differ() {
+        let ps = 4096;
+        let mut data: Vec<u8> = (0..ps * 6 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        let known: Vec<Fast> = data.chunks(ps).map(fast_hash).collect();
+        assert_eq!(changed_in(&data, ps, &known).count(), 0);
+        data[ps * 2 + 5] ^= 1;
+        data[ps * 6 + 99] ^= 1; // the short last page
+        let got: Vec<usize> = changed_in(&data, ps, &known).map(|(i, _)| i).collect();
+        assert_eq!(got, [2, 6]);
+        let (i, page) = changed_in(&data, ps, &known).nth(1).unwrap();
+        assert_eq!((i, page), (6, &data[ps * 6..]));
+        // Only four pages remembered: the last three count as changed.
+        let got: Vec<usize> = changed_in(&data, ps, &known[..4]).map(|(i, _)| i).collect();
+        assert_eq!(got, [2, 4, 5, 6]);
+    }
 
     /// Candidates that were not changed are left out, their place in the copy left as a
     /// hole (the scan is then not dense); the others' bytes and hashes are their copies'; the
