@@ -187,8 +187,8 @@ fn missing_parent_names_both_files() {
     assert!(mentions(&e, &parent), "{e}");
 }
 
-/// With every referenced file gone, the error names the first one of the file table, as an
-/// open of one file after another would, though the files are opened in parallel.
+/// With every referenced file gone, the error names the first one of the file table: what a
+/// user is told does not depend on the order the files happen to be opened in.
 #[test]
 fn missing_references_are_reported_in_file_table_order() {
     let dir = tempfile::tempdir().unwrap();

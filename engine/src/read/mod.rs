@@ -430,15 +430,11 @@ pub struct Version {
 impl Version {
     /// Opens the version file at `path` and every file its index references (by plain name,
     /// in the same directory), checking that each referenced file has the identity recorded.
-    ///
-    /// The referenced files are opened in parallel (rayon's pool): each open reads and checks
-    /// a whole index, and on a cold cache a deep chain's opens, one after another, were a few
-    /// percent of its restore. Errors are reported in file-table order, as a serial open would.
     pub fn open(path: &Path) -> Result<Version> {
         let main = Arc::new(VersionFile::open(path)?);
         let dir = path.parent().unwrap_or(Path::new("."));
-        let entries = &main.index.files[1.min(main.index.files.len())..];
-        let open_one = |entry: &crate::format::FileEntry| -> Result<Arc<VersionFile>> {
+        let mut files = vec![main.clone()];
+        for entry in main.index.files.iter().skip(1) {
             let rpath = dir.join(&entry.name);
             if !crate::store::exists(&rpath)? {
                 return Err(Error::MissingReference {
@@ -470,12 +466,7 @@ impl Version {
                     format!("references {} with another page size", rpath.display()),
                 ));
             }
-            Ok(Arc::new(f))
-        };
-        let mut files = vec![main.clone()];
-        let opened: Vec<Result<Arc<VersionFile>>> = entries.par_iter().map(open_one).collect();
-        for f in opened {
-            files.push(f?);
+            files.push(Arc::new(f));
         }
         let v = Version { files };
         v.check_extents()?;
